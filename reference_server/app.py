@@ -1,0 +1,277 @@
+"""The aiohttp application: auth, request hygiene, and both response modes over any engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+import spec
+from reference_server import generation
+from reference_server.engines.base import Engine
+from reference_server.errors import ApiError
+from reference_server.sse import DONE_EVENT, encode_event
+from reference_server.validation import ChatRequest, fit_to_context, parse_request
+
+log = logging.getLogger("reference_server")
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one server instance."""
+
+    api_keys: tuple[str, ...] = ()
+    auth_required: bool = True
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_queue: int = 64
+    retry_after_s: int = 1
+    extra_model_names: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Server:
+    """Request handling for one engine."""
+
+    def __init__(self, engine: Engine, config: ServerConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.in_flight = 0
+        self._keys = tuple(key.encode("utf-8") for key in config.api_keys)
+
+    # ---- hygiene -------------------------------------------------------------------------
+
+    def check_auth(self, request: web.Request) -> None:
+        """401 unless the bearer key matches one of ours (constant-time comparison)."""
+        if not self.config.auth_required:
+            return
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "Missing bearer API key: send 'Authorization: Bearer <key>'.",
+                type="authentication_error",
+                code="missing_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        presented = token.strip().encode("utf-8")
+        # Compare against every key so timing does not reveal which one (or whether any) matched.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(presented, key)
+        if not matched:
+            raise ApiError(
+                401,
+                "Invalid API key.",
+                type="authentication_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    async def read_json(self, request: web.Request) -> Any:
+        """The body as JSON, after Content-Type (415), size (413) and syntax (400) checks."""
+        if request.content_type != "application/json":
+            raise ApiError(
+                415,
+                f"Content-Type must be application/json, not {request.content_type or 'absent'!r}.",
+                code="unsupported_media_type",
+            )
+        too_big = ApiError(
+            413,
+            f"The request body is over {self.config.max_body_bytes} bytes.",
+            code="request_too_large",
+        )
+        if request.content_length is not None and request.content_length > self.config.max_body_bytes:
+            raise too_big
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise too_big from exc
+        if len(raw) > self.config.max_body_bytes:
+            raise too_big
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ApiError(400, f"The body is not valid JSON: {exc}", code="invalid_json") from exc
+
+    def model_names(self) -> tuple[str, ...]:
+        """Names a request may use for this server's model."""
+        return (self.engine.model_name, *self.config.extra_model_names)
+
+    # ---- handlers ------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "model": self.engine.model_name, "in_flight": self.in_flight}
+        )
+
+    async def models(self, request: web.Request) -> web.Response:
+        self.check_auth(request)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": name, "object": "model", "created": 0, "owned_by": "chatspec"}
+                    for name in self.model_names()
+                ],
+            }
+        )
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        self.check_auth(request)
+        body = await self.read_json(request)
+        chat = parse_request(body, vocab_size=self.engine.vocab_size)
+        if chat.model not in self.model_names():
+            raise ApiError(
+                404,
+                f"The model {chat.model!r} does not exist; this server serves "
+                f"{', '.join(map(repr, self.model_names()))}.",
+                param="model",
+                code="model_not_found",
+            )
+        try:
+            prompt = self.engine.tokenize_chat(chat.messages)
+        except ValueError as exc:
+            raise ApiError(400, f"The messages cannot be rendered: {exc}", param="messages") from exc
+        max_tokens = fit_to_context(chat, len(prompt), self.engine.context_length)
+        if self.in_flight >= self.config.max_queue:
+            raise ApiError(
+                429,
+                f"The server is at its queue depth of {self.config.max_queue} requests; retry later.",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(self.config.retry_after_s)},
+            )
+        params = chat.sampling
+        if max_tokens != params.max_tokens:
+            params = dataclasses.replace(params, max_tokens=max_tokens)
+        self.in_flight += 1
+        try:
+            if chat.stream:
+                return await self._stream(request, chat, prompt, params)
+            return await self._complete(chat, prompt, params)
+        finally:
+            self.in_flight -= 1
+
+    def _header(self, chat: ChatRequest) -> dict[str, Any]:
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": chat.model}
+
+    async def _complete(self, chat: ChatRequest, prompt: list[int], params: Any) -> web.Response:
+        cancel = threading.Event()
+        choices = [
+            await generation.complete_choice(self.engine, prompt, params, chat.stops, i, cancel)
+            for i in range(chat.n)
+        ]
+        completion_tokens = sum(choice.completion_tokens for choice in choices)
+        body = {
+            **self._header(chat),
+            "object": "chat.completion",
+            "choices": [choice.to_api() for choice in choices],
+            "usage": generation.usage(len(prompt), completion_tokens),
+        }
+        return web.json_response(body, dumps=_dumps)
+
+    async def _stream(
+        self, request: web.Request, chat: ChatRequest, prompt: list[int], params: Any
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        header = {**self._header(chat), "object": "chat.completion.chunk"}
+        cancel = threading.Event()
+        completion_tokens = 0
+
+        async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
+            await response.write(encode_event({**header, "choices": choices, **extra}))
+
+        try:
+            for index in range(chat.n):
+                await send([{"index": index, "delta": {"role": "assistant", "content": ""},
+                             "finish_reason": None, "logprobs": None}])
+                state = generation.ChoiceState(index)
+                pieces = generation.generate_choice(
+                    self.engine, prompt, params, chat.stops, state, cancel
+                )
+                async for piece in pieces:
+                    if piece.text or piece.logprobs:
+                        await send([_chunk_choice(index, piece.text, piece.logprobs, params.logprobs)])
+                    if piece.finish_reason:
+                        await send([{"index": index, "delta": {}, "finish_reason": piece.finish_reason,
+                                     "logprobs": None}])
+                completion_tokens += state.completion_tokens
+            await send([], usage=generation.usage(len(prompt), completion_tokens))
+            await response.write(DONE_EVENT)
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError) as exc:
+            cancel.set()
+            log.info("client went away mid-stream: %s", exc)
+        return response
+
+
+def _chunk_choice(
+    index: int, text: str, logprobs: Iterable[dict[str, Any]], with_logprobs: bool
+) -> dict[str, Any]:
+    return {
+        "index": index,
+        "delta": {"content": text},
+        "finish_reason": None,
+        "logprobs": {"content": list(logprobs)} if with_logprobs else None,
+    }
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+@web.middleware
+async def error_envelope(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every failure leaves in the envelope; client mistakes are 4xx, never 5xx."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPRequestEntityTooLarge:
+        return ApiError(413, "The request body is too large.", code="request_too_large").response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        return ApiError(
+            exc.status, exc.reason or "error", type=kind, code=exc.reason.lower().replace(" ", "_")
+        ).response()
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return ApiError(500, "Internal server error.", type="server_error", code="internal_error").response()
+
+
+def build_app(engine: Engine, config: ServerConfig | None = None) -> web.Application:
+    """The application serving `engine`."""
+    config = config or ServerConfig()
+    server = Server(engine, config)
+    # aiohttp's own cap sits above ours so that our check produces the envelope.
+    app = web.Application(middlewares=[error_envelope], client_max_size=config.max_body_bytes + 1024)
+    app["server"] = server
+    app.router.add_get("/health", server.health)
+    app.router.add_get(spec.MODELS_PATH, server.models)
+    app.router.add_post(spec.CHAT_PATH, server.chat_completions)
+
+    async def close_engine(_: web.Application) -> None:
+        engine.close()
+
+    app.on_cleanup.append(close_engine)
+    return app

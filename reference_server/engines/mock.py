@@ -1,0 +1,189 @@
+"""A model-free engine with set time-to-first-token and inter-token gaps.
+
+It is the ground truth for calibrating load generators (its latencies are known exactly), and
+it lets the HTTP layer be tested fast. It is a real, if tiny, language model: each step draws
+from a deterministic distribution over a small vocabulary that depends on the prompt and the
+previous token, so seed, temperature, top_k/top_p/min_p, penalties, logit_bias and logprobs
+all behave as they would with a real model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import random
+import re
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
+
+# Words and punctuation, several multi-byte (é, ü, 日本, emoji) so UTF-8 handling is exercised.
+VOCAB: tuple[str, ...] = (
+    "<eos>", " the", " a", " cat", " dog", " sat", " on", " mat", " and", " then", " ran",
+    " away", ".", ",", "!", "?", "\n", " Hello", " world", " café", " über", " 日本", " 🙂",
+    " is", " was", " very", " quick", " brown", " fox", " jumps", " over", " lazy", " one",
+    " two", " three", " four", " five", " red", " green", " blue", " yes", " no", " maybe",
+    " I", " you", " we", " they", " it", " said", " think", " know", " see", " big", " small",
+    " old", " new", " good", " bad", " day", " night", " time", " way", " home", " end",
+)
+EOS_ID = 0
+_WORD = re.compile(r"\s*\S+|\s+")
+
+
+def _stable_hash(*parts: object) -> int:
+    digest = hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _log_softmax(logits: list[float]) -> list[float]:
+    top = max(logits)
+    total = math.log(sum(math.exp(x - top) for x in logits if x != -math.inf))
+    return [x - top - total if x != -math.inf else -math.inf for x in logits]
+
+
+def minimal_instance(schema: dict[str, Any]) -> Any:
+    """A small value valid against common JSON Schemas (what the mock answers in JSON mode)."""
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: minimal_instance(props.get(name, {})) for name in schema.get("required", [])}
+    if kind == "array":
+        count = schema.get("minItems", 0)
+        return [minimal_instance(schema.get("items", {})) for _ in range(count)]
+    if kind == "string":
+        return "x" * max(schema.get("minLength", 0), 1 if schema.get("minLength") else 0)
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
+        return int(math.ceil(low)) if kind == "integer" else float(low)
+    if kind == "boolean":
+        return True
+    return None
+
+
+class MockEngine(Engine):
+    """Deterministic tokens at `ttft_ms` before the first and `itl_ms` between the next ones."""
+
+    def __init__(
+        self,
+        *,
+        model_name: str = "mock",
+        ttft_ms: float = 0.0,
+        itl_ms: float = 0.0,
+        context_length: int = 2048,
+    ) -> None:
+        self.model_name = model_name
+        self.ttft_s = ttft_ms / 1000.0
+        self.itl_s = itl_ms / 1000.0
+        self.context_length = context_length
+        self.vocab_size = len(VOCAB)
+        self._pieces = [word.encode("utf-8") for word in VOCAB]
+
+    def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        tokens: list[int] = []
+        for message in messages:
+            content = message.get("content") or ""
+            if isinstance(content, list):
+                content = "".join(part.get("text", "") for part in content)
+            text = f"<{message.get('role', 'user')}> {content}\n"
+            tokens.extend(_stable_hash(w) % (self.vocab_size - 1) + 1 for w in _WORD.findall(text))
+        return tokens + [EOS_ID]  # the generation prompt
+
+    def _logits(self, context_key: int, previous: int, step: int) -> list[float]:
+        rng = random.Random(_stable_hash(context_key, previous, step % 7))
+        logits = [rng.gauss(0.0, 2.0) for _ in range(self.vocab_size)]
+        logits[EOS_ID] = -3.0 + 0.05 * step  # ends now and then, more often as text grows
+        return logits
+
+    def _sample(
+        self,
+        logits: list[float],
+        params: SamplingParams,
+        generated: Counter[int],
+        seen: set[int],
+        rng: random.Random,
+    ) -> int:
+        adjusted = list(logits)
+        for token in seen:
+            if params.repetition_penalty != 1.0:
+                value = adjusted[token]
+                p = params.repetition_penalty
+                adjusted[token] = value / p if value > 0 else value * p
+        for token, count in generated.items():
+            adjusted[token] -= count * params.frequency_penalty + params.presence_penalty
+        for token, bias in params.logit_bias.items():
+            adjusted[token] = -math.inf if bias <= -100 else adjusted[token] + bias
+        order = sorted(range(self.vocab_size), key=lambda i: adjusted[i], reverse=True)
+        order = [i for i in order if adjusted[i] != -math.inf] or [EOS_ID]
+        if params.top_k > 0:
+            order = order[: params.top_k]
+        top = adjusted[order[0]]
+        weights = [math.exp((adjusted[i] - top) / params.temperature) for i in order]
+        total = sum(weights)
+        probs = [w / total for w in weights]
+        keep = []
+        mass = 0.0
+        for i, p in zip(order, probs):
+            if params.min_p > 0 and p < params.min_p * probs[0]:
+                break
+            keep.append((i, p))
+            mass += p
+            if mass >= params.top_p:
+                break
+        ids, ps = zip(*keep)
+        return rng.choices(ids, weights=ps, k=1)[0]
+
+    def _json_pieces(self, params: SamplingParams) -> list[bytes]:
+        value = minimal_instance(params.json_schema) if params.json_schema else {"answer": "mock"}
+        text = json.dumps(value)
+        return [text[i : i + 3].encode("utf-8") for i in range(0, len(text), 3)]
+
+    async def stream(
+        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event
+    ) -> AsyncIterator[GeneratedToken]:
+        if self.ttft_s:
+            await asyncio.sleep(self.ttft_s)
+        if params.json_mode:
+            for count, piece in enumerate(self._json_pieces(params)[: params.max_tokens]):
+                if cancel.is_set():
+                    return
+                if count and self.itl_s:
+                    await asyncio.sleep(self.itl_s)
+                yield GeneratedToken(-1, piece, 0.0 if params.logprobs else None)
+            return
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        rng = random.Random(seed)
+        context_key = _stable_hash(tuple(prompt_tokens))
+        previous = EOS_ID
+        generated: Counter[int] = Counter()
+        seen = set(prompt_tokens)
+        for step in range(params.max_tokens):
+            if cancel.is_set():
+                return
+            if step and self.itl_s:
+                await asyncio.sleep(self.itl_s)
+            logits = self._logits(context_key, previous, step)
+            token = self._sample(logits, params, generated, seen, rng)
+            if token == EOS_ID:
+                return
+            logprob = None
+            top: tuple[tuple[bytes, float], ...] = ()
+            if params.logprobs:
+                lps = _log_softmax(logits)
+                logprob = lps[token]
+                best = sorted(range(self.vocab_size), key=lambda i: lps[i], reverse=True)
+                top = tuple((self._pieces[i], lps[i]) for i in best[: params.top_logprobs])
+            yield GeneratedToken(token, self._pieces[token], logprob, top)
+            generated[token] += 1
+            seen.add(token)
+            previous = token

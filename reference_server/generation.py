@@ -1,0 +1,152 @@
+"""From engine tokens to API choices: UTF-8 assembly, stop sequences, logprobs, finish reasons.
+
+Shared by every engine and by both response modes, so streamed and non-streamed answers of
+the same seeded request carry the same text.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
+from reference_server.stop import StopMatcher
+
+
+@dataclass
+class ChoicePiece:
+    """Text that became safe to send for one choice, with the logprobs of the tokens behind it."""
+
+    text: str
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class ChoiceState:
+    """What one choice has produced so far."""
+
+    index: int
+    completion_tokens: int = 0
+
+
+def _token_text(piece: bytes) -> str:
+    return piece.decode("utf-8", errors="replace")
+
+
+def logprob_entry(token: GeneratedToken) -> dict[str, Any]:
+    """A token's logprobs in OpenAI's format (token, logprob, bytes, top_logprobs)."""
+    return {
+        "token": _token_text(token.piece),
+        "logprob": token.logprob,
+        "bytes": list(token.piece),
+        "top_logprobs": [
+            {"token": _token_text(piece), "logprob": lp, "bytes": list(piece)}
+            for piece, lp in token.top_logprobs
+        ],
+    }
+
+
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Choice i of a seeded request samples with seed + i: choices differ, reruns repeat."""
+    if params.seed is None or index == 0:
+        return params
+    return dataclasses.replace(params, seed=params.seed + index)
+
+
+async def generate_choice(
+    engine: Engine,
+    prompt_tokens: list[int],
+    params: SamplingParams,
+    stops: list[str],
+    state: ChoiceState,
+    cancel: threading.Event,
+) -> AsyncIterator[ChoicePiece]:
+    """Yield pieces of one choice as they become safe to send; the last one has a finish_reason.
+
+    Text that may begin a stop sequence is held back until resolved, and a multi-byte
+    character is only released once all its bytes have arrived.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    matcher = StopMatcher(stops)
+    pending_logprobs: list[dict[str, Any]] = []
+    stopped = False
+    tokens = engine.stream(prompt_tokens, choice_params(params, state.index), cancel)
+    try:
+        async for token in tokens:
+            state.completion_tokens += 1
+            if params.logprobs:
+                pending_logprobs.append(logprob_entry(token))
+            text, stopped = matcher.feed(decoder.decode(token.piece))
+            if stopped:
+                yield ChoicePiece(text, pending_logprobs, "stop")
+                return
+            if text:
+                yield ChoicePiece(text, pending_logprobs)
+                pending_logprobs = []
+    finally:
+        await tokens.aclose()
+    tail, stopped = matcher.feed(decoder.decode(b"", final=True))
+    if not stopped:
+        tail += matcher.flush()
+    reason = "stop" if stopped or state.completion_tokens < params.max_tokens else "length"
+    yield ChoicePiece(tail, pending_logprobs, reason)
+
+
+@dataclass
+class CompletedChoice:
+    """A whole non-streamed choice."""
+
+    index: int
+    text: str
+    finish_reason: str
+    logprobs: list[dict[str, Any]] | None
+    completion_tokens: int
+
+    def to_api(self) -> dict[str, Any]:
+        """The choice as it appears in a `chat.completion` body."""
+        return {
+            "index": self.index,
+            "message": {"role": "assistant", "content": self.text},
+            "finish_reason": self.finish_reason,
+            "logprobs": {"content": self.logprobs} if self.logprobs is not None else None,
+        }
+
+
+async def complete_choice(
+    engine: Engine,
+    prompt_tokens: list[int],
+    params: SamplingParams,
+    stops: list[str],
+    index: int,
+    cancel: threading.Event,
+) -> CompletedChoice:
+    """Run one choice to the end and gather it."""
+    state = ChoiceState(index)
+    parts: list[str] = []
+    logprobs: list[dict[str, Any]] = []
+    reason = "stop"
+    async for piece in generate_choice(engine, prompt_tokens, params, stops, state, cancel):
+        parts.append(piece.text)
+        logprobs.extend(piece.logprobs)
+        reason = piece.finish_reason or reason
+    return CompletedChoice(
+        index=index,
+        text="".join(parts),
+        finish_reason=reason,
+        logprobs=logprobs if params.logprobs else None,
+        completion_tokens=state.completion_tokens,
+    )
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """The usage object; total is always the sum."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

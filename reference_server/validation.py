@@ -1,0 +1,175 @@
+"""Request validation: the spec's JSON Schema plus the cross-field rules a schema cannot say.
+
+Ranges come only from `spec` (no range is written twice); every error names its parameter.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+import spec
+from reference_server.engines.base import SamplingParams
+from reference_server.errors import ApiError
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated request with documented defaults applied."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    stream: bool
+    n: int
+    stops: list[str]
+    context_behavior: str
+    sampling: SamplingParams
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = spec.request_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _error_param(error: jsonschema.ValidationError) -> str | None:
+    """The top-level parameter an error is about (`messages[0].role` -> `messages`)."""
+    path = list(error.absolute_path)
+    if path:
+        return str(path[0])
+    if error.validator == "required":
+        missing = error.message.split("'")
+        return missing[1] if len(missing) > 2 else None
+    return None
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    path = "".join(
+        f"[{part}]" if isinstance(part, int) else (f".{part}" if i else str(part))
+        for i, part in enumerate(error.absolute_path)
+    )
+    where = f"'{path}': " if path else ""
+    best = jsonschema.exceptions.best_match([error])
+    return f"Invalid value for {where}{best.message}"
+
+
+def check_schema(body: Any) -> None:
+    """Raise a 400 naming the first offending parameter when `body` breaks the request schema."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_type")
+    errors = sorted(_validator().iter_errors(body), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        # A missing required field is reported before anything nested inside other fields.
+        first = min(errors, key=lambda e: (e.validator != "required", len(e.absolute_path)))
+        raise ApiError(400, _describe(first), param=_error_param(first), code="invalid_value")
+
+
+def _value(body: dict[str, Any], name: str, default: Any) -> Any:
+    value = body.get(name)
+    return default if value is None else value
+
+
+def parse_request(body: Any, *, vocab_size: int) -> ChatRequest:
+    """Validate `body` and return it with defaults applied; raise ApiError(400) otherwise."""
+    check_schema(body)
+    defaults = spec.request_defaults()
+
+    logprobs = bool(_value(body, "logprobs", defaults["logprobs"]))
+    top_logprobs = body.get("top_logprobs")
+    if top_logprobs is not None and not logprobs:
+        raise ApiError(
+            400,
+            "top_logprobs requires logprobs to be true.",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+
+    logit_bias: dict[int, int] = {}
+    for key, bias in (body.get("logit_bias") or {}).items():
+        token = int(key)
+        if token >= vocab_size:
+            raise ApiError(
+                400,
+                f"logit_bias names token id {token}, but the vocabulary has {vocab_size} tokens.",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        logit_bias[token] = bias
+
+    fmt = body.get("response_format") or {}
+    json_mode = fmt.get("type") == "json_object"
+    json_schema = fmt.get("schema") if json_mode else None
+    if json_schema is not None:
+        try:
+            jsonschema.validators.validator_for(json_schema).check_schema(json_schema)
+        except jsonschema.SchemaError as exc:
+            raise ApiError(
+                400,
+                f"response_format.schema is not a valid JSON Schema: {exc.message}",
+                param="response_format",
+                code="invalid_value",
+            ) from exc
+
+    max_tokens = body["max_tokens"]
+    sampling = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=float(_value(body, "temperature", defaults["temperature"])),
+        top_p=float(_value(body, "top_p", 1.0)),
+        top_k=int(_value(body, "top_k", 0)),
+        min_p=float(_value(body, "min_p", 0.0)),
+        frequency_penalty=float(_value(body, "frequency_penalty", defaults["frequency_penalty"])),
+        presence_penalty=float(_value(body, "presence_penalty", defaults["presence_penalty"])),
+        repetition_penalty=float(_value(body, "repetition_penalty", 1.0)),
+        logit_bias=logit_bias,
+        seed=body.get("seed"),
+        logprobs=logprobs,
+        top_logprobs=int(top_logprobs or 0),
+        json_mode=json_mode,
+        json_schema=json_schema,
+    )
+    return ChatRequest(
+        model=body["model"],
+        messages=body["messages"],
+        max_tokens=max_tokens,
+        stream=bool(_value(body, "stream", defaults["stream"])),
+        n=int(_value(body, "n", defaults["n"])),
+        stops=stops,
+        context_behavior=_value(
+            body, "context_length_exceeded_behavior", defaults["context_length_exceeded_behavior"]
+        ),
+        sampling=sampling,
+        raw=body,
+    )
+
+
+def fit_to_context(request: ChatRequest, prompt_tokens: int, context_length: int) -> int:
+    """The max_tokens to use: lowered to fit the context, or a 400 when the request says 'error'."""
+    if prompt_tokens >= context_length:
+        raise ApiError(
+            400,
+            f"The prompt is {prompt_tokens} tokens, which leaves no room in the model's "
+            f"context of {context_length} tokens.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    room = context_length - prompt_tokens
+    if request.max_tokens <= room:
+        return request.max_tokens
+    if request.context_behavior == "error":
+        raise ApiError(
+            400,
+            f"prompt ({prompt_tokens} tokens) + max_tokens ({request.max_tokens}) exceeds the "
+            f"model's context of {context_length} tokens.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return room
