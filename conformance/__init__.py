@@ -1,0 +1,1 @@
+"""Conformance suite: gates any chat-completions endpoint against spec/openapi.yaml."""

@@ -1,0 +1,1 @@
+"""Check modules; each registers its checks with `conformance.registry` on import."""

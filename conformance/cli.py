@@ -1,0 +1,121 @@
+"""`python -m conformance`: gate an endpoint against the spec; the exit code is the verdict.
+
+0: every required check passed; 1: a check failed; 2: could not run (one-line reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from conformance.registry import FEATURES, collect
+from conformance.runner import Unreachable, preflight, run_checks, summary_line
+from conformance.target import Target
+
+API_KEY_ENV = "CHATSPEC_API_KEY"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m conformance",
+        description=(
+            "Check a chat-completions endpoint against spec/openapi.yaml: schema-generated "
+            "requests, parameter ranges, strict SSE framing, usage, and model-agnostic semantics "
+            "(seed, stop, n, logprobs, logit_bias, JSON mode, context handling). Exit status: "
+            "0 all required checks passed, 1 a check failed, 2 could not run."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    where = parser.add_argument_group("target")
+    where.add_argument("--base-url", help="endpoint root, e.g. http://127.0.0.1:8000 "
+                       "(the API lives under /v3/openai/...)")
+    where.add_argument("--api-key", default=None,
+                       help=f"bearer key (default: ${API_KEY_ENV}); checks of auth need one")
+    where.add_argument("--model", help="model name to put in requests")
+    where.add_argument("--embedded-server", nargs="?", const="llamacpp", choices=("llamacpp", "mock"),
+                       default=None, help="start the reference server on loopback (llamacpp: the "
+                       "embedded CPU model; mock: no model) and test it; needs no --base-url")
+    how = parser.add_argument_group("run")
+    how.add_argument("--profile", choices=("documented", "openai"), default="documented",
+                     help="which bounds to hold the endpoint to: the doc's or OpenAI's inclusive ones")
+    how.add_argument("--report-dir", type=Path, default=None,
+                     help="write junit.xml, conformance.json and conformance.html here")
+    how.add_argument("-k", dest="keyword", default=None,
+                     help="only checks whose id/feature/category match this expression "
+                     "(substrings with and/or/not, like pytest -k)")
+    how.add_argument("--max-examples", type=int, default=25,
+                     help="schema-generated examples per fuzzing mode (positive, negative)")
+    how.add_argument("--seed", type=int, default=1234,
+                     help="seed for generated requests and for the seeded runs semantic checks use")
+    how.add_argument("--skip-feature", action="append", default=[], choices=FEATURES, metavar="NAME",
+                     help=f"declare a feature unsupported (reported as 'not supported', never passed); "
+                     f"repeatable; one of: {', '.join(FEATURES)}")
+    how.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    how.add_argument("--list", action="store_true", help="list the checks that would run, then exit")
+    how.add_argument("--quiet", action="store_true", help="no per-check progress lines")
+    return parser
+
+
+@contextlib.contextmanager
+def _target_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Iterator[Target]:
+    common = dict(profile=args.profile, timeout_s=args.timeout, skip_features=frozenset(args.skip_feature),
+                  max_examples=args.max_examples, seed=args.seed)
+    if args.embedded_server:
+        if args.base_url:
+            parser.error("--embedded-server and --base-url exclude each other")
+        from reference_server.launcher import running_server
+
+        print(f"starting the embedded reference server ({args.embedded_server}) ...", file=sys.stderr,
+              flush=True)
+        extra = ("--ttft-ms", "0", "--itl-ms", "0") if args.embedded_server == "mock" else ()
+        with running_server(*extra, engine=args.embedded_server) as server:
+            print(f"reference server up at {server.base_url}, model {server.model!r}", file=sys.stderr,
+                  flush=True)
+            yield Target(base_url=server.base_url, api_key=server.api_key, model=server.model, **common)
+        return
+    if not args.base_url or not args.model:
+        parser.error("--base-url and --model are required (or use --embedded-server)")
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    yield Target(base_url=args.base_url.rstrip("/"), api_key=key, model=args.model, **common)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_examples < 1:
+        parser.error("--max-examples must be at least 1")
+    try:
+        with _target_from(args, parser) as target:
+            try:
+                checks = collect(target, args.keyword)
+            except ValueError as exc:
+                parser.error(str(exc))
+            if args.list:
+                for item in checks:
+                    print(f"{item.id}\t{item.feature}\t{item.category}")
+                return 0
+            if not checks:
+                print("error: no check matches -k " + repr(args.keyword), file=sys.stderr)
+                return 2
+            preflight(target)
+            print(f"running {len(checks)} checks against {target.base_url} (model {target.model!r}, "
+                  f"profile {target.profile})", file=sys.stderr, flush=True)
+            report = run_checks(target, checks, progress=None if args.quiet else sys.stderr)
+    except Unreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"error: could not run: {exc}", file=sys.stderr)
+        return 2
+    if args.report_dir is not None:
+        from reports import write_all
+
+        written = write_all(report, args.report_dir)
+        for path in written.values():
+            print(f"report: {path}", file=sys.stderr)
+    print(summary_line(report))
+    return 1 if report.failed() else 0

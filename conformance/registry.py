@@ -1,0 +1,164 @@
+"""Checks and how they are found: each check is a function of a `Context` that raises on failure.
+
+Static checks register with `@check`; checks generated from the spec (one per parameter and
+boundary) come from functions registered with `@check_factory`, called with the target.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conformance.context import Context
+    from conformance.target import Exchange, Target
+
+CHECK_MODULES = (
+    "conformance.checks.errors",
+    "conformance.checks.streaming",
+    "conformance.checks.usage",
+    "conformance.checks.ranges",
+    "conformance.checks.semantics",
+    "conformance.checks.fuzz",
+)
+
+FEATURES = (
+    "auth", "errors", "ranges", "schema", "streaming", "usage", "seed", "stop", "max_tokens",
+    "n", "logprobs", "logit_bias", "json_mode", "context", "sampling",
+)
+
+
+class CheckFailed(AssertionError):
+    """The endpoint broke a rule; `exchange` is the request/response that shows it."""
+
+    def __init__(self, message: str, exchange: Exchange | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exchange = exchange
+
+
+class NotSupported(Exception):
+    """The endpoint does not offer the feature this check needs (reported, never passed)."""
+
+
+class Skipped(Exception):
+    """The check does not apply to this target or profile."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named rule."""
+
+    id: str
+    feature: str
+    category: str
+    run: Callable[[Context], None]
+    description: str = ""
+    spec_note: str | None = None
+
+    def haystack(self) -> str:
+        return f"{self.id} {self.feature} {self.category}"
+
+
+_STATIC: list[Check] = []
+_FACTORIES: list[Callable[[Target], Iterable[Check]]] = []
+
+
+def check(
+    id: str, feature: str, category: str, description: str = ""
+) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
+    """Register the decorated function as check `id`."""
+    if feature not in FEATURES:
+        raise ValueError(f"unknown feature {feature!r} for check {id!r}")
+
+    def register(fn: Callable[[Context], None]) -> Callable[[Context], None]:
+        _STATIC.append(Check(id, feature, category, fn, description or (fn.__doc__ or "").strip()))
+        return fn
+
+    return register
+
+
+def check_factory(fn: Callable[[Target], Iterable[Check]]) -> Callable[[Target], Iterable[Check]]:
+    """Register a function that generates checks for a target (e.g. from the spec's ranges)."""
+    _FACTORIES.append(fn)
+    return fn
+
+
+def collect(target: Target, keyword: str | None = None) -> list[Check]:
+    """Every check for `target`, in a stable order, filtered by a `-k` style expression."""
+    for module in CHECK_MODULES:
+        importlib.import_module(module)
+    checks = list(_STATIC)
+    for factory in _FACTORIES:
+        checks.extend(factory(target))
+    seen: set[str] = set()
+    for item in checks:
+        if item.id in seen:
+            raise ValueError(f"two checks share the id {item.id!r}")
+        seen.add(item.id)
+    if keyword:
+        matcher = keyword_matcher(keyword)
+        checks = [item for item in checks if matcher(item.haystack())]
+    return checks
+
+
+_TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
+
+
+def keyword_matcher(expression: str) -> Callable[[str], bool]:
+    """Compile a pytest-like `-k` expression: words match as substrings, with and/or/not/()."""
+    tokens = _TOKEN.findall(expression)
+    if not tokens:
+        raise ValueError("empty -k expression")
+    position = 0
+
+    def peek() -> str | None:
+        return tokens[position] if position < len(tokens) else None
+
+    def take() -> str:
+        nonlocal position
+        token = peek()
+        if token is None:
+            raise ValueError(f"-k expression ends too early: {expression!r}")
+        position += 1
+        return token
+
+    def parse_or() -> Callable[[str], bool]:
+        left = parse_and()
+        while peek() == "or":
+            take()
+            right = parse_and()
+            left = (lambda a, b: lambda s: a(s) or b(s))(left, right)
+        return left
+
+    def parse_and() -> Callable[[str], bool]:
+        left = parse_not()
+        while peek() == "and":
+            take()
+            right = parse_not()
+            left = (lambda a, b: lambda s: a(s) and b(s))(left, right)
+        return left
+
+    def parse_not() -> Callable[[str], bool]:
+        if peek() == "not":
+            take()
+            inner = parse_not()
+            return lambda s: not inner(s)
+        token = take()
+        if token == "(":
+            inner = parse_or()
+            if take() != ")":
+                raise ValueError(f"unbalanced parentheses in -k expression {expression!r}")
+            return inner
+        if token in (")", "and", "or"):
+            raise ValueError(f"unexpected {token!r} in -k expression {expression!r}")
+        word = token.lower()
+        return lambda s: word in s.lower()
+
+    matcher = parse_or()
+    if peek() is not None:
+        raise ValueError(f"unexpected {peek()!r} in -k expression {expression!r}")
+    return matcher

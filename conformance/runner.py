@@ -1,0 +1,119 @@
+"""Run checks against a target, with progress on the terminal, into a `RunReport`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+import requests
+
+import spec
+from conformance.context import Context
+from conformance.registry import Check, CheckFailed, NotSupported, Skipped
+from conformance.target import Exchange, Target
+from reports import CheckResult, RunReport
+
+_MARK = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP",
+         "not_supported": "N/S"}
+
+
+class Unreachable(Exception):
+    """The endpoint could not be reached at all (exit code 2)."""
+
+
+def preflight(target: Target) -> None:
+    """Fail fast, with one line, when nothing answers HTTP at the base URL."""
+    try:
+        requests.get(target.models_url, timeout=min(target.timeout_s, 15), headers={
+            "Authorization": f"Bearer {target.api_key}"} if target.api_key else {})
+    except requests.RequestException as exc:
+        raise Unreachable(f"cannot reach {target.base_url}: {exc.__class__.__name__}: {exc}") from exc
+
+
+def _evidence(exchange: Exchange | None) -> dict[str, object]:
+    if exchange is None:
+        return {}
+    return {
+        "request": {"method": exchange.method, "url": exchange.url, "headers": exchange.headers,
+                    "body": exchange.request_json()},
+        "response_excerpt": exchange.excerpt(),
+        "curl": exchange.curl(),
+    }
+
+
+def run_one(item: Check, ctx: Context) -> CheckResult:
+    """Run one check and classify how it ended."""
+    start = time.perf_counter()
+    before = len(ctx.client.exchanges)
+    outcome, message, evidence = "passed", "", {}
+    if item.feature in ctx.target.skip_features:
+        outcome, message = "not_supported", f"feature {item.feature!r} declared unsupported"
+    else:
+        try:
+            item.run(ctx)
+        except CheckFailed as exc:
+            outcome, message = "failed", exc.message
+            evidence = _evidence(exc.exchange or (ctx.last_exchange() if len(ctx.client.exchanges) > before
+                                                   else None))
+        except NotSupported as exc:
+            outcome, message = "not_supported", str(exc)
+        except Skipped as exc:
+            outcome, message = "skipped", str(exc)
+        except requests.RequestException as exc:
+            outcome, message = "failed", f"transport error: {exc.__class__.__name__}: {exc}"
+            evidence = _evidence(ctx.last_exchange() if len(ctx.client.exchanges) > before else None)
+        except Exception as exc:  # a bug in the check itself, or an answer it could not digest
+            outcome, message = "error", f"{exc.__class__.__name__}: {exc}"
+            evidence = _evidence(ctx.last_exchange() if len(ctx.client.exchanges) > before else None)
+    return CheckResult(
+        id=item.id, feature=item.feature, category=item.category, outcome=outcome,
+        duration_s=round(time.perf_counter() - start, 4), message=message,
+        request=evidence.get("request"), response_excerpt=evidence.get("response_excerpt"),
+        curl=evidence.get("curl"), spec_note=item.spec_note,
+    )
+
+
+def run_checks(target: Target, checks: Sequence[Check], progress: TextIO | None = sys.stderr) -> RunReport:
+    """Run `checks` in order; print one line per check to `progress`."""
+    started = dt.datetime.now(dt.timezone.utc)
+    ctx = Context(target)
+    results: list[CheckResult] = []
+    width = len(str(len(checks)))
+    clock = time.perf_counter()
+    try:
+        for number, item in enumerate(checks, 1):
+            result = run_one(item, ctx)
+            results.append(result)
+            if progress is not None:
+                line = f"[{number:>{width}}/{len(checks)}] {_MARK[result.outcome]:<5} {item.id} ({result.duration_s:.2f}s)"
+                if result.outcome in ("failed", "error"):
+                    line += f"\n      {result.message}"
+                print(line, file=progress, flush=True)
+    finally:
+        ctx.client.close()
+    return RunReport(
+        title="chatspec conformance",
+        target={"base_url": target.base_url, "model": target.model, "profile": target.profile,
+                "skip_features": sorted(target.skip_features), "max_examples": target.max_examples,
+                "seed": target.seed},
+        started_at=started.isoformat(timespec="seconds"),
+        duration_s=round(time.perf_counter() - clock, 3),
+        results=results,
+        notes=spec.decisions(),
+    )
+
+
+def summary_line(report: RunReport) -> str:
+    """One line with the counts, for the end of a run."""
+    counts = report.counts()
+    parts = [f"{counts.get(k, 0)} {k.replace('_', ' ')}" for k in _MARK if counts.get(k)]
+    verdict = "FAILED" if report.failed() else "PASSED"
+    return f"conformance {verdict}: {', '.join(parts) or 'no checks'} in {report.duration_s:.1f}s"
+
+
+def dump_json(report: RunReport) -> str:
+    return json.dumps(report.to_dict(), indent=2)

@@ -1,0 +1,163 @@
+"""The endpoint under test and a recording HTTP client: every exchange keeps what a failure
+report needs (the request, a response excerpt, a curl line that reproduces it)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+import spec
+
+REDACTED = "$API_KEY"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to test and how."""
+
+    base_url: str
+    api_key: str | None
+    model: str
+    profile: str = "documented"
+    timeout_s: float = 120.0
+    skip_features: frozenset[str] = frozenset()
+    max_examples: int = 25
+    seed: int = 1234
+
+    @property
+    def chat_url(self) -> str:
+        return self.base_url.rstrip("/") + spec.CHAT_PATH
+
+    @property
+    def models_url(self) -> str:
+        return self.base_url.rstrip("/") + spec.MODELS_PATH
+
+
+@dataclass
+class Exchange:
+    """One request and its response, with the stream's raw pieces as they arrived."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None
+    status: int = 0
+    response_headers: dict[str, str] = field(default_factory=dict)
+    content: bytes = b""
+    pieces: list[tuple[float, bytes]] = field(default_factory=list)  # (seconds since send, bytes)
+    elapsed_s: float = 0.0
+
+    @property
+    def content_type(self) -> str:
+        return self.response_headers.get("content-type", "").split(";")[0].strip().lower()
+
+    def json(self) -> Any:
+        """The response body as JSON (raises ValueError when it is not)."""
+        return json.loads(self.content)
+
+    def request_json(self) -> Any:
+        """The request body as JSON, or its text when it was not JSON."""
+        if self.body is None:
+            return None
+        try:
+            return json.loads(self.body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return self.body.decode("utf-8", errors="replace")
+
+    def excerpt(self, limit: int = 2000) -> str:
+        """Status line, content type and the start of the body, for a report."""
+        text = self.content.decode("utf-8", errors="replace")
+        more = f"\n... ({len(self.content) - limit} more bytes)" if len(text) > limit else ""
+        return f"HTTP {self.status} {self.content_type}\n{text[:limit]}{more}"
+
+    def curl(self) -> str:
+        """A curl command that sends this request again (the API key left as $API_KEY)."""
+        parts = ["curl", "-sS", "-N", "-X", self.method, shlex.quote(self.url)]
+        for name, value in self.headers.items():
+            parts += ["-H", shlex.quote(f"{name}: {value}")]
+        if self.body is not None:
+            parts += ["--data-binary", shlex.quote(self.body.decode("utf-8", errors="replace"))]
+        line = " ".join(parts)
+        return line.replace(shlex.quote(f"Authorization: Bearer {REDACTED}"),
+                            f'"Authorization: Bearer {REDACTED}"')
+
+
+class Client:
+    """Sends requests to the target and records each exchange."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.session = requests.Session()
+        self.exchanges: list[Exchange] = []
+
+    def close(self) -> None:
+        self.session.close()
+
+    def chat_body(self, **params: Any) -> dict[str, Any]:
+        """A small valid request for the target's model, with `params` merged in."""
+        body: dict[str, Any] = {
+            "model": self.target.model,
+            "messages": [{"role": "user", "content": "Write one short sentence about cats."}],
+            "max_tokens": 8,
+        }
+        body.update(params)
+        return {k: v for k, v in body.items() if v is not _OMIT}
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        auth: bool = True,
+        stream: bool = False,
+    ) -> Exchange:
+        """Send one request; `auth=False` leaves the Authorization header out."""
+        sent = dict(headers or {})
+        shown = dict(sent)
+        if auth and self.target.api_key and "Authorization" not in sent:
+            sent["Authorization"] = f"Bearer {self.target.api_key}"
+            shown["Authorization"] = f"Bearer {REDACTED}"
+        exchange = Exchange(method=method, url=url, headers=shown, body=body)
+        self.exchanges.append(exchange)
+        start = time.perf_counter()
+        response = self.session.request(
+            method, url, data=body, headers=sent, stream=True, timeout=self.target.timeout_s
+        )
+        try:
+            exchange.status = response.status_code
+            exchange.response_headers = {k.lower(): v for k, v in response.headers.items()}
+            buffer = bytearray()
+            for piece in response.raw.stream(65536, decode_content=True) if stream else [response.content]:
+                if piece:
+                    exchange.pieces.append((time.perf_counter() - start, piece))
+                    buffer += piece
+            exchange.content = bytes(buffer)
+        finally:
+            response.close()
+        exchange.elapsed_s = time.perf_counter() - start
+        return exchange
+
+    def chat(self, body: Any, *, headers: dict[str, str] | None = None, auth: bool = True) -> Exchange:
+        """POST a chat-completions request; a streaming body is read piece by piece."""
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+        hdrs = {"Content-Type": "application/json"}
+        hdrs.update(headers or {})
+        stream = isinstance(body, dict) and bool(body.get("stream"))
+        return self.request("POST", self.target.chat_url, body=raw, headers=hdrs, auth=auth, stream=stream)
+
+
+class _Omit:
+    def __repr__(self) -> str:
+        return "OMIT"
+
+
+_OMIT = _Omit()
+OMIT: Any = _OMIT
+"""Pass as a value to `Client.chat_body` to leave that field out of the request."""
