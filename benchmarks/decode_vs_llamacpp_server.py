@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import requests
-
 from reference_server.engines.llamacpp import default_model_path
+
 from reference_server.launcher import free_port, running_server
 
 PROMPT = "Write a long, detailed story about a dragon who learns to cook."
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             "chatspec": (ours.api_base + "/chat/completions", {"Authorization": f"Bearer {ours.api_key}"}),
             "llama_cpp.server": (theirs_url, {}),
         }
-        for name, (url, headers) in targets.items():  # warm-up, not counted
+        for url, headers in targets.values():  # warm-up, not counted
             _stream_once(url, headers, {**body, "max_tokens": 8})
         for round_no in range(args.rounds):
             order = list(targets) if round_no % 2 == 0 else list(reversed(targets))

@@ -17,7 +17,7 @@ from conformance.sse import SSEParseResult, parse_sse
 from conformance.target import Client, Exchange, Target
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def validator(name: str) -> jsonschema.Draft202012Validator:
     """A validator for the spec component `name` (built once)."""
     return jsonschema.Draft202012Validator(spec.schema(name))

@@ -79,7 +79,7 @@ def run_one(item: Check, ctx: Context) -> CheckResult:
 
 def run_checks(target: Target, checks: Sequence[Check], progress: TextIO | None = sys.stderr) -> RunReport:
     """Run `checks` in order; print one line per check to `progress`."""
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     ctx = Context(target)
     results: list[CheckResult] = []
     width = len(str(len(checks)))
@@ -89,7 +89,8 @@ def run_checks(target: Target, checks: Sequence[Check], progress: TextIO | None 
             result = run_one(item, ctx)
             results.append(result)
             if progress is not None:
-                line = f"[{number:>{width}}/{len(checks)}] {_MARK[result.outcome]:<5} {item.id} ({result.duration_s:.2f}s)"
+                mark = _MARK[result.outcome]
+                line = f"[{number:>{width}}/{len(checks)}] {mark:<5} {item.id} ({result.duration_s:.2f}s)"
                 if result.outcome in ("failed", "error"):
                     line += f"\n      {result.message}"
                 print(line, file=progress, flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hmac
 import json
@@ -207,12 +208,13 @@ class Server:
                 pieces = generation.generate_choice(
                     self.engine, prompt, params, chat.stops, state, cancel
                 )
-                async for piece in pieces:
-                    if piece.text or piece.logprobs:
-                        await send([_chunk_choice(index, piece.text, piece.logprobs, params.logprobs)])
-                    if piece.finish_reason:
-                        await send([{"index": index, "delta": {}, "finish_reason": piece.finish_reason,
-                                     "logprobs": None}])
+                async with contextlib.aclosing(pieces):  # a failed write stops generation at once
+                    async for piece in pieces:
+                        if piece.text or piece.logprobs:
+                            await send([_chunk_choice(index, piece.text, piece.logprobs, params.logprobs)])
+                        if piece.finish_reason:
+                            await send([{"index": index, "delta": {}, "finish_reason": piece.finish_reason,
+                                         "logprobs": None}])
                 completion_tokens += state.completion_tokens
             await send([], usage=generation.usage(len(prompt), completion_tokens))
             await response.write(DONE_EVENT)

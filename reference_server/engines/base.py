@@ -70,7 +70,7 @@ class Engine(ABC):
     ) -> AsyncIterator[GeneratedToken]:
         """Generate up to `params.max_tokens` tokens; ends early at end-of-sequence or `cancel`."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing to release
         """Release model resources (optional)."""
 
 

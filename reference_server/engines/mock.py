@@ -133,14 +133,14 @@ class MockEngine(Engine):
         probs = [w / total for w in weights]
         keep = []
         mass = 0.0
-        for i, p in zip(order, probs):
+        for i, p in zip(order, probs, strict=True):
             if params.min_p > 0 and p < params.min_p * probs[0]:
                 break
             keep.append((i, p))
             mass += p
             if mass >= params.top_p:
                 break
-        ids, ps = zip(*keep)
+        ids, ps = zip(*keep, strict=True)
         return rng.choices(ids, weights=ps, k=1)[0]
 
     def _json_pieces(self, params: SamplingParams) -> list[bytes]:

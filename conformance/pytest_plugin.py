@@ -1,0 +1,113 @@
+"""The conformance checks as pytest items, for suites that gate with pytest.
+
+    pytest -p conformance.pytest_plugin --chatspec-base-url http://127.0.0.1:8000 \\
+        --chatspec-api-key "$KEY" --chatspec-model NAME
+
+Each check becomes one test (`chatspec::<check id>`); a failure shows the message and a curl
+line that reproduces it; "not supported" features and non-applicable checks are skipped with
+that reason, never passed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from conformance.context import Context
+from conformance.registry import FEATURES, Check, collect
+from conformance.runner import run_one
+from conformance.target import Target
+
+_CONTEXT = pytest.StashKey[Context]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("chatspec", "chat-completions conformance (chatspec)")
+    group.addoption("--chatspec-base-url", default=None, help="endpoint root to check")
+    group.addoption("--chatspec-api-key", default=None, help="bearer key (default: $CHATSPEC_API_KEY)")
+    group.addoption("--chatspec-model", default=None, help="model name for requests")
+    group.addoption("--chatspec-profile", default="documented", choices=("documented", "openai"))
+    group.addoption("--chatspec-skip-feature", action="append", default=[], choices=FEATURES)
+    group.addoption("--chatspec-max-examples", type=int, default=25)
+    group.addoption("--chatspec-seed", type=int, default=1234)
+    group.addoption("--chatspec-timeout", type=float, default=120.0)
+
+
+def _target(config: pytest.Config) -> Target | None:
+    base_url = config.getoption("chatspec_base_url")
+    if not base_url:
+        return None
+    model = config.getoption("chatspec_model")
+    if not model:
+        raise pytest.UsageError("--chatspec-model is required with --chatspec-base-url")
+    key = config.getoption("chatspec_api_key") or os.environ.get("CHATSPEC_API_KEY")
+    return Target(
+        base_url=base_url.rstrip("/"), api_key=key, model=model,
+        profile=config.getoption("chatspec_profile"),
+        skip_features=frozenset(config.getoption("chatspec_skip_feature")),
+        max_examples=config.getoption("chatspec_max_examples"), seed=config.getoption("chatspec_seed"),
+        timeout_s=config.getoption("chatspec_timeout"),
+    )
+
+
+class ChatspecCollector(pytest.Collector):
+    """Holds one item per conformance check."""
+
+    def __init__(self, *args: Any, target: Target, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.target = target
+
+    def collect(self) -> list[pytest.Item]:
+        return [CheckItem.from_parent(self, name=item.id, check=item) for item in collect(self.target)]
+
+
+class CheckItem(pytest.Item):
+    """One conformance check."""
+
+    def __init__(self, *args: Any, check: Check, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.check = check
+
+    def runtest(self) -> None:
+        ctx = self.config.stash[_CONTEXT]
+        result = run_one(self.check, ctx)
+        if result.outcome in ("not_supported", "skipped"):
+            label = "not supported" if result.outcome == "not_supported" else "skipped"
+            pytest.skip(f"{label}: {result.message}")
+        if result.outcome != "passed":
+            detail = [f"[{result.outcome}] {result.message}"]
+            if result.response_excerpt:
+                detail.append("response:\n" + result.response_excerpt)
+            if result.curl:
+                detail.append("reproduce:\n" + result.curl)
+            raise ChatspecCheckError("\n".join(detail))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ChatspecCheckError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"chatspec::{self.check.id} ({self.check.feature}/{self.check.category})"
+
+
+class ChatspecCheckError(Exception):
+    """A conformance check did not pass."""
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    target = _target(config)
+    if target is None:
+        return
+    config.stash[_CONTEXT] = Context(target)
+    collector = ChatspecCollector.from_parent(session, name="chatspec", target=target)
+    items.extend(collector.collect())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    ctx = config.stash.get(_CONTEXT, None)
+    if ctx is not None:
+        ctx.client.close()
