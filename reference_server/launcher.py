@@ -74,7 +74,7 @@ def running_server(
     key = secrets.token_urlsafe(16) if api_key == "auto" else api_key
     command: list[str] = [sys.executable, "-m", "reference_server", "--host", "127.0.0.1",
                           "--port", str(port), "--engine", engine]
-    command += ["--api-key", key] if key else ["--no-auth"]
+    command += [f"--api-key={key}"] if key else ["--no-auth"]
     if model:
         command += ["--model-name", model]
     command += list(args)

@@ -119,7 +119,7 @@ def parse_request(body: Any, *, vocab_size: int) -> ChatRequest:
                 code="invalid_value",
             ) from exc
 
-    max_tokens = body["max_tokens"]
+    max_tokens = int(body["max_tokens"])  # JSON Schema counts 1.0 as an integer
     sampling = SamplingParams(
         max_tokens=max_tokens,
         temperature=float(_value(body, "temperature", defaults["temperature"])),
@@ -130,7 +130,7 @@ def parse_request(body: Any, *, vocab_size: int) -> ChatRequest:
         presence_penalty=float(_value(body, "presence_penalty", defaults["presence_penalty"])),
         repetition_penalty=float(_value(body, "repetition_penalty", 1.0)),
         logit_bias=logit_bias,
-        seed=body.get("seed"),
+        seed=None if body.get("seed") is None else int(body["seed"]),
         logprobs=logprobs,
         top_logprobs=int(top_logprobs or 0),
         json_mode=json_mode,

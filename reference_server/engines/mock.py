@@ -123,6 +123,8 @@ class MockEngine(Engine):
             adjusted[token] -= count * params.frequency_penalty + params.presence_penalty
         for token, bias in params.logit_bias.items():
             adjusted[token] = -math.inf if bias <= -100 else adjusted[token] + bias
+        # Extreme but valid settings (repetition_penalty 5e-324) must not overflow the weights.
+        adjusted = [x if x == -math.inf else max(-1e6, min(1e6, x)) for x in adjusted]
         order = sorted(range(self.vocab_size), key=lambda i: adjusted[i], reverse=True)
         order = [i for i in order if adjusted[i] != -math.inf] or [EOS_ID]
         if params.top_k > 0:

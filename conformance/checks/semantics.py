@@ -1,0 +1,499 @@
+"""Model-agnostic semantics: seed, stop, max_tokens, n, logprobs, logit_bias, JSON mode, context
+handling and top_k sampling.
+
+Every expectation is derived from the endpoint's own seeded outputs (never from what a given
+model happens to say), and every choice a check makes (seeds, stop strings, token ids) is
+deterministic, so a conforming endpoint passes every time and nothing is retried.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from conformance.context import Context, schema_errors
+from conformance.registry import CheckFailed, check
+from conformance.target import Exchange
+
+STORY = ("Write a long story about a cat, a dog and a fox who travel together. "
+         "Use many different words and describe every place they visit.")
+LONG_ANSWER = "Write a very long and detailed essay, at least 500 words, about the history of bread."
+SEED_TRIES = 6  # seeds tried, in order from the target's seed, when a run is too short to use
+EPS = 1e-6
+
+
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _seeds(ctx: Context, count: int = SEED_TRIES) -> list[int]:
+    return [ctx.target.seed + i for i in range(count)]
+
+
+def _story(ctx: Context, seed: int, **params: Any) -> dict[str, Any]:
+    """A seeded request for a 16-token story at temperature 0.7 (`params` merged in)."""
+    base: dict[str, Any] = {"messages": _user(STORY), "max_tokens": 16, "seed": seed, "temperature": 0.7}
+    return ctx.body(**{**base, **params})
+
+
+def _choice(data: dict[str, Any], index: int = 0) -> dict[str, Any]:
+    for choice in data["choices"]:
+        if choice.get("index") == index:
+            return choice
+    return data["choices"][0]
+
+
+def _text(data: dict[str, Any]) -> str:
+    return _choice(data)["message"].get("content") or ""
+
+
+def _entries(data: dict[str, Any]) -> list[dict[str, Any]] | None:
+    logprobs = _choice(data).get("logprobs")
+    if not isinstance(logprobs, dict):
+        return None
+    return logprobs.get("content")
+
+
+def _baseline(ctx: Context, seed: int) -> tuple[Exchange, dict[str, Any]]:
+    """The non-streamed seeded story run for `seed`, sent once per run and shared by checks."""
+    return ctx.memo(f"semantics.story.{seed}", lambda: ctx.ok_json(_story(ctx, seed)))
+
+
+def _ok(ctx: Context, exchange: Exchange) -> dict[str, Any]:
+    """What `ctx.ok_json` enforces, for an exchange already sent."""
+    ctx.expect(exchange.status == 200, f"expected 200, got {exchange.status}", exchange)
+    try:
+        data = exchange.json()
+    except ValueError as exc:
+        raise CheckFailed(f"body is not JSON: {exc}", exchange) from exc
+    problems = schema_errors("ChatCompletion", data)
+    ctx.expect(not problems, "chat.completion body breaks the spec: " + "; ".join(problems), exchange)
+    return data
+
+
+# ---- seed ----------------------------------------------------------------------------------
+
+
+def _seed_with_text(ctx: Context) -> tuple[int, Exchange, dict[str, Any]]:
+    """The first seed whose baseline run produced some text."""
+    for seed in _seeds(ctx, 3):
+        exchange, data = _baseline(ctx, seed)
+        if _text(data):
+            return seed, exchange, data
+    raise CheckFailed("three seeded runs asking for a story all produced empty text", ctx.last_exchange())
+
+
+@check("seed.repeat_nonstream", "seed", "determinism")
+def seed_repeat_nonstream(ctx: Context) -> None:
+    """The same seeded request (temperature 0.7) sent twice returns the same text."""
+    seed, _, first = _seed_with_text(ctx)
+    exchange, second = ctx.ok_json(_story(ctx, seed))
+    ctx.expect(_text(second) == _text(first),
+               f"same request with seed {seed} gave different texts: {_text(first)!r} then {_text(second)!r}",
+               exchange)
+
+
+@check("seed.repeat_stream_vs_nonstream", "seed", "determinism")
+def seed_repeat_stream_vs_nonstream(ctx: Context) -> None:
+    """A seeded request streamed returns the same text as the same request not streamed."""
+    seed, _, first = _seed_with_text(ctx)
+    result = ctx.ok_stream(_story(ctx, seed))
+    streamed = result.texts().get(0, "")
+    ctx.expect(streamed == _text(first),
+               f"seed {seed}: streamed text {streamed!r} differs from the non-streamed {_text(first)!r}",
+               result.exchange)
+
+
+# ---- stop ----------------------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+")
+_SKIP_CHARS = 3  # a stop string starts after the first few characters
+
+
+def pick_stop(text: str) -> str | None:
+    """A substring occurring exactly once in `text`, starting after its first few characters.
+
+    Prefers a whole word (the first unique one of 3+ characters, then of 2); else the first
+    unique 3-, then 2-character slice. Deterministic; None when the text is too short.
+    """
+    words = [m for m in _WORD.finditer(text) if m.start() >= _SKIP_CHARS]
+    for size in (3, 2):
+        for match in words:
+            word = match.group()
+            if len(word) >= size and text.count(word) == 1:
+                return word
+    for size in (3, 2):
+        for start in range(_SKIP_CHARS, len(text) - size + 1):
+            piece = text[start : start + size]
+            if piece.strip() and text.count(piece) == 1:
+                return piece
+    return None
+
+
+def _stop_plan(ctx: Context) -> tuple[int, str, str]:
+    """(seed, baseline text, stop string) from the first seeded run long enough to pick one."""
+    for seed in _seeds(ctx):
+        _, data = _baseline(ctx, seed)
+        text = _text(data)
+        stop = pick_stop(text)
+        if stop is not None:
+            return seed, text, stop
+    raise CheckFailed(f"{SEED_TRIES} seeded story runs gave no text with a unique substring to stop on",
+                      ctx.last_exchange())
+
+
+def _check_stopped(ctx: Context, exchange: Exchange, text: str, finish: str | None, baseline: str,
+                   stop: str, seed: int) -> None:
+    expected = baseline[: baseline.index(stop) + len(stop)]
+    where = f"seed {seed}, stop {stop!r} (baseline text {baseline!r})"
+    ctx.expect(finish == "stop", f"{where}: finish_reason {finish!r}, expected 'stop'", exchange)
+    ctx.expect(text.endswith(stop),
+               f"{where}: the text must contain and end with the stop sequence, got {text!r}", exchange)
+    ctx.expect(text == expected,
+               f"{where}: the text must equal the baseline up to and including the stop sequence, "
+               f"expected {expected!r}, got {text!r}", exchange)
+
+
+@check("stop.contains_and_ends", "stop", "stop")
+def stop_contains_and_ends(ctx: Context) -> None:
+    """A seeded run rerun with a stop string from its own text ends with that string (kept, as the
+    doc says) and equals the first run up to and including it; finish_reason is stop."""
+    seed, baseline, stop = _stop_plan(ctx)
+    exchange, data = ctx.ok_json(_story(ctx, seed, stop=stop))
+    _check_stopped(ctx, exchange, _text(data), _choice(data).get("finish_reason"), baseline, stop, seed)
+
+
+@check("stop.stream", "stop", "stop")
+def stop_stream(ctx: Context) -> None:
+    """The stop rule in streaming mode: the streamed text ends with the stop string, finish stop."""
+    seed, baseline, stop = _stop_plan(ctx)
+    result = ctx.ok_stream(_story(ctx, seed, stop=stop))
+    reasons = result.finish_reasons().get(0, [])
+    _check_stopped(ctx, result.exchange, result.texts().get(0, ""), reasons[-1] if reasons else None,
+                   baseline, stop, seed)
+
+
+# ---- max_tokens ----------------------------------------------------------------------------
+
+
+@check("max_tokens.length_finish", "max_tokens", "limits")
+def max_tokens_length_finish(ctx: Context) -> None:
+    """max_tokens 2 on a prompt asking for a long answer: finish_reason length, 2 completion tokens."""
+    for seed in _seeds(ctx):
+        body = ctx.body(messages=_user(LONG_ANSWER), max_tokens=2, seed=seed, temperature=0.7)
+        exchange, data = ctx.ok_json(body)
+        finish = _choice(data).get("finish_reason")
+        used = data["usage"]["completion_tokens"]
+        ctx.expect(used <= 2, f"max_tokens 2 but usage.completion_tokens is {used}", exchange)
+        if finish == "stop":
+            continue  # this seed ended on its own within 2 tokens: try the next one
+        ctx.expect(finish == "length", f"finish_reason {finish!r} after max_tokens, expected 'length'", exchange)
+        ctx.expect(used == 2, f"finish_reason length at max_tokens 2 but usage.completion_tokens is {used}",
+                   exchange)
+        return
+    ctx.fail(f"in {SEED_TRIES} seeded runs asking for a long essay with max_tokens 2, finish_reason was never "
+             "'length'", ctx.last_exchange())
+
+
+# ---- n -------------------------------------------------------------------------------------
+
+
+@check("n.choices_indices", "n", "choices")
+def n_choices_indices(ctx: Context) -> None:
+    """n=3 gives 3 choices with indices exactly {0, 1, 2}, streamed and not."""
+    exchange, data = ctx.ok_json(ctx.body(n=3, max_tokens=4))
+    indices = [choice.get("index") for choice in data["choices"]]
+    ctx.expect(sorted(indices) == [0, 1, 2], f"n=3: choice indices {indices}, expected 0, 1, 2", exchange)
+    result = ctx.ok_stream(ctx.body(n=3, max_tokens=4))
+    seen = sorted({choice.get("index") for chunk in result.chunks for choice in chunk.get("choices") or []})
+    ctx.expect(seen == [0, 1, 2], f"n=3 streamed: choice indices {seen}, expected 0, 1, 2", result.exchange)
+    finished = sorted(result.finish_reasons())
+    ctx.expect(finished == [0, 1, 2], f"n=3 streamed: finish_reason seen for choices {finished}, expected 0, 1, 2",
+               result.exchange)
+
+
+# ---- logprobs ------------------------------------------------------------------------------
+
+
+def _decoded(entry: dict[str, Any]) -> str | None:
+    """The entry's bytes as text, or None when absent or not valid UTF-8 on their own."""
+    raw = entry.get("bytes")
+    if raw is None:
+        return None
+    try:
+        return bytes(raw).decode("utf-8")
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+@check("logprobs.shape", "logprobs", "logprobs")
+def logprobs_shape(ctx: Context) -> None:
+    """logprobs with top_logprobs 3: one entry per generated token, logprobs <= 0, exactly 3
+    alternatives sorted most likely first, bytes that decode to the token, tokens that spell the text."""
+    for seed in _seeds(ctx, 3):
+        exchange, data = ctx.ok_json(_story(ctx, seed, max_tokens=8, logprobs=True, top_logprobs=3))
+        choice = _choice(data)
+        entries = _entries(data)
+        ctx.expect(entries is not None, "logprobs: true but the choice has no logprobs.content", exchange)
+        used = data["usage"]["completion_tokens"]
+        finish = choice.get("finish_reason")
+        allowed = {used} if finish == "length" else {used, used - 1}  # an end token may go unlisted
+        ctx.expect(len(entries) in allowed,
+                   f"{len(entries)} logprobs entries for {used} completion tokens (finish {finish})", exchange)
+        for position, entry in enumerate(entries):
+            at = f"logprobs.content[{position}] ({entry.get('token')!r})"
+            ctx.expect(entry["logprob"] <= 0, f"{at}: logprob {entry['logprob']} > 0", exchange)
+            top = entry["top_logprobs"]
+            ctx.expect(len(top) == 3, f"{at}: {len(top)} top_logprobs, expected exactly 3", exchange)
+            values = [alt["logprob"] for alt in top]
+            ctx.expect(all(a >= b - EPS for a, b in zip(values, values[1:], strict=False)),
+                       f"{at}: top_logprobs not sorted most likely first: {values}", exchange)
+            ctx.expect(all(v <= 0 for v in values), f"{at}: a top logprob is > 0: {values}", exchange)
+            for item in (entry, *top):
+                decoded = _decoded(item)
+                ctx.expect(decoded is None or decoded == item["token"],
+                           f"{at}: bytes {item.get('bytes')} decode to {decoded!r}, not the token {item['token']!r}",
+                           exchange)
+        if finish == "length":
+            if all(entry.get("bytes") is not None for entry in entries):
+                spelled = b"".join(bytes(entry["bytes"]) for entry in entries).decode("utf-8", errors="replace")
+            else:
+                spelled = "".join(entry["token"] for entry in entries)
+            ctx.expect(spelled == (choice["message"].get("content") or ""),
+                       f"the logprob tokens spell {spelled!r}, but the content is "
+                       f"{choice['message'].get('content')!r}", exchange)
+            return
+    # No run reached max_tokens, so the spelling was not checked; everything else held.
+
+
+# ---- logit_bias ----------------------------------------------------------------------------
+
+# Token ids tried, in order, as the forced token: they cover punctuation in common byte-level
+# vocabularies ("." and "," sit at 13/11, or 30/28 after 17 special tokens) and fit tiny ones.
+FORCE_CANDIDATES = (13, 30, 11, 28, 12, 14, 40, 41, 42, 43)
+
+
+@dataclass(frozen=True)
+class Forced:
+    """A token id and the text it produces, learned by forcing it with a +100 bias."""
+
+    token_id: int
+    token: str
+
+
+def _force(ctx: Context, token_id: int, logprobs: bool) -> Forced | None:
+    """Force `token_id` (+100, temperature 1); None when the id is rejected or yields no text.
+
+    Fails when the id is accepted but the output is not that one token repeated.
+    """
+    params: dict[str, Any] = {"max_tokens": 6, "temperature": 1.0, "logit_bias": {str(token_id): 100}}
+    if logprobs:
+        params["logprobs"] = True
+    exchange = ctx.chat(ctx.body(messages=_user(STORY), seed=ctx.target.seed, **params))
+    if exchange.status == 400:
+        data = ctx.expect_error(exchange, [400], what=f"logit_bias {{{token_id}: 100}}")
+        param = data["error"].get("param") or ""
+        ctx.expect(param.startswith("logit_bias"), f"logit_bias {{{token_id}: 100}} rejected naming {param!r}",
+                   exchange)
+        return None  # not in this vocabulary
+    data = _ok(ctx, exchange)
+    text = _text(data)
+    used = data["usage"]["completion_tokens"]
+    if not text or used < 2:
+        return None  # a special or end token: nothing to compare
+    where = f"logit_bias {{{token_id}: 100}} at temperature 1"
+    if logprobs:
+        entries = _entries(data)
+        ctx.expect(entries, "logprobs: true but the choice has no logprobs.content", exchange)
+        tokens = [entry["token"] for entry in entries]
+        ctx.expect(len(set(tokens)) == 1, f"{where} must force that token at every step, got tokens {tokens}",
+                   exchange)
+        return Forced(token_id, tokens[0])
+    unit = text[: len(text) // used] if len(text) % used == 0 else ""
+    ctx.expect(unit and unit * used == text,
+               f"{where} must force that token at every step: {used} tokens, but the text {text!r} is not "
+               "one piece repeated", exchange)
+    return Forced(token_id, unit)
+
+
+def _forced(ctx: Context, token_id: int) -> Forced | None:
+    logprobs = "logprobs" not in ctx.target.skip_features
+    return ctx.memo(f"semantics.force.{token_id}.{logprobs}", lambda: _force(ctx, token_id, logprobs))
+
+
+def _first_forced(ctx: Context) -> Forced:
+    def find() -> Forced:
+        for token_id in FORCE_CANDIDATES:
+            forced = _forced(ctx, token_id)
+            if forced is not None:
+                return forced
+        raise CheckFailed(f"none of the token ids {list(FORCE_CANDIDATES)} could be forced with a +100 bias "
+                          "(each was rejected or produced no text)", ctx.last_exchange())
+
+    return ctx.memo("semantics.force.first", find)
+
+
+@check("logit_bias.force", "logit_bias", "logit_bias")
+def logit_bias_force(ctx: Context) -> None:
+    """A +100 bias on one token id makes every generated token that same token."""
+    _first_forced(ctx)
+
+
+def _tokens(ctx: Context, body: dict[str, Any]) -> tuple[Exchange, list[str]]:
+    exchange, data = ctx.ok_json(body)
+    entries = _entries(data)
+    ctx.expect(entries is not None, "logprobs: true but the choice has no logprobs.content", exchange)
+    return exchange, [entry["token"] for entry in entries]
+
+
+@check("logit_bias.ban", "logit_bias", "logit_bias")
+def logit_bias_ban(ctx: Context) -> None:
+    """A -100 bias bans a token: a seeded run whose output contains it, rerun with the ban, never emits it."""
+    ctx.uses("logprobs")  # tokens are told apart through their logprobs entries
+    first = _first_forced(ctx)
+    seed = ctx.target.seed
+    searches = [
+        ctx.body(messages=_user(f"Repeat this text exactly: {first.token * 8}"), max_tokens=24, seed=seed,
+                 temperature=0.7, logprobs=True),
+        _story(ctx, seed, max_tokens=24, logprobs=True),
+        _story(ctx, seed + 1, max_tokens=24, logprobs=True),
+    ]
+    outputs = [_tokens(ctx, body)[1] for body in searches]
+    found: tuple[Forced, dict[str, Any]] | None = None
+    others: list[Forced] = []
+    for token_id in FORCE_CANDIDATES:
+        forced = first if token_id == first.token_id else _forced(ctx, token_id)
+        if forced is None:
+            continue
+        if forced.token != first.token:
+            others.append(forced)
+        body = next((b for b, tokens in zip(searches, outputs, strict=True) if forced.token in tokens), None)
+        if body is not None:
+            found = (forced, body)
+            break
+        if len(others) >= 3:
+            break
+    if found is not None:
+        forced, body = found
+        banned = {**body, "logit_bias": {str(forced.token_id): -100}}
+        exchange, tokens = _tokens(ctx, banned)
+        ctx.expect(forced.token not in tokens,
+                   f"token id {forced.token_id} ({forced.token!r}) appears in the seeded run; with logit_bias "
+                   f"-100 on it, it must never appear, got tokens {tokens}", exchange)
+        return
+    # No seeded run emitted a forceable token on its own: ban it while forcing another instead.
+    bias = {str(first.token_id): -100}
+    other = others[0] if others else None
+    if other is not None:
+        bias[str(other.token_id)] = 100
+    exchange, tokens = _tokens(ctx, _story(ctx, seed, max_tokens=8, logprobs=True, logit_bias=bias))
+    ctx.expect(first.token not in tokens,
+               f"logit_bias -100 on token id {first.token_id} ({first.token!r}) must ban it, got tokens {tokens}",
+               exchange)
+    if other is not None:
+        ctx.expect(set(tokens) <= {other.token},
+                   f"logit_bias {bias}: expected only {other.token!r} (forced), got tokens {tokens}", exchange)
+
+
+# ---- JSON mode -----------------------------------------------------------------------------
+
+_JSON_SYSTEM = "You are an API that answers with one JSON object and nothing else."
+NAME_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+def _json_body(ctx: Context, user: str, max_tokens: int, fmt: dict[str, Any]) -> dict[str, Any]:
+    return ctx.body(messages=[{"role": "system", "content": _JSON_SYSTEM}, {"role": "user", "content": user}],
+                    max_tokens=max_tokens, response_format=fmt, seed=ctx.target.seed, temperature=0.7)
+
+
+def _parse_object(ctx: Context, exchange: Exchange, text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CheckFailed(f"{what}: the content is not valid JSON ({exc}): {text[:300]!r}", exchange) from exc
+    ctx.expect(isinstance(value, dict), f"{what}: the content is JSON but not an object: {text[:300]!r}", exchange)
+    return value
+
+
+@check("json_mode.parsable", "json_mode", "json_mode")
+def json_mode_parsable(ctx: Context) -> None:
+    """response_format json_object: a finished answer is a JSON object."""
+    body = _json_body(ctx, 'Describe a cat as a JSON object with the keys "name" (a string) and "age" '
+                      "(a number).", 80, {"type": "json_object"})
+    exchange, data = ctx.ok_json(body)
+    text = _text(data)
+    finish = _choice(data).get("finish_reason")
+    if finish == "length":
+        # Cut off by max_tokens, as the doc allows: only the start can be judged.
+        ctx.expect(text.strip() == "" or text.lstrip().startswith("{"),
+                   f"JSON mode: the (cut off) content does not start a JSON object: {text[:300]!r}", exchange)
+        return
+    _parse_object(ctx, exchange, text, "JSON mode")
+
+
+@check("json_mode.schema_valid", "json_mode", "json_mode")
+def json_mode_schema_valid(ctx: Context) -> None:
+    """response_format json_object with a schema: the answer is valid against the schema."""
+    fmt = {"type": "json_object", "schema": NAME_SCHEMA}
+    body = _json_body(ctx, 'Give a JSON object with one key, "name", whose value is the name of a cat.', 120, fmt)
+    exchange, data = ctx.ok_json(body)
+    finish = _choice(data).get("finish_reason")
+    ctx.expect(finish == "stop", f"JSON mode with a schema: finish_reason {finish!r} within 120 tokens, "
+               "expected 'stop' (a complete object)", exchange)
+    value = _parse_object(ctx, exchange, _text(data), "JSON mode with a schema")
+    errors = [e.message for e in jsonschema.Draft202012Validator(NAME_SCHEMA).iter_errors(value)]
+    ctx.expect(not errors, f"JSON mode: {json.dumps(value)[:300]} breaks the schema {json.dumps(NAME_SCHEMA)}: "
+               + "; ".join(errors), exchange)
+
+
+# ---- context -------------------------------------------------------------------------------
+
+HUGE_MAX_TOKENS = 10_000_000
+_CONTEXT_PROMPT = "Summarize the following notes in one word. " + " ".join(
+    f"Note {i}: the cat sat on the mat and watched the birds outside." for i in range(12))
+# Stops that end the answer at once, so a lowered max_tokens never means a long generation.
+_QUICK_STOPS = [" ", "\n", ".", ","]
+
+
+def _context_body(ctx: Context, **params: Any) -> dict[str, Any]:
+    return ctx.body(messages=_user(_CONTEXT_PROMPT), max_tokens=HUGE_MAX_TOKENS, stop=_QUICK_STOPS, **params)
+
+
+@check("context.truncate_default", "context", "context")
+def context_truncate_default(ctx: Context) -> None:
+    """prompt + max_tokens beyond any context: max_tokens is lowered by default (200, not an error)."""
+    ctx.ok_json(_context_body(ctx))
+
+
+@check("context.error_behavior", "context", "context")
+def context_error_behavior(ctx: Context) -> None:
+    """prompt + max_tokens beyond the context with context_length_exceeded_behavior "error": a 400."""
+    exchange = ctx.chat(_context_body(ctx, context_length_exceeded_behavior="error"))
+    data = ctx.expect_error(exchange, [400], what='context_length_exceeded_behavior "error"')
+    param = data["error"].get("param")
+    ctx.expect(param in ("max_tokens", "messages"),
+               f"the error names param {param!r}, expected 'max_tokens' or 'messages'", exchange)
+
+
+# ---- sampling ------------------------------------------------------------------------------
+
+
+@check("sampling.top_k_within", "sampling", "sampling")
+def sampling_top_k_within(ctx: Context) -> None:
+    """top_k 2 at temperature 1.5: every sampled token is one of the 2 most likely at its position."""
+    ctx.uses("logprobs")
+    body = _story(ctx, ctx.target.seed, temperature=1.5, top_k=2, logprobs=True, top_logprobs=5)
+    exchange, data = ctx.ok_json(body)
+    entries = _entries(data)
+    ctx.expect(entries is not None, "logprobs: true but the choice has no logprobs.content", exchange)
+    for position, entry in enumerate(entries):
+        top = entry["top_logprobs"]
+        ctx.expect(len(top) >= 2, f"logprobs.content[{position}]: {len(top)} top_logprobs, expected 5", exchange)
+        best = {alt["token"] for alt in top[:2]}
+        ctx.expect(entry["token"] in best or entry["logprob"] >= top[1]["logprob"] - EPS,
+                   f"top_k 2: token {position} {entry['token']!r} (logprob {entry['logprob']:.4f}) is not among "
+                   f"the 2 most likely: {[(alt['token'], round(alt['logprob'], 4)) for alt in top]}", exchange)

