@@ -156,10 +156,6 @@ class Server:
         params = chat.sampling
         if max_tokens != params.max_tokens:
             params = dataclasses.replace(params, max_tokens=max_tokens)
-        try:
-            self.engine.check_params(params)
-        except ValueError as exc:
-            raise ApiError(400, str(exc), param="response_format", code="invalid_value") from exc
         self.in_flight += 1
         try:
             if chat.stream:

