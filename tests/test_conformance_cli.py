@@ -1,0 +1,104 @@
+"""`python -m conformance` and the pytest plugin: exit codes, reports, honest capabilities."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conformance.registry import keyword_matcher
+from reference_server.launcher import RunningServer, free_port, running_server
+
+
+@pytest.fixture(scope="module")
+def mock() -> Iterator[RunningServer]:
+    with running_server("--ttft-ms", "0", "--itl-ms", "0", engine="mock") as server:
+        yield server
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "conformance", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def _target(server: RunningServer) -> list[str]:
+    return ["--base-url", server.base_url, "--api-key", server.api_key or "", "--model", server.model]
+
+
+def test_help_explains_itself() -> None:
+    out = _cli("--help")
+    assert out.returncode == 0
+    for word in ("--base-url", "--profile", "--skip-feature", "--report-dir", "Exit status"):
+        assert word in out.stdout
+
+
+def test_passing_run_exits_0_and_writes_reports(mock: RunningServer, tmp_path: Path) -> None:
+    out = _cli(*_target(mock), "-k", "usage or streaming", "--report-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "PASS" in out.stderr and "conformance PASSED" in out.stdout
+    data = json.loads((tmp_path / "conformance.json").read_text())
+    assert data["verdict"] == "passed" and data["summary"]["passed"] >= 10
+    assert (tmp_path / "junit.xml").exists() and (tmp_path / "conformance.html").exists()
+
+
+def test_failing_check_exits_1_with_a_reproduction(mock: RunningServer, tmp_path: Path) -> None:
+    # The reference server holds the documented bounds; OpenAI's profile accepts temperature 0.
+    out = _cli(*_target(mock), "--profile", "openai", "-k", "ranges.temperature.inclusive_min_end",
+               "--report-dir", str(tmp_path))
+    assert out.returncode == 1, out.stdout + out.stderr
+    check = json.loads((tmp_path / "conformance.json").read_text())["checks"][0]
+    assert check["outcome"] == "failed"
+    assert check["curl"].startswith("curl ") and "$API_KEY" in check["curl"]
+    assert mock.api_key not in check["curl"]
+    assert "HTTP 400" in check["response_excerpt"]
+
+
+def test_unsupported_feature_is_reported_never_passed(mock: RunningServer, tmp_path: Path) -> None:
+    out = _cli(*_target(mock), "--skip-feature", "logprobs", "-k", "logprobs", "--report-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    data = json.loads((tmp_path / "conformance.json").read_text())
+    outcomes = {c["id"]: c["outcome"] for c in data["checks"]}
+    assert outcomes["logprobs.shape"] == "not_supported"
+    assert outcomes["usage.matches_logprobs_nonstream"] == "not_supported"  # relies on logprobs
+    assert data["by_feature"]["logprobs"]["passed"] == 0
+
+
+def test_unreachable_endpoint_exits_2_with_one_line() -> None:
+    out = _cli("--base-url", f"http://127.0.0.1:{free_port()}", "--model", "m", "-k", "usage")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "cannot reach" in out.stderr
+
+
+def test_bad_arguments_exit_2() -> None:
+    assert _cli("--base-url", "http://127.0.0.1:1").returncode == 2  # no --model
+    assert _cli("--embedded-server", "mock", "-k", "(usage").returncode == 2
+
+
+def test_list_shows_generated_range_checks() -> None:
+    out = _cli("--embedded-server", "mock", "--list", "-k", "ranges and top_p")
+    assert out.returncode == 0
+    ids = [line.split("\t")[0] for line in out.stdout.splitlines()]
+    assert "ranges.top_p.exclusive_min_end" in ids and "ranges.top_p.inclusive_max_end" in ids
+
+
+def test_keyword_matcher() -> None:
+    match = keyword_matcher("stream and not (usage or framing)")
+    assert match("streaming.role_first streaming semantic")
+    assert not match("usage.stream_last_chunk_only usage semantic")
+    assert not match("streaming.done_once_last streaming framing")
+    with pytest.raises(ValueError):
+        keyword_matcher("a and")
+
+
+def test_pytest_plugin_runs_checks_as_items(mock: RunningServer, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "pytest", "-p", "conformance.pytest_plugin", "-p", "no:cacheprovider",
+               "--chatspec-base-url", mock.base_url, "--chatspec-api-key", mock.api_key or "",
+               "--chatspec-model", mock.model, "--chatspec-skip-feature", "logprobs", "-k", "usage", "-rs", "-q"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 passed" in out.stdout and "2 skipped" in out.stdout
+    assert "not supported" in out.stdout
