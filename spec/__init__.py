@@ -44,7 +44,7 @@ def _rewrite_refs(node: Any) -> Any:
     return node
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schema_cached(name: str) -> dict[str, Any]:
     components = load_spec()["components"]["schemas"]
     if name not in components:
@@ -163,7 +163,7 @@ def _range_from(path: str, prop: dict[str, Any], profile: str) -> ParamRange | N
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ranges_cached(profile: str) -> tuple[ParamRange, ...]:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
