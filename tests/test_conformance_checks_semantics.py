@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -124,11 +123,9 @@ def test_semantics_pass(server: Any, check_id: str) -> None:
 
 
 def test_all_semantics_in_one_context(server: Any) -> None:
-    """Shared memoized baselines do not change outcomes; all of them together stay fast."""
-    start = time.perf_counter()
+    """Shared memoized baselines do not change outcomes."""
     results = run_ids(make_target(server), SEMANTIC_IDS)
     assert all(r.outcome == "passed" for r in results.values()), describe(results)
-    assert time.perf_counter() - start < 20
 
 
 def test_without_logprobs(server: Any) -> None:
