@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import requests
-from reference_server.engines.llamacpp import default_model_path
 
+from reference_server.engines.llamacpp import default_model_path
 from reference_server.launcher import free_port, running_server
 
 PROMPT = "Write a long, detailed story about a dragon who learns to cook."

@@ -1,11 +1,13 @@
 """A self-contained HTML report: verdict, feature-by-outcome table, spec decisions, failures
-that expand, and every check. Inline CSS and an inline SVG chart; no scripts, no external links."""
+that expand, and every check. Inline CSS and an inline (data: URI) PNG chart when matplotlib is
+importable; no scripts, no external resources. Jinja2 autoescaping keeps request/response text inert."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import warnings
 from pathlib import Path
 
 import jinja2
@@ -28,6 +30,7 @@ h1 { margin-bottom: .2rem; } .target { color: #555; margin-top: 0; }
   border-radius: 6px; background: {{ '#c62828' if failed else '#2e7d32' }}; }
 table { border-collapse: collapse; margin: 1rem 0; } th, td { border: 1px solid #ddd; padding: .3rem .6rem; }
 th { background: #f5f5f5; text-align: left; } td.n { text-align: right; min-width: 4rem; }
+tr.total th, tr.total td { border-top: 2px solid #9e9e9e; }
 {% for o in outcomes %}td.{{ o }}.nz { background: {{ colors[o] }}; color: #fff; font-weight: bold; }
 .tag.{{ o }} { color: {{ colors[o] }}; font-weight: bold; }
 {% endfor %}
@@ -45,8 +48,18 @@ summary { cursor: pointer; } pre { background: #fafafa; padding: .5rem; overflow
 <table id="features"><tr><th>feature</th>{% for o in outcomes %}<th>{{ labels[o] }}</th>{% endfor %}</tr>
 {% for feature, row in by_feature.items() %}<tr><th>{{ feature }}</th>
 {% for o in outcomes %}<td class="n {{ o }}{{ ' nz' if row[o] else '' }}">{{ row[o] }}</td>{% endfor %}</tr>
-{% endfor %}</table>
+{% endfor %}<tr class="total"><th>total</th>
+{% for o in outcomes %}<td class="n {{ o }}{{ ' nz' if counts[o] else '' }}">{{ counts[o] }}</td>{% endfor %}</tr>
+</table>
 {% if chart %}<img alt="outcomes per feature" src="data:image/png;base64,{{ chart }}">{% endif %}
+
+<h2>Spec decisions</h2>{% if report.notes %}
+<p class="muted">Where the API's documentation contradicts itself or is silent, the spec records a decision;
+checks hold endpoints to it.</p>
+<table><tr><th>parameter</th><th>the documentation says</th><th>decision</th></tr>
+{% for n in report.notes %}<tr><td>{{ n.get('param', '') }}</td><td>{{ n.get('doc-says', '') }}</td>
+<td>{{ n.get('decision', '') }}</td></tr>{% endfor %}</table>
+{% else %}<p class="muted">none recorded</p>{% endif %}
 
 {% if failures %}<h2>Failures ({{ failures|length }})</h2>
 {% for r in failures %}<details><summary><span class="tag {{ r.outcome }}">{{ labels[r.outcome] }}</span>
@@ -56,13 +69,6 @@ summary { cursor: pointer; } pre { background: #fafafa; padding: .5rem; overflow
 {% if r.response_excerpt %}<p>Response</p><pre>{{ r.response_excerpt }}</pre>{% endif %}
 {% if r.curl %}<p>Reproduce</p><pre>{{ r.curl }}</pre>{% endif %}
 </details>{% endfor %}{% endif %}
-
-{% if report.notes %}<h2>Spec decisions</h2>
-<p class="muted">Where the API's documentation contradicts itself or is silent, the spec records a decision;
-checks hold endpoints to it.</p>
-<table><tr><th>parameter</th><th>the documentation says</th><th>decision</th></tr>
-{% for n in report.notes %}<tr><td>{{ n.get('param', '') }}</td><td>{{ n.get('doc-says', '') }}</td>
-<td>{{ n.get('decision', '') }}</td></tr>{% endfor %}</table>{% endif %}
 
 <h2>All checks ({{ report.results|length }})</h2>
 <table id="checks"><tr><th>check</th><th>feature</th><th>category</th><th>outcome</th><th>s</th><th>note</th></tr>
@@ -74,39 +80,45 @@ checks hold endpoints to it.</p>
 
 
 def _chart_png(report: RunReport) -> str | None:
-    """A stacked bar chart of outcomes per feature, as base64 PNG; None without matplotlib."""
-    try:
-        import matplotlib
+    """A stacked bar chart of outcomes per feature as base64 PNG; None without matplotlib.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    Uses a bare Figure with the Agg canvas, not pyplot, so the host process's backend and
+    global figure state are left alone."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return None
     table = report.by_feature()
     if not table:
         return None
     features = list(table)
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(features) + 1.2), dpi=90)
+    labels = [feature.replace("$", r"\$") for feature in features]  # no mathtext from feature names
+    fig = Figure(figsize=(8, 0.35 * len(features) + 1.2), dpi=90)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     left = [0] * len(features)
     for outcome in OUTCOMES:
         values = [table[f][outcome] for f in features]
         if any(values):
-            ax.barh(features, values, left=left, color=COLORS[outcome], label=LABELS[outcome])
+            ax.barh(labels, values, left=left, color=COLORS[outcome], label=LABELS[outcome])
             left = [a + b for a, b in zip(left, values, strict=True)]
     ax.invert_yaxis()
     ax.set_xlabel("checks")
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. a glyph missing from the font: the chart is only decoration
+        fig.tight_layout()
+        fig.savefig(buffer, format="png")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def render_html(report: RunReport) -> str:
     """The report as one HTML document."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    env.filters["tojson_pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
+    env.filters["tojson_pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False, default=str)
     failed = report.failed()
     return env.from_string(TEMPLATE).render(
         report=report, verdict="FAIL" if failed else "PASS", failed=failed, outcomes=OUTCOMES, labels=LABELS,
@@ -118,5 +130,5 @@ def render_html(report: RunReport) -> str:
 def write_html(report: RunReport, path: Path | str) -> Path:
     """Write `report` as a self-contained HTML file at `path`."""
     path = Path(path)
-    path.write_text(render_html(report), encoding="utf-8")
+    path.write_text(render_html(report), encoding="utf-8", errors="xmlcharrefreplace")  # lone surrogates
     return path

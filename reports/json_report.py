@@ -32,5 +32,8 @@ def report_json(report: RunReport) -> dict[str, Any]:
 def write_json(report: RunReport, path: Path | str) -> Path:
     """Write `report` as JSON at `path`."""
     path = Path(path)
-    path.write_text(json.dumps(report_json(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(report_json(report), indent=2, ensure_ascii=False, default=str) + "\n"
+    # A lone surrogate (from bytes decoded with surrogateescape) cannot be UTF-8 encoded; inside a
+    # JSON string its backslash escape "\udcff" is itself valid JSON, so the file always loads.
+    path.write_text(text, encoding="utf-8", errors="backslashreplace")
     return path

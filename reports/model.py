@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-OUTCOMES = ("passed", "failed", "error", "skipped", "not_supported")
+OUTCOMES = ("passed", "failed", "error", "not_supported", "skipped")  # also the report column order
 
 
 @dataclass
@@ -59,10 +59,12 @@ class RunReport:
         return any(result.outcome in ("failed", "error") for result in self.results)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-ready when requests are), for storing a run and reloading it later."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunReport:
+        """The inverse of `to_dict()`; outcomes are validated again."""
         results = [CheckResult(**item) for item in data.get("results", [])]
         return cls(title=data["title"], target=data["target"], started_at=data["started_at"],
                    duration_s=data["duration_s"], results=results, notes=list(data.get("notes", [])))

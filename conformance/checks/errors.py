@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
+from typing import Any
 
 from conformance.context import Context
-from conformance.registry import Skipped, check
-from conformance.target import OMIT
+from conformance.registry import CheckFailed, Skipped, check
+from conformance.target import OMIT, REDACTED, Exchange
 
 OVERSIZED_BYTES = 16 * 1024 * 1024
+WRONG_KEY = "chatspec-wrong-key-0000"
 
 
 def _needs_key(ctx: Context) -> None:
     if not ctx.target.api_key:
-        raise Skipped("no API key given, so the endpoint's auth cannot be told apart from none")
+        raise Skipped("no API key given")
 
 
 @check("auth.missing_key", "auth", "error")
@@ -21,28 +25,29 @@ def missing_key(ctx: Context) -> None:
     """No Authorization header: 401 in the error envelope."""
     _needs_key(ctx)
     exchange = ctx.chat(ctx.body(), auth=False)
-    ctx.expect_error(exchange, [401], what="request without a key")
+    ctx.expect_error(exchange, [401], what="request without an Authorization header")
 
 
 @check("auth.wrong_key", "auth", "error")
 def wrong_key(ctx: Context) -> None:
     """A wrong bearer key: 401 in the error envelope."""
     _needs_key(ctx)
-    exchange = ctx.chat(ctx.body(), headers={"Authorization": "Bearer chatspec-wrong-key-0000"})
-    ctx.expect_error(exchange, [401], what="request with a wrong key")
+    key = WRONG_KEY if ctx.target.api_key != WRONG_KEY else WRONG_KEY + "-1"
+    exchange = ctx.chat(ctx.body(), headers={"Authorization": f"Bearer {key}"})
+    ctx.expect_error(exchange, [401], what="request with a wrong bearer key")
 
 
 @check("errors.malformed_json", "errors", "error")
 def malformed_json(ctx: Context) -> None:
-    """A body that is not JSON: 400."""
-    exchange = ctx.chat(b'{"model": "x", "messages": [', headers={})
-    ctx.expect_error(exchange, [400], what="malformed JSON")
+    """A body that is not JSON (cut off mid-array): 400."""
+    exchange = ctx.chat(b'{"model": "x", "messages": [')
+    ctx.expect_error(exchange, [400], what="malformed JSON body")
 
 
 @check("errors.wrong_content_type", "errors", "error")
 def wrong_content_type(ctx: Context) -> None:
-    """A JSON body sent as text/plain: 415 (the doc requires application/json)."""
-    body = json.dumps(ctx.body()).encode()
+    """A valid JSON body sent as text/plain: 415 (the API takes application/json only)."""
+    body = json.dumps(ctx.body()).encode("utf-8")
     exchange = ctx.chat(body, headers={"Content-Type": "text/plain"})
     ctx.expect_error(exchange, [415], what="Content-Type text/plain")
 
@@ -54,17 +59,52 @@ def unknown_model(ctx: Context) -> None:
     ctx.expect_error(exchange, [404], param="model", what="unknown model")
 
 
+@dataclasses.dataclass
+class _BigBodyExchange(Exchange):
+    """An exchange whose request body is too big to put in a report: its curl line rebuilds the
+    body with python3, and the recorded request shows its shape instead of 16 MiB of filler."""
+
+    filler_bytes: int = 0
+    template: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def request_json(self) -> Any:
+        return {"note": f"{self.body and len(self.body)} byte JSON body; the first user message is "
+                        f"{self.filler_bytes} x 'a'", "template": self.template}
+
+    def curl(self) -> str:
+        script = ("import json,sys; b=json.loads(sys.argv[1]); "
+                  f"b['messages'][0]['content']='a'*{self.filler_bytes}; sys.stdout.write(json.dumps(b))")
+        parts = ["curl", "-sS", "-X", self.method, shlex.quote(self.url)]
+        for name, value in self.headers.items():
+            parts += ["-H", shlex.quote(f"{name}: {value}")]
+        parts += ["--data-binary", "@-"]
+        line = " ".join(parts).replace(shlex.quote(f"Authorization: Bearer {REDACTED}"),
+                                       f'"Authorization: Bearer {REDACTED}"')
+        return f"python3 -c {shlex.quote(script)} {shlex.quote(json.dumps(self.template))} | {line}"
+
+
 @check("errors.oversized_body", "errors", "error")
 def oversized_body(ctx: Context) -> None:
-    """A 16 MiB body: 413 (a request-size cap must answer, not crash or hang)."""
-    filler = "a" * OVERSIZED_BYTES
-    body = json.dumps(ctx.body(messages=[{"role": "user", "content": filler}])).encode()
+    """A ~16 MiB body (one giant message): 413, answered rather than a dropped connection."""
+    template = ctx.body(messages=[{"role": "user", "content": ""}])
+    body = json.dumps(ctx.body(messages=[{"role": "user", "content": "a" * OVERSIZED_BYTES}])).encode("utf-8")
+    before = len(ctx.client.exchanges)
+    error: OSError | None = None
     try:
-        exchange = ctx.chat(body)
-    except OSError as exc:  # requests wraps most, but a reset mid-upload can surface raw
-        ctx.fail(f"connection dropped while sending a {len(body)} byte body instead of answering 413: {exc}")
-        return
-    ctx.expect_error(exchange, [413], what=f"{len(body)} byte body")
+        ctx.chat(body)  # urllib3 still reads the answer when the server closes while we send
+    except OSError as exc:  # requests' exceptions are OSErrors too
+        error = exc
+    recorded = ctx.client.exchanges[before] if len(ctx.client.exchanges) > before else None
+    if recorded is None:
+        raise CheckFailed(f"could not send a {len(body)} byte body: {error}")
+    exchange = _BigBodyExchange(**{f.name: getattr(recorded, f.name) for f in dataclasses.fields(Exchange)},
+                                filler_bytes=OVERSIZED_BYTES, template=template)
+    ctx.client.exchanges[before] = exchange  # keep the report small if a later failure cites it
+    if error is not None:
+        raise CheckFailed(
+            f"the connection was reset while sending a {len(body)} byte body and no HTTP response could be "
+            f"read ({error.__class__.__name__}: {error}); expected a 413 error envelope", exchange)
+    ctx.expect_error(exchange, [413], what=f"a {len(body)} byte body")
 
 
 @check("errors.missing_required", "errors", "error")
@@ -78,7 +118,7 @@ def missing_required(ctx: Context) -> None:
 @check("errors.non_object_body", "errors", "error")
 def non_object_body(ctx: Context) -> None:
     """A JSON array instead of an object: 400."""
-    exchange = ctx.chat(b"[1, 2, 3]")
+    exchange = ctx.chat(json.dumps([ctx.body()]).encode("utf-8"))
     ctx.expect_error(exchange, [400], what="a JSON array body")
 
 
@@ -86,7 +126,9 @@ def non_object_body(ctx: Context) -> None:
 def error_before_stream(ctx: Context) -> None:
     """A bad parameter with stream: true is refused up front as a JSON envelope, not a 200 stream."""
     exchange = ctx.chat(ctx.body(stream=True, max_tokens="many"))
-    ctx.expect(exchange.status != 200, "a streamed request with max_tokens 'many' was answered 200", exchange)
+    ctx.expect(exchange.status != 200,
+               "a streamed request with max_tokens 'many' was answered 200 "
+               f"({exchange.content_type or 'no content type'}) instead of a 400 error envelope", exchange)
     ctx.expect(exchange.content_type == "application/json",
                f"the error came as {exchange.content_type!r}, not application/json", exchange)
-    ctx.expect_error(exchange, [400], param="max_tokens", what="stream with a bad max_tokens")
+    ctx.expect_error(exchange, [400], what="stream: true with max_tokens 'many'")

@@ -5,88 +5,128 @@ from __future__ import annotations
 
 from typing import Any
 
-from conformance.context import Context, StreamResult
-from conformance.registry import check
+from conformance.context import Context, StreamResult, schema_errors
+from conformance.registry import CheckFailed, check
 from conformance.target import Exchange
 
-LONG_PROMPT = "Write a long story about a lighthouse keeper and a storm. Use many sentences."
+LONG_PROMPT = ("Write a long story about a lighthouse keeper and a storm, in many sentences, "
+               "with at least three hundred words.")
+SHORT_MAX = 3
 
 
-def _totals(ctx: Context, usage: Any, exchange: Exchange, where: str) -> dict[str, int]:
-    ctx.expect(isinstance(usage, dict), f"{where}: usage is {usage!r}", exchange)
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        ctx.expect(isinstance(usage.get(key), int), f"{where}: usage.{key} is {usage.get(key)!r}", exchange)
+def _completion(ctx: Context, body: dict[str, Any]) -> tuple[Exchange, dict[str, Any]]:
+    """A non-stream answer that must be 200 with a JSON object (the rest is judged per rule)."""
+    exchange = ctx.chat({**body, "stream": False})
+    ctx.expect(exchange.status == 200, f"expected 200, got {exchange.status}", exchange)
+    try:
+        data = exchange.json()
+    except ValueError as exc:
+        raise CheckFailed(f"body is not JSON: {exc}", exchange) from exc
+    ctx.expect(isinstance(data, dict), "body is not a JSON object", exchange)
+    return exchange, data
+
+
+def _usage(ctx: Context, usage: Any, exchange: Exchange, where: str) -> dict[str, int]:
+    """`usage` must be a valid Usage object whose parts add up."""
+    ctx.expect(usage is not None, f"{where}: no usage", exchange)
+    problems = schema_errors("Usage", usage)
+    ctx.expect(not problems, f"{where}: usage breaks the spec: " + "; ".join(problems), exchange)
     ctx.expect(usage["prompt_tokens"] + usage["completion_tokens"] == usage["total_tokens"],
-               f"{where}: {usage['prompt_tokens']} + {usage['completion_tokens']} != {usage['total_tokens']}",
-               exchange)
+               f"{where}: prompt_tokens {usage['prompt_tokens']} + completion_tokens {usage['completion_tokens']}"
+               f" != total_tokens {usage['total_tokens']}", exchange)
     return usage
 
 
-def _last_usage(ctx: Context, result: StreamResult) -> dict[str, int]:
-    carriers = result.usage_chunks()
-    ctx.expect(carriers, "no chunk of the stream carries usage", result.exchange)
-    return _totals(ctx, result.chunks[carriers[-1]]["usage"], result.exchange, "stream")
+def _chunks(ctx: Context, result: StreamResult) -> list[dict[str, Any]]:
+    chunks = [chunk for chunk in result.chunks if isinstance(chunk, dict)]
+    ctx.expect(chunks, "the stream carried no JSON chunks", result.exchange)
+    return chunks
+
+
+def _stream_usage(ctx: Context, result: StreamResult) -> dict[str, int]:
+    """The usage of the stream's last JSON chunk (where the spec puts it)."""
+    last = _chunks(ctx, result)[-1]
+    ctx.expect(last.get("usage") is not None, "stream: the last JSON chunk carries no usage", result.exchange)
+    return _usage(ctx, last["usage"], result.exchange, "stream")
 
 
 @check("usage.nonstream_present", "usage", "semantic")
 def nonstream_present(ctx: Context) -> None:
-    """A non-stream body carries usage."""
-    exchange, data = ctx.ok_json(ctx.body())
-    ctx.expect(data.get("usage") is not None, "the chat.completion body has no usage", exchange)
+    """A non-stream body carries a valid usage object."""
+    exchange, data = _completion(ctx, ctx.body())
+    ctx.expect(data.get("usage") is not None, f"the chat.completion body has no usage (keys: {sorted(data)})",
+               exchange)
+    problems = schema_errors("Usage", data["usage"])
+    ctx.expect(not problems, "usage breaks the spec: " + "; ".join(problems), exchange)
 
 
 @check("usage.totals_add_up", "usage", "semantic")
 def totals_add_up(ctx: Context) -> None:
     """prompt_tokens + completion_tokens == total_tokens, streamed and not."""
-    exchange, data = ctx.ok_json(ctx.body())
-    _totals(ctx, data.get("usage"), exchange, "non-stream")
-    _last_usage(ctx, ctx.ok_stream(ctx.body()))
+    exchange, data = _completion(ctx, ctx.body())
+    _usage(ctx, data.get("usage"), exchange, "non-stream")
+    _stream_usage(ctx, ctx.ok_stream(ctx.body()))
 
 
 @check("usage.max_tokens_bound", "usage", "semantic")
 def max_tokens_bound(ctx: Context) -> None:
-    """completion_tokens never exceeds max_tokens (3, with a prompt asking for much more)."""
-    body = ctx.body(messages=[{"role": "user", "content": LONG_PROMPT}], max_tokens=3)
-    exchange, data = ctx.ok_json(body)
-    usage = _totals(ctx, data.get("usage"), exchange, "non-stream")
-    ctx.expect(usage["completion_tokens"] <= 3, f"completion_tokens {usage['completion_tokens']} > max_tokens 3",
-               exchange)
+    """completion_tokens never exceeds max_tokens: the default small request, and max_tokens 3
+    with a prompt asking for far more (streamed and not)."""
+    default = ctx.body()
+    exchange, data = _completion(ctx, default)
+    usage = _usage(ctx, data.get("usage"), exchange, "non-stream")
+    ctx.expect(usage["completion_tokens"] <= default["max_tokens"],
+               f"completion_tokens {usage['completion_tokens']} > max_tokens {default['max_tokens']}", exchange)
+    body = ctx.body(messages=[{"role": "user", "content": LONG_PROMPT}], max_tokens=SHORT_MAX)
+    exchange, data = _completion(ctx, body)
+    usage = _usage(ctx, data.get("usage"), exchange, "non-stream")
+    ctx.expect(usage["completion_tokens"] <= SHORT_MAX,
+               f"completion_tokens {usage['completion_tokens']} > max_tokens {SHORT_MAX}", exchange)
     result = ctx.ok_stream(body)
-    usage = _last_usage(ctx, result)
-    ctx.expect(usage["completion_tokens"] <= 3,
-               f"stream: completion_tokens {usage['completion_tokens']} > max_tokens 3", result.exchange)
+    usage = _stream_usage(ctx, result)
+    ctx.expect(usage["completion_tokens"] <= SHORT_MAX,
+               f"stream: completion_tokens {usage['completion_tokens']} > max_tokens {SHORT_MAX}", result.exchange)
 
 
 @check("usage.stream_last_chunk_only", "usage", "semantic")
 def stream_last_chunk_only(ctx: Context) -> None:
-    """In a stream, usage appears exactly once: in the very last chunk, whose choices are []."""
+    """In a stream, usage is non-null exactly once: in the very last JSON chunk, whose choices are []."""
     result = ctx.ok_stream(ctx.body())
-    carriers = result.usage_chunks()
-    ctx.expect(len(carriers) == 1, f"{len(carriers)} chunks carry usage (at {carriers}), expected exactly 1",
+    chunks = _chunks(ctx, result)
+    carriers = [i for i, chunk in enumerate(chunks) if chunk.get("usage") is not None]
+    ctx.expect(carriers, "no chunk of the stream carries usage", result.exchange)
+    ctx.expect(len(carriers) == 1, f"{len(carriers)} chunks carry usage (chunks {carriers[:10]}), expected exactly 1",
                result.exchange)
-    ctx.expect(carriers[0] == len(result.chunks) - 1,
-               f"usage is in chunk {carriers[0]} of {len(result.chunks)}, not the last", result.exchange)
-    ctx.expect(result.chunks[-1].get("choices") == [],
-               f"the usage chunk's choices are {result.chunks[-1].get('choices')!r}, expected []", result.exchange)
+    ctx.expect(carriers[0] == len(chunks) - 1,
+               f"usage is in chunk {carriers[0]} of {len(chunks)}, not in the last one", result.exchange)
+    ctx.expect(chunks[-1].get("choices") == [],
+               f"the usage chunk's choices are {chunks[-1].get('choices')!r:.200}, expected []", result.exchange)
 
 
 @check("usage.matches_stream_tokens", "usage", "semantic")
 def matches_stream_tokens(ctx: Context) -> None:
-    """Streamed completion_tokens equals the number of tokens the stream reported (logprob entries)."""
+    """With logprobs, streamed completion_tokens equals the number of logprob entries streamed."""
     ctx.uses("logprobs")
     result = ctx.ok_stream(ctx.body(logprobs=True, max_tokens=12))
-    usage = _last_usage(ctx, result)
+    usage = _stream_usage(ctx, result)
     seen = sum(len(entries) for entries in result.logprob_tokens().values())
     ctx.expect(seen == usage["completion_tokens"],
-               f"the stream reported {seen} tokens, usage says {usage['completion_tokens']}", result.exchange)
+               f"the stream carried {seen} logprob entries, usage says completion_tokens "
+               f"{usage['completion_tokens']}", result.exchange)
 
 
 @check("usage.matches_logprobs_nonstream", "usage", "semantic")
 def matches_logprobs_nonstream(ctx: Context) -> None:
-    """Non-stream completion_tokens equals the logprob entries of the single choice."""
+    """With logprobs and n=1, completion_tokens equals len(choices[0].logprobs.content)."""
     ctx.uses("logprobs")
-    exchange, data = ctx.ok_json(ctx.body(logprobs=True, max_tokens=12))
-    usage = _totals(ctx, data.get("usage"), exchange, "non-stream")
-    content = ((data["choices"][0].get("logprobs") or {}).get("content")) or []
-    ctx.expect(len(content) == usage["completion_tokens"],
-               f"{len(content)} logprob entries, usage says {usage['completion_tokens']} completion tokens", exchange)
+    exchange, data = _completion(ctx, ctx.body(logprobs=True, max_tokens=12))
+    usage = _usage(ctx, data.get("usage"), exchange, "non-stream")
+    choices = data.get("choices")
+    ctx.expect(isinstance(choices, list) and len(choices) == 1 and isinstance(choices[0], dict),
+               "expected exactly one choice", exchange)
+    logprobs = choices[0].get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    count = len(content) if isinstance(content, list) else 0
+    ctx.expect(count == usage["completion_tokens"],
+               f"{count} logprob entries (choices[0].logprobs is {'set' if logprobs else logprobs!r}), usage says "
+               f"completion_tokens {usage['completion_tokens']}", exchange)

@@ -1,0 +1,529 @@
+"""Deliberately broken servers: a fault-injecting HTTP proxy in front of a correct reference server.
+
+Each `Fault` breaks exactly one rule and names the checks that must catch it. The proxy runs
+in-process (aiohttp, its own event loop on a background thread) and, per request, can
+
+* rewrite the request (`on_request`: the parsed JSON body and the headers, before forwarding),
+* rewrite a non-streamed JSON response (`on_json`: status and parsed body),
+* rewrite a streamed response (`on_stream`: the list of SSE event payloads, raw bytes, read
+  whole from upstream and written back one event per write so the framing stays realistic),
+* replace the reply altogether (`on_reply`).
+
+With no fault the proxy is transparent: the reference's bytes pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import ClientSession, ClientTimeout, web
+from multidict import CIMultiDict
+
+DONE = b"[DONE]"
+# Hop-by-hop and length headers the proxy recomputes rather than copies.
+_REQUEST_DROP = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
+_REPLY_DROP = {"content-length", "transfer-encoding", "connection", "content-encoding", "date", "server"}
+_CUT = "@@chatspec-cut@@"  # placeholder replaced by raw bytes after JSON encoding
+
+
+@dataclass
+class Call:
+    """One proxied request as a fault sees it; `body` is the parsed JSON (None when not JSON)."""
+
+    method: str
+    path: str
+    headers: CIMultiDict[str]
+    body: Any
+    api_key: str | None
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.body, dict) and self.body.get("stream") is True
+
+
+@dataclass
+class Reply:
+    """What the proxy answers; `events` holds the SSE payloads when the reply is a stream."""
+
+    status: int
+    headers: CIMultiDict[str]
+    content: bytes = b""
+    events: list[bytes] | None = None
+
+
+RequestHook = Callable[[Call], None]
+JsonHook = Callable[[Call, int, Any], tuple[int, Any]]
+StreamHook = Callable[[Call, list[bytes]], list[bytes]]
+ReplyHook = Callable[[Call, Reply], Reply]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One broken rule: how the proxy breaks it and which checks must then fail."""
+
+    name: str
+    catches: tuple[str, ...]
+    on_request: RequestHook | None = None
+    on_json: JsonHook | None = None
+    on_stream: StreamHook | None = None
+    on_reply: ReplyHook | None = None
+    description: str = field(default="", compare=False)
+
+
+# ---- SSE helpers -------------------------------------------------------------------------------
+
+
+def split_events(content: bytes) -> list[bytes]:
+    """The data payloads of a `data: ...\\n\\n` event stream (as the reference writes it)."""
+    events = []
+    for block in content.split(b"\n\n"):
+        lines = [line for line in block.split(b"\n") if line.startswith(b"data:")]
+        if lines:
+            events.append(b"\n".join(line[6:] if line.startswith(b"data: ") else line[5:] for line in lines))
+    return events
+
+
+def encode_event(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def dump(chunk: dict[str, Any]) -> bytes:
+    return json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def decode(events: list[bytes]) -> list[dict[str, Any] | bytes]:
+    """Each payload as a dict when it is a JSON object, else as its raw bytes ([DONE])."""
+    items: list[dict[str, Any] | bytes] = []
+    for payload in events:
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            value = None
+        items.append(value if isinstance(value, dict) else payload)
+    return items
+
+
+def encode(items: list[dict[str, Any] | bytes]) -> list[bytes]:
+    return [dump(item) if isinstance(item, dict) else item for item in items]
+
+
+def _choices(item: dict[str, Any] | bytes) -> list[dict[str, Any]]:
+    return (item.get("choices") or []) if isinstance(item, dict) else []
+
+
+def each_chunk(edit: Callable[[Call, dict[str, Any]], None]) -> StreamHook:
+    """A stream hook applying `edit` to every JSON chunk in place."""
+
+    def hook(call: Call, events: list[bytes]) -> list[bytes]:
+        items = decode(events)
+        for item in items:
+            if isinstance(item, dict):
+                edit(call, item)
+        return encode(items)
+
+    return hook
+
+
+def each_choice(edit: Callable[[Call, dict[str, Any]], None]) -> JsonHook:
+    """A JSON hook applying `edit` to every choice of a successful non-stream body."""
+
+    def hook(call: Call, status: int, data: Any) -> tuple[int, Any]:
+        if status == 200 and isinstance(data, dict):
+            for choice in data.get("choices") or []:
+                edit(call, choice)
+        return status, data
+
+    return hook
+
+
+# ---- the proxy -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def broken_server(upstream: str, fault: Fault | None, api_key: str | None = None) -> Iterator[str]:
+    """Run a proxy in front of `upstream` that applies `fault` (None: transparent); yield its URL."""
+    loop = asyncio.new_event_loop()
+    state: dict[str, Any] = {}
+    ready = threading.Event()
+    upstream = upstream.rstrip("/")
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, ValueError):
+            body = None
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _REQUEST_DROP)
+        call = Call(request.method, request.path_qs, headers, body, api_key)
+        if fault is not None and fault.on_request is not None:
+            before = json.dumps(body)
+            fault.on_request(call)
+            if json.dumps(call.body) != before:
+                raw = json.dumps(call.body).encode("utf-8")
+        async with state["session"].request(call.method, upstream + call.path, data=raw if raw else None,
+                                            headers=call.headers, allow_redirects=False) as answer:
+            content = await answer.read()
+            reply = Reply(answer.status,
+                          CIMultiDict((k, v) for k, v in answer.headers.items() if k.lower() not in _REPLY_DROP),
+                          content)
+        content_type = reply.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type == "text/event-stream":
+            reply.events = split_events(content)
+        if fault is not None:
+            if fault.on_json is not None and content_type == "application/json":
+                try:
+                    data = json.loads(content)
+                except ValueError:
+                    pass
+                else:
+                    reply.status, data = fault.on_json(call, reply.status, data)
+                    reply.content = json.dumps(data, ensure_ascii=False).encode("utf-8")
+            if fault.on_stream is not None and reply.events is not None:
+                reply.events = fault.on_stream(call, reply.events)
+            if fault.on_reply is not None:
+                reply = fault.on_reply(call, reply)
+        if reply.events is None:
+            return web.Response(status=reply.status, body=reply.content, headers=reply.headers)
+        response = web.StreamResponse(status=reply.status, headers=reply.headers)
+        await response.prepare(request)
+        for payload in reply.events:
+            await response.write(encode_event(payload))
+        await response.write_eof()
+        return response
+
+    async def start() -> None:
+        state["session"] = ClientSession(timeout=ClientTimeout(total=120), auto_decompress=True)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", handle)
+        state["runner"] = web.AppRunner(app, access_log=None, shutdown_timeout=2)
+        await state["runner"].setup()
+        site = web.TCPSite(state["runner"], "127.0.0.1", 0)
+        await site.start()
+        state["port"] = state["runner"].addresses[0][1]
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(start())
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            state["error"] = exc
+            ready.set()
+            return
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=main, name="broken-server", daemon=True)
+    thread.start()
+    if not ready.wait(10) or "error" in state:
+        raise RuntimeError(f"the proxy did not start: {state.get('error')!r}")
+    try:
+        yield f"http://127.0.0.1:{state['port']}"
+    finally:
+        async def stop() -> None:
+            await state["runner"].cleanup()
+            await state["session"].close()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(15)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+# ---- the faults ----------------------------------------------------------------------------------
+
+
+def _no_done(call: Call, events: list[bytes]) -> list[bytes]:
+    return [payload for payload in events if payload != DONE]
+
+
+def _two_done(call: Call, events: list[bytes]) -> list[bytes]:
+    return [*events, DONE] if DONE in events else events
+
+
+def _data_after_done(call: Call, events: list[bytes]) -> list[bytes]:
+    chunks = [payload for payload in events if payload != DONE]
+    return [*events, chunks[-1]] if chunks else events
+
+
+def _usage_middle_chunk(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    chunks = [item for item in items if isinstance(item, dict)]
+    if not chunks or chunks[-1].get("usage") is None or chunks[-1].get("choices"):
+        return events
+    usage = chunks[-1]["usage"]
+    items.remove(chunks[-1])  # the final usage-only chunk goes
+    chunks[(len(chunks) - 1) // 2]["usage"] = usage
+    return encode(items)
+
+
+def _no_usage_json(call: Call, status: int, data: Any) -> tuple[int, Any]:
+    if status == 200 and isinstance(data, dict):
+        data.pop("usage", None)
+    return status, data
+
+
+def _no_usage_stream(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    kept: list[dict[str, Any] | bytes] = []
+    for item in items:
+        if isinstance(item, dict):
+            item.pop("usage", None)
+            if not item.get("choices"):
+                continue  # the usage-only chunk is left out altogether
+        kept.append(item)
+    return encode(kept)
+
+
+def _stops(call: Call) -> list[str]:
+    stop = call.body.get("stop") if isinstance(call.body, dict) else None
+    if isinstance(stop, str):
+        stop = [stop]
+    return [s for s in stop or [] if isinstance(s, str) and s]
+
+
+def _ending_stop(text: str, stops: list[str]) -> str | None:
+    return next((s for s in stops if text.endswith(s)), None)
+
+
+def _stop_dropped_choice(call: Call, choice: dict[str, Any]) -> None:
+    message = choice.get("message") or {}
+    text = message.get("content")
+    stop = _ending_stop(text, _stops(call)) if isinstance(text, str) else None
+    if stop:
+        message["content"] = text[: -len(stop)]
+
+
+def _content_deltas(items: list[dict[str, Any] | bytes]) -> dict[int, list[dict[str, Any]]]:
+    """The deltas carrying string content, per choice index, in stream order."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for item in items:
+        for choice in _choices(item):
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                out.setdefault(choice.get("index", 0), []).append(delta)
+    return out
+
+
+def _stop_dropped_stream(call: Call, events: list[bytes]) -> list[bytes]:
+    stops = _stops(call)
+    if not stops:
+        return events
+    items = decode(events)
+    for deltas in _content_deltas(items).values():
+        stop = _ending_stop("".join(delta["content"] for delta in deltas), stops)
+        remaining = len(stop) if stop else 0
+        for delta in reversed(deltas):
+            if not remaining:
+                break
+            cut = min(remaining, len(delta["content"]))
+            delta["content"] = delta["content"][: len(delta["content"]) - cut]
+            remaining -= cut
+    return encode(items)
+
+
+def _length_to_stop(call: Call, choice: dict[str, Any]) -> None:
+    if choice.get("finish_reason") == "length":
+        choice["finish_reason"] = "stop"
+
+
+def _length_to_stop_chunk(call: Call, chunk: dict[str, Any]) -> None:
+    for choice in _choices(chunk):
+        _length_to_stop(call, choice)
+
+
+def _drop_seed(call: Call) -> None:
+    if isinstance(call.body, dict):
+        call.body.pop("seed", None)
+
+
+def _force_n1(call: Call) -> None:
+    if isinstance(call.body, dict) and "n" in call.body:
+        call.body["n"] = 1
+
+
+def _five_hundred(call: Call, reply: Reply) -> Reply:
+    if reply.status == 400:
+        reply.status = 500
+    return reply
+
+
+def _clamp_temperature(call: Call) -> None:
+    value = call.body.get("temperature") if isinstance(call.body, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        call.body["temperature"] = min(max(value, 0.01), 1.99)
+
+
+def _cut_top(logprobs: Any) -> None:
+    for entry in (logprobs or {}).get("content") or []:
+        if entry.get("top_logprobs"):
+            entry["top_logprobs"] = entry["top_logprobs"][:-1]
+
+
+def _top_short_choice(call: Call, choice: dict[str, Any]) -> None:
+    _cut_top(choice.get("logprobs"))
+
+
+def _top_short_chunk(call: Call, chunk: dict[str, Any]) -> None:
+    for choice in _choices(chunk):
+        _cut_top(choice.get("logprobs"))
+
+
+def _json_mode(call: Call) -> bool:
+    fmt = call.body.get("response_format") if isinstance(call.body, dict) else None
+    return isinstance(fmt, dict) and fmt.get("type") == "json_object"
+
+
+def _garbage_json_choice(call: Call, choice: dict[str, Any]) -> None:
+    message = choice.get("message") or {}
+    if _json_mode(call) and isinstance(message.get("content"), str):
+        message["content"] += "}"
+
+
+def _garbage_json_stream(call: Call, events: list[bytes]) -> list[bytes]:
+    if not _json_mode(call):
+        return events
+    items = decode(events)
+    for deltas in _content_deltas(items).values():
+        deltas[-1]["content"] += "}"
+    return encode(items)
+
+
+def _add_key(call: Call) -> None:
+    if "Authorization" not in call.headers and call.api_key:
+        call.headers["Authorization"] = f"Bearer {call.api_key}"
+
+
+def _utf8_split(call: Call, events: list[bytes]) -> list[bytes]:
+    """Cut the first non-ASCII character of the content across two events (raw bytes in the JSON
+    strings); when the text has none, an "é" is put in front of the first content delta first."""
+    items = decode(events)
+    found: tuple[int, dict[str, Any]] | None = None
+    first: tuple[int, dict[str, Any]] | None = None
+    for position, item in enumerate(items):
+        for choice in _choices(item):
+            content = (choice.get("delta") or {}).get("content")
+            if isinstance(content, str) and content:
+                first = first or (position, choice)
+                if not content.isascii():
+                    found = found or (position, choice)
+    if found is None:
+        if first is None:
+            return events
+        found = first
+        found[1]["delta"]["content"] = "é" + found[1]["delta"]["content"]
+    position, choice = found
+    item = items[position]
+    assert isinstance(item, dict)
+    text = choice["delta"]["content"]
+    at = next(i for i, char in enumerate(text) if not char.isascii())
+    raw = text[at].encode("utf-8")
+    head = text[:at].encode("utf-8") + raw[:1]
+    tail = raw[1:] + text[at + 1 :].encode("utf-8")
+    choice["delta"]["content"] = _CUT
+    part_one = dump(item).replace(_CUT.encode(), head)
+    rest = copy.deepcopy(choice)
+    rest["delta"] = {"content": _CUT}
+    rest["logprobs"] = None
+    part_two = dump({**item, "choices": [rest]}).replace(_CUT.encode(), tail)
+    payloads = encode(items)
+    return [*payloads[:position], part_one, part_two, *payloads[position + 1 :]]
+
+
+def _drop_first_role(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    seen: set[Any] = set()
+    for item in items:
+        for choice in _choices(item):
+            if choice.get("index") not in seen:
+                seen.add(choice.get("index"))
+                (choice.get("delta") or {}).pop("role", None)
+    return encode(items)
+
+
+def _alternate_id(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    chunks = [item for item in items if isinstance(item, dict)]
+    for chunk in chunks[1::2]:
+        chunk["id"] = f"{chunk.get('id')}-other"
+    return encode(items)
+
+
+def _bump_total(usage: Any) -> None:
+    if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+        usage["total_tokens"] += 1
+
+
+def _totals_wrong_json(call: Call, status: int, data: Any) -> tuple[int, Any]:
+    if status == 200 and isinstance(data, dict):
+        _bump_total(data.get("usage"))
+    return status, data
+
+
+def _totals_wrong_chunk(call: Call, chunk: dict[str, Any]) -> None:
+    _bump_total(chunk.get("usage"))
+
+
+def _error_streamed(call: Call, reply: Reply) -> Reply:
+    if not (call.streamed and reply.status == 400):
+        return reply
+    try:
+        envelope = dump(json.loads(reply.content))
+    except ValueError:
+        envelope = reply.content.replace(b"\n", b" ")
+    headers = CIMultiDict({"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
+    return Reply(200, headers, b"", events=[envelope, DONE])
+
+
+FAULTS: tuple[Fault, ...] = (
+    Fault("no_done", ("streaming.done_once_last",), on_stream=_no_done,
+          description="the stream ends without data: [DONE]"),
+    Fault("two_done", ("streaming.done_once_last",), on_stream=_two_done,
+          description="data: [DONE] is sent twice"),
+    Fault("data_after_done", ("streaming.done_once_last",), on_stream=_data_after_done,
+          description="a chunk follows data: [DONE]"),
+    Fault("usage_middle_chunk", ("usage.stream_last_chunk_only",), on_stream=_usage_middle_chunk,
+          description="usage rides on a middle chunk; no final usage chunk"),
+    Fault("no_usage", ("usage.nonstream_present", "usage.stream_last_chunk_only"),
+          on_json=_no_usage_json, on_stream=_no_usage_stream, description="usage is never sent"),
+    Fault("stop_dropped", ("stop.contains_and_ends", "stop.stream"),
+          on_json=each_choice(_stop_dropped_choice), on_stream=_stop_dropped_stream,
+          description="the matched stop sequence is cut off the end of the text"),
+    Fault("wrong_finish_reason", ("max_tokens.length_finish",),
+          on_json=each_choice(_length_to_stop), on_stream=each_chunk(_length_to_stop_chunk),
+          description="finish_reason length is reported as stop"),
+    Fault("seed_ignored", ("seed.repeat_nonstream", "seed.repeat_stream_vs_nonstream"), on_request=_drop_seed,
+          description="seed is ignored"),
+    Fault("n_ignored", ("n.choices_indices",), on_request=_force_n1, description="n is ignored (always 1)"),
+    Fault("five_hundred_on_bad_param",
+          ("ranges.temperature.above_max", "ranges.n.below_min", "ranges.max_tokens.wrong_type",
+           "errors.missing_required"),
+          on_reply=_five_hundred, description="client mistakes answer 500 instead of 400"),
+    Fault("out_of_range_accepted", ("ranges.temperature.above_max", "ranges.temperature.exclusive_max_end"),
+          on_request=_clamp_temperature, description="an out-of-range temperature is clamped and accepted"),
+    Fault("top_logprobs_wrong_length", ("logprobs.shape",),
+          on_json=each_choice(_top_short_choice), on_stream=each_chunk(_top_short_chunk),
+          description="every top_logprobs list is one entry short"),
+    Fault("invalid_json_mode", ("json_mode.parsable",),
+          on_json=each_choice(_garbage_json_choice), on_stream=_garbage_json_stream,
+          description="JSON mode content gets a stray '}' at the end"),
+    Fault("no_auth", ("auth.missing_key",), on_request=_add_key,
+          description="requests without a key are served (200)"),
+    Fault("utf8_split", ("streaming.utf8_split",), on_stream=_utf8_split,
+          description="a multi-byte UTF-8 character is split across two events"),
+    Fault("role_missing", ("streaming.role_first",), on_stream=_drop_first_role,
+          description="the first delta of each choice has no role"),
+    Fault("inconsistent_id", ("streaming.constant_fields",), on_stream=_alternate_id,
+          description="every other chunk has a different id"),
+    Fault("totals_wrong", ("usage.totals_add_up",),
+          on_json=_totals_wrong_json, on_stream=each_chunk(_totals_wrong_chunk),
+          description="total_tokens is one more than prompt + completion"),
+    Fault("error_streamed", ("errors.error_before_stream",), on_reply=_error_streamed,
+          description="a bad streamed request is answered 200 with an error event"),
+)

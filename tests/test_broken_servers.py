@@ -1,0 +1,78 @@
+"""The suite can fail: against servers that each break exactly one rule, the check for that rule
+fails (with evidence), while the same checks pass on the reference and through a transparent proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from broken_servers import FAULTS, Fault, broken_server
+
+from conformance import registry
+from conformance.context import Context
+from conformance.registry import Check
+from conformance.runner import run_one
+from conformance.target import Target
+from reference_server.launcher import RunningServer, running_server
+
+CAUGHT_BY = sorted({check_id for fault in FAULTS for check_id in fault.catches})
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    with running_server("--ttft-ms", "0", "--itl-ms", "0", engine="mock") as running:
+        yield running
+
+
+def target_at(server: RunningServer, base_url: str) -> Target:
+    return Target(base_url=base_url, api_key=server.api_key, model=server.model, timeout_s=60)
+
+
+def checks_by_id(target: Target, ids: list[str] | tuple[str, ...]) -> list[Check]:
+    found = {item.id: item for item in registry.collect(target)}
+    missing = [check_id for check_id in ids if check_id not in found]
+    assert not missing, f"no such checks: {missing}"
+    return [found[check_id] for check_id in ids]
+
+
+def run_fresh(target: Target, ids: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Each check in its own fresh Context (no memoized baselines shared)."""
+    results = {}
+    for item in checks_by_id(target, ids):
+        ctx = Context(target)
+        try:
+            results[item.id] = run_one(item, ctx)
+        finally:
+            ctx.client.close()
+    return results
+
+
+def test_faults_are_distinct_and_many() -> None:
+    names = [fault.name for fault in FAULTS]
+    assert len(names) == len(set(names)) >= 16
+    assert all(fault.catches for fault in FAULTS)
+
+
+@pytest.mark.parametrize("via_proxy", [False, True], ids=["reference", "transparent-proxy"])
+def test_the_catching_checks_pass_on_a_correct_server(server: RunningServer, via_proxy: bool) -> None:
+    if via_proxy:
+        with broken_server(server.base_url, None, server.api_key) as url:
+            results = run_fresh(target_at(server, url), CAUGHT_BY)
+    else:
+        results = run_fresh(target_at(server, server.base_url), CAUGHT_BY)
+    bad = {check_id: f"{r.outcome}: {r.message}" for check_id, r in results.items() if r.outcome != "passed"}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
+def test_a_broken_server_is_caught(server: RunningServer, fault: Fault) -> None:
+    with broken_server(server.base_url, fault, server.api_key) as url:
+        results = run_fresh(target_at(server, url), fault.catches)
+    for check_id, result in results.items():
+        assert result.outcome == "failed", (
+            f"{fault.name}: {check_id} should fail, got {result.outcome}: {result.message}\n"
+            f"{result.response_excerpt}")
+        assert result.curl and url in result.curl, f"{fault.name}: {check_id} has no curl line through the proxy"
+        assert result.response_excerpt and result.response_excerpt.startswith("HTTP "), (
+            f"{fault.name}: {check_id} has no response excerpt")
