@@ -6,6 +6,7 @@ Ranges come only from `spec` (no range is written twice); every error names its 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,10 +60,25 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"Invalid value for {where}{best.message}"
 
 
+def _has_non_finite(value: Any) -> bool:
+    """NaN passes every JSON Schema bound (all comparisons are false), so it is refused first."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(item) for item in value)
+    return False
+
+
 def check_schema(body: Any) -> None:
     """Raise a 400 naming the first offending parameter when `body` breaks the request schema."""
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_type")
+    for name, value in body.items():
+        if _has_non_finite(value):
+            raise ApiError(400, f"Invalid value for '{name}': NaN and Infinity are not JSON numbers.",
+                           param=name, code="invalid_value")
     errors = sorted(_validator().iter_errors(body), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
         # A missing required field is reported before anything nested inside other fields.
