@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from aiohttp import test_utils
 
-from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
+from reference_server.app import ServerConfig, build_app
+from reference_server.engines.base import BlockingEngine, Engine, GeneratedToken, SamplingParams
 from reference_server.engines.mock import EOS_ID, VOCAB, MockEngine
 from reference_server.generation import (
     ChoicePiece,
@@ -314,3 +317,71 @@ def test_mock_honours_max_tokens_and_cancel(mock: MockEngine) -> None:
         return [t async for t in mock.stream([1], SamplingParams(max_tokens=5), cancel)]
 
     assert asyncio.run(collect()) == []
+
+
+# ---- several choices over a blocking (worker-thread) engine, as llama.cpp runs ---------------
+
+
+class BlockingScript(BlockingEngine):
+    """A BlockingEngine (the llama.cpp engine's base) emitting " x" until max_tokens."""
+
+    model_name = "blocking"
+    context_length = 100
+    vocab_size = 16
+
+    def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        return [1, 2]
+
+    def generate_blocking(self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event) -> Any:
+        for _ in range(params.max_tokens):
+            if cancel.is_set():
+                return
+            yield GeneratedToken(1, b" x")
+
+
+APP_KEY_WARNING = pytest.mark.filterwarnings("ignore:It is recommended to use web.AppKey")
+
+
+def post_in_process(payload: dict[str, Any]) -> tuple[int, str]:
+    async def go() -> tuple[int, str]:
+        app = build_app(BlockingScript(), ServerConfig(auth_required=False))
+        async with test_utils.TestClient(test_utils.TestServer(app)) as http:
+            response = await http.post("/v3/openai/chat/completions", json=payload)
+            return response.status, await response.text()
+
+    return asyncio.run(go())
+
+
+@APP_KEY_WARNING
+def test_every_choice_of_n_is_generated_over_a_blocking_engine() -> None:
+    """Regression: ending choice 0 used to set the request's shared cancel event, emptying choices 1..n-1."""
+    payload = {"model": "blocking", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": 3}
+    status, text = post_in_process(payload)
+    assert status == 200
+    body = json.loads(text)
+    assert [(c["message"]["content"], c["finish_reason"]) for c in body["choices"]] == [(" x x x", "length")] * 3
+    assert body["usage"]["completion_tokens"] == 9
+
+
+@APP_KEY_WARNING
+def test_every_streamed_choice_of_n_is_generated_over_a_blocking_engine() -> None:
+    payload = {"model": "blocking", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": 2}
+    status, text = post_in_process({**payload, "stream": True})
+    assert status == 200
+    chunks = [json.loads(line[6:]) for line in text.split("\n\n") if line.startswith("data: {")]
+    texts: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + (choice["delta"].get("content") or "")
+    assert texts == {0: " x x x", 1: " x x x"}
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+@APP_KEY_WARNING
+def test_single_choice_over_a_blocking_engine() -> None:
+    """One choice over the same engine is complete (control for the n>1 tests above)."""
+    payload = {"model": "blocking", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    status, text = post_in_process(payload)
+    assert status == 200
+    choice = json.loads(text)["choices"][0]
+    assert (choice["message"]["content"], choice["finish_reason"]) == (" x x x", "length")

@@ -427,7 +427,7 @@ def test_error_cases_are_fixed_statuses(server: RunningServer) -> None:
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_number_literals_are_refused(server: RunningServer, literal: str) -> None:
     raw = json.dumps(request(server)).encode()[:-1] + f', "frequency_penalty": {literal}}}'.encode()
-    assert_error(call(server, raw=raw), 400)
+    assert_error(call(server, raw=raw), 400, "frequency_penalty")
 
 
 def test_nan_temperature_is_a_400_not_a_500(server: RunningServer) -> None:

@@ -97,12 +97,14 @@ class BlockingEngine(Engine):
     ) -> AsyncIterator[GeneratedToken]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        # This call's own stop signal: ending one choice must not cancel the request's next choice.
+        stop = threading.Event()
 
         def worker() -> None:
             try:
-                for token in self.generate_blocking(prompt_tokens, params, cancel):
+                for token in self.generate_blocking(prompt_tokens, params, stop):
                     loop.call_soon_threadsafe(queue.put_nowait, token)
-                    if cancel.is_set():
+                    if stop.is_set():
                         break
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
@@ -111,7 +113,7 @@ class BlockingEngine(Engine):
 
         future = loop.run_in_executor(self._executor, worker)
         try:
-            while True:
+            while not cancel.is_set():
                 item = await queue.get()
                 if item is _DONE:
                     break
@@ -120,7 +122,7 @@ class BlockingEngine(Engine):
                 yield item
         finally:
             # The consumer stopped early (stop sequence, disconnect) or finished: stop the worker.
-            cancel.set()
+            stop.set()
             await asyncio.shield(future)
 
     def close(self) -> None:
