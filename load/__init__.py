@@ -1,4 +1,7 @@
-"""Locust load scenarios (stream and non-stream) with LLM latency metrics.
+"""Load testing with Locust: stream and non-stream scenarios, LLM latency metrics (TTFT, ITL, TPOT,
+E2E, goodput) with exact percentiles, open- and closed-loop load, sweeps, master/worker runs, and
+a self-check against the reference server's mock engine. `python -m load --help`.
 
-Not built yet: this package is reserved by the project layout; see README "Status".
+Only `load.users`, `load.runner`, `load.worker` and `load/locustfile.py` import Locust (which
+monkey-patches the process for gevent); everything else is plain Python.
 """

@@ -1,0 +1,272 @@
+"""`python -m load`: run Locust load against a chat-completions endpoint and write reports.
+
+Exit codes: 0 the run finished and met every --slo; 1 an SLO was missed; 2 the run could not
+be made (bad arguments, unreachable endpoint, bad dataset), with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from load.config import API_PATH, LoadConfig, StepSpec
+from load.prompts import DatasetError, calibrate_prompt, load_dataset, post_json, usage_counter
+from load.slo import parse_slo
+
+API_KEY_ENV = "CHATSPEC_API_KEY"
+MOCK_EOS_BAN = {"logit_bias": {"0": -100}}  # the mock engine's end-of-sequence token is id 0
+
+
+class UsageError(Exception):
+    """Bad arguments or an endpoint that cannot be used: exit 2 with this message."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m load",
+        description="Load-test POST /v3/openai/chat/completions with Locust users and report LLM latencies "
+                    "(TTFT, ITL, TPOT, E2E), throughput and goodput with exact percentiles. Each step runs "
+                    "for --duration seconds (and at most --max-requests requests); the first --warmup "
+                    "seconds are not measured. Exit 0: done and every --slo met; 1: an SLO missed; "
+                    "2: could not run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="examples:\n"
+               "  python -m load --base-url http://127.0.0.1:8000 --model m --users 8 --duration 60\n"
+               "  python -m load --base-url URL --model m --rate 5 --arrival poisson --sweep 1,2,4,8\n"
+               "  python -m load --calibrate --users 32      # measure our own error against the mock\n",
+    )
+    target = parser.add_argument_group("target")
+    target.add_argument("--base-url", help="server root, e.g. http://127.0.0.1:8000 (the API path is appended)")
+    target.add_argument("--api-key", default=None, help=f"bearer key (default: ${API_KEY_ENV})")
+    target.add_argument("--model", help="model name sent in every request")
+    target.add_argument("--path", default=API_PATH, help="API path under the base URL")
+    target.add_argument("--embedded-server", choices=("mock", "llamacpp"), default=None,
+                        help="start the reference server on loopback for this run (base URL and key not needed)")
+    target.add_argument("--calibrate", action="store_true",
+                        help="self-check: start the mock engine with --mock-ttft-ms/--mock-itl-ms and report "
+                             "how far our measured TTFT and ITL are from that truth")
+    target.add_argument("--mock-ttft-ms", type=float, default=100.0, help="mock engine time to first token")
+    target.add_argument("--mock-itl-ms", type=float, default=10.0, help="mock engine gap between tokens")
+
+    shape = parser.add_argument_group("load shape")
+    mode = shape.add_mutually_exclusive_group()
+    mode.add_argument("--stream", dest="stream", action="store_true", default=True, help="streamed requests")
+    mode.add_argument("--no-stream", dest="stream", action="store_false", help="non-streamed requests")
+    shape.add_argument("--users", type=int, default=None,
+                       help="closed loop: concurrent users (default 8); open loop: the pool of users that may "
+                            "be in flight at once (default 256)")
+    shape.add_argument("--rate", type=float, default=None, help="open loop: requests per second")
+    shape.add_argument("--arrival", choices=("poisson", "constant", "gamma"), default="poisson",
+                       help="open-loop arrival process")
+    shape.add_argument("--gamma-shape", type=float, default=0.5, help="gamma arrivals: shape (<1 burstier)")
+    shape.add_argument("--sweep", default=None,
+                       help="comma-separated users (closed loop) or rates (with --rate) to run as steps, in order")
+    shape.add_argument("--duration", type=float, default=30.0, help="seconds per step")
+    shape.add_argument("--warmup", type=float, default=None,
+                       help="seconds at the start of each step not measured (default: 10%% of --duration, <= 10)")
+    shape.add_argument("--max-requests", type=int, default=None, help="stop a step after this many requests")
+    shape.add_argument("--workers", type=int, default=1,
+                       help="Locust worker processes (master/worker mode, one per core) instead of one process")
+
+    body = parser.add_argument_group("requests")
+    body.add_argument("--prompt-tokens", type=int, default=None,
+                      help="synthetic prompts of about this many tokens (calibrated from usage.prompt_tokens)")
+    body.add_argument("--prompt-words", type=int, default=32,
+                      help="synthetic prompt length in words, when --prompt-tokens is not given")
+    body.add_argument("--output-tokens", type=int, default=64, help="max_tokens of every request")
+    body.add_argument("--dataset", default=None,
+                      help="JSONL file: one request per line, a list of messages or {messages, max_tokens}")
+    body.add_argument("--extra-body", default=None,
+                      help='JSON object merged into every request, e.g. \'{"temperature": 0}\'')
+    body.add_argument("--timeout", type=float, default=120.0, help="seconds before a request is abandoned")
+    body.add_argument("--seed", type=int, default=0, help="seed of prompts and arrival schedules")
+
+    out = parser.add_argument_group("results")
+    out.add_argument("--slo", default=None,
+                     help="objectives in ms, e.g. ttft_p99=500,itl_p99=50,tpot_p50=20,e2e_p90=4000; "
+                          "exit 1 if any step misses one")
+    out.add_argument("--report-dir", default="out/load", help="where load.json, load.csv, load.html go")
+    out.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def parse_levels(text: str, as_rate: bool) -> list[float]:
+    """'1,8,32' -> [1, 8, 32]; every value must be > 0 (and whole for users)."""
+    levels = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            value = float(item)
+        except ValueError:
+            raise UsageError(f"--sweep: {item!r} is not a number") from None
+        if value <= 0 or (not as_rate and value != int(value)):
+            raise UsageError(f"--sweep: {item!r} must be {'> 0' if as_rate else 'a whole number of users >= 1'}")
+        levels.append(value)
+    if not levels:
+        raise UsageError("--sweep is empty")
+    return levels
+
+
+def build_steps(args: argparse.Namespace) -> list[StepSpec]:
+    """The steps the arguments describe (one, or one per --sweep value)."""
+    if args.duration <= 0:
+        raise UsageError("--duration must be > 0")
+    warmup = min(10.0, 0.1 * args.duration) if args.warmup is None else args.warmup
+    if not 0 <= warmup < args.duration:
+        raise UsageError("--warmup must be >= 0 and shorter than --duration")
+    if args.max_requests is not None and args.max_requests < 1:
+        raise UsageError("--max-requests must be >= 1")
+    if args.rate is not None and args.rate <= 0:
+        raise UsageError("--rate must be > 0")
+    if args.users is not None and args.users < 1:
+        raise UsageError("--users must be >= 1")
+    open_loop = args.rate is not None
+    levels = parse_levels(args.sweep, open_loop) if args.sweep else [args.rate if open_loop else (args.users or 8)]
+    steps = []
+    for index, level in enumerate(levels):
+        users = (args.users or 256) if open_loop else int(level)
+        steps.append(StepSpec(index=index, users=users, duration_s=args.duration, warmup_s=warmup,
+                              rate=level if open_loop else None, arrival=args.arrival,
+                              max_requests=args.max_requests))
+    return steps
+
+
+@contextlib.contextmanager
+def target_server(args: argparse.Namespace) -> Iterator[tuple[str, str | None, str]]:
+    """(base URL, key, model): an embedded reference server for the run, or the given endpoint."""
+    engine = "mock" if args.calibrate else args.embedded_server
+    if engine is None:
+        if not args.base_url or not args.model:
+            raise UsageError("--base-url and --model are required (or use --embedded-server / --calibrate)")
+        yield args.base_url.rstrip("/"), args.api_key or os.environ.get(API_KEY_ENV), args.model
+        return
+    from reference_server.launcher import running_server
+
+    extra = ["--ttft-ms", str(args.mock_ttft_ms), "--itl-ms", str(args.mock_itl_ms)] if engine == "mock" else []
+    extra += ["--max-queue", "100000", "--log-level", "WARNING"]
+    with running_server(*extra, engine=engine) as server:
+        yield server.base_url, server.api_key, server.model
+
+
+def make_config(args: argparse.Namespace, base_url: str, api_key: str | None, model: str) -> LoadConfig:
+    """Settings for every request; calibrates the prompt length against the endpoint if asked."""
+    if args.output_tokens < 1:
+        raise UsageError("--output-tokens must be >= 1")
+    try:
+        extra_body = json.loads(args.extra_body) if args.extra_body else {}
+    except ValueError as exc:
+        raise UsageError(f"--extra-body is not JSON: {exc}") from None
+    if not isinstance(extra_body, dict):
+        raise UsageError("--extra-body must be a JSON object")
+    if args.calibrate:
+        extra_body = {**MOCK_EOS_BAN, **extra_body}  # every answer exactly --output-tokens long
+    dataset = None
+    if args.dataset:
+        try:
+            dataset = load_dataset(args.dataset)
+        except (OSError, DatasetError) as exc:
+            raise UsageError(str(exc)) from None
+    url = base_url + args.path
+    words = args.prompt_words
+    try:
+        if args.prompt_tokens is not None and not dataset:
+            plan = calibrate_prompt(args.prompt_tokens, usage_counter(url, api_key, model, extra_body, args.seed))
+            words = plan.words
+        else:  # one small request: fail now, with the server's own words, if the endpoint is unusable
+            post_json(url, api_key, {"model": model, "max_tokens": 1, **extra_body,
+                                     "messages": [{"role": "user", "content": "ping"}]})
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return LoadConfig(base_url=base_url, model=model, api_key=api_key, stream=args.stream, path=args.path,
+                      output_tokens=args.output_tokens, prompt_words=words, dataset=dataset,
+                      extra_body=extra_body, timeout_s=args.timeout, seed=args.seed, gamma_shape=args.gamma_shape)
+
+
+def print_summary(doc: dict[str, Any]) -> None:
+    """One line per step on stdout: what a person wants to see when the run ends."""
+    print(f"{'step':<16}{'req/s':>8}{'tok/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}"
+          f"{'ITL p99':>9}{'E2E p50':>10}{'errors':>8}  SLO")
+    for step in doc["steps"]:
+        m = step["metrics"]
+
+        def ms(metric: str, pct: str, m: dict[str, Any] = m) -> str:
+            value = m[f"{metric}_ms"][pct]
+            return "-" if value is None else f"{value:.1f}"
+
+        slo = "-" if not step["slo"] else ("met" if step["slo_met"] else "MISSED")
+        print(f"{step['label']:<16}{m['requests_per_s']:>8.2f}{m['output_tokens_per_s']:>10.1f}"
+              f"{ms('ttft', 'p50'):>10}{ms('ttft', 'p99'):>10}{ms('itl', 'p50'):>9}{ms('itl', 'p99'):>9}"
+              f"{ms('e2e', 'p50'):>10}{m['requests_failed']:>8}  {slo}")
+    if doc.get("calibration"):
+        for row in doc["calibration"]["errors"]:
+            if row["error_ms"] is not None:
+                print(f"calibration {row['step']}: {row['metric']} {row['percentile']} measured "
+                      f"{row['measured_ms']:.3f} ms, truth {row['truth_ms']:g} ms, error {row['error_ms']:+.3f} ms")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole run; returns the exit code."""
+    try:
+        slo = parse_slo(args.slo) if args.slo else {}
+    except ValueError as exc:
+        raise UsageError(f"--slo: {exc}") from None
+    if args.workers < 1:
+        raise UsageError("--workers must be >= 1")
+    steps = build_steps(args)
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    with target_server(args) as (base_url, api_key, model):
+        config = make_config(args, base_url, api_key, model)
+        # Locust (and its gevent monkey-patching) only now, after the plain-HTTP preflight.
+        from load.runner import run_load
+        from load.summary import build_document, calibration_errors, step_document
+
+        say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+        outcomes = run_load(config, steps, workers=args.workers, slo=slo, progress=say)
+    step_docs = [step_document(outcome) for outcome in outcomes]
+    calibration = None
+    if args.calibrate:
+        calibration = {"ttft_ms": args.mock_ttft_ms, "itl_ms": args.mock_itl_ms,
+                       "errors": calibration_errors(step_docs, args.mock_ttft_ms, args.mock_itl_ms)}
+    settings = {"stream": config.stream, "output_tokens": config.output_tokens, "prompt_words": config.prompt_words,
+                "prompt_tokens_target": args.prompt_tokens, "dataset": args.dataset, "workers": args.workers,
+                "arrival": args.arrival if args.rate is not None else "closed loop", "duration_s": args.duration,
+                "warmup_s": steps[0].warmup_s, "max_requests": args.max_requests, "slo": slo,
+                "extra_body": json.dumps(config.extra_body), "seed": args.seed}
+    target = {"base_url": base_url if not (args.calibrate or args.embedded_server) else "embedded reference server",
+              "model": model, "path": args.path}
+    doc = build_document(target=target, settings=settings, steps=step_docs, started_at=started,
+                         duration_s=time.monotonic() - t0, calibration=calibration)
+    from reports.load_report import write_load_reports
+
+    paths = write_load_reports(doc, args.report_dir)
+    print_summary(doc)
+    print(f"reports: {paths['html']} {paths['json']} {paths['csv']}")
+    if not doc["slo_met"]:
+        missed = [f"{s['label']} {v['objective']}" for s in doc["steps"] for v in s["slo"] if not v["met"]]
+        print(f"SLO missed: {', '.join(missed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, TimeoutError) as exc:  # a server or worker that could not start
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,71 @@
+"""The settings of a load run and of each of its steps, as plain data that travels to workers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+API_PATH = "/v3/openai/chat/completions"
+
+
+@dataclass
+class LoadConfig:
+    """What every request looks like; the same in the master and every worker."""
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+    stream: bool = True
+    path: str = API_PATH
+    output_tokens: int = 64
+    prompt_words: int = 32
+    dataset: list[dict[str, Any]] | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float = 120.0
+    seed: int = 0
+    gamma_shape: float = 0.5
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> LoadConfig:
+        return cls(**data)
+
+
+@dataclass
+class StepSpec:
+    """One step of a run: a concurrency (closed loop) or an arrival rate (open loop).
+
+    In open loop, `users` is the pool of users that may have requests in flight at once; a
+    request whose turn comes while every user is busy is sent late, and the lag is reported.
+    """
+
+    index: int
+    users: int
+    duration_s: float
+    warmup_s: float
+    rate: float | None = None
+    arrival: str = "poisson"
+    max_requests: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"rate {self.rate:g}/s" if self.rate is not None else f"{self.users} users"
+
+    @property
+    def level(self) -> float:
+        """The swept quantity: requests/s in open loop, users in closed loop."""
+        return self.rate if self.rate is not None else float(self.users)
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> StepSpec:
+        return cls(**data)
+
+
+def share(total: int, parts: int, index: int) -> int:
+    """Worker `index`'s share of `total` when split as evenly as integers allow."""
+    return total // parts + (1 if index < total % parts else 0)

@@ -1,0 +1,45 @@
+"""Is the client the bottleneck? Warnings from the load generator's own CPU, event-loop lag and
+open-loop send lag, so a result limited by the client is never mistaken for the server's."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from load.config import StepSpec
+
+CPU_LIMIT = 0.85  # fraction of one core a worker process may use before its timing is suspect
+LOOP_LAG_P99_MS = 5.0  # the event loop woke this late: timestamps may be late by as much
+SEND_LAG_P99_MS = 10.0  # open loop: requests went out this much later than scheduled
+
+
+def client_warnings(metrics: Mapping[str, Any], health: Sequence[Mapping[str, Any]], step: StepSpec) -> list[str]:
+    """Plain-language warnings; an empty list means the client kept up."""
+    warnings = []
+    busy = [h for h in health if h.get("cpu_fraction", 0.0) > CPU_LIMIT]
+    for h in busy:
+        warnings.append(f"client-limited: load worker {h['worker']} used {h['cpu_fraction']:.0%} of a CPU core; "
+                        "its timestamps and the offered load may be limited by the client (add --workers)")
+    lags = np.concatenate([np.asarray(h.get("loop_lag_ns", []), dtype=np.float64) for h in health] or [np.empty(0)])
+    if lags.size:
+        p99 = float(np.percentile(lags, 99)) / 1e6
+        if p99 > LOOP_LAG_P99_MS:
+            warnings.append(f"client-limited: the client's event loop ran {p99:.1f} ms late at p99 "
+                            f"(limit {LOOP_LAG_P99_MS:g} ms); token timestamps may be late by as much")
+    send_lag = metrics.get("send_lag_ms") or {}
+    if step.rate is not None and (send_lag.get("p99") or 0.0) > SEND_LAG_P99_MS:
+        warnings.append(f"client-limited: requests went out {send_lag['p99']:.1f} ms after their scheduled time "
+                        f"at p99 (limit {SEND_LAG_P99_MS:g} ms): all {step.users} users were busy or the "
+                        "client was CPU-bound, so the offered rate was not the asked one (raise --users)")
+    return warnings
+
+
+def loop_lag_summary(health: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """p50/p99/max of the event-loop lag over all processes, in ms."""
+    lags = np.concatenate([np.asarray(h.get("loop_lag_ns", []), dtype=np.float64) for h in health] or [np.empty(0)])
+    if not lags.size:
+        return {"p50": None, "p99": None, "max": None}
+    p50, p99 = np.percentile(lags, [50, 99]) / 1e6
+    return {"p50": float(p50), "p99": float(p99), "max": float(lags.max() / 1e6)}

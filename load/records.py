@@ -1,0 +1,139 @@
+"""What one request measured, and how a streamed response turns into token arrival times.
+
+Kept free of Locust and gevent (no monkey-patching on import) so metrics, reports and tests can
+use it in any process. Timestamps are integer nanoseconds relative to the start of the step in
+the process that made the request (`time.perf_counter_ns()` minus the step's origin): exact,
+and comparable between workers to within the latency of the message that starts a step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from conformance.sse import SSEParser
+
+
+@dataclass
+class RequestRecord:
+    """One request: when it was meant to go, when it went, when each byte that mattered came.
+
+    `token_ns` holds the arrival of every SSE event whose delta carried content (the API sends
+    one event per token). `usage_completion` is the server's own count; `chunk_tokens` ours.
+    """
+
+    send_ns: int
+    stream: bool
+    intended_ns: int | None = None
+    first_byte_ns: int | None = None
+    first_token_ns: int | None = None
+    end_ns: int | None = None
+    token_ns: list[int] = field(default_factory=list)
+    chunk_tokens: int = 0
+    usage_prompt: int | None = None
+    usage_completion: int | None = None
+    status: int | None = None
+    error: str | None = None
+    worker: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """Finished with 200 and no protocol or transport error."""
+        return self.error is None and self.status == 200 and self.end_ns is not None
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens generated: the server's usage count, or the events we counted when it gave none."""
+        return self.usage_completion if self.usage_completion is not None else self.chunk_tokens
+
+    @property
+    def token_count_mismatch(self) -> bool:
+        """A stream whose content events disagree with its usage.completion_tokens."""
+        return self.stream and self.usage_completion is not None and self.usage_completion != self.chunk_tokens
+
+    def to_wire(self) -> dict[str, Any]:
+        """A plain dict (for Locust's worker-to-master messages and JSON)."""
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> RequestRecord:
+        return cls(**data)
+
+
+class StreamTimer:
+    """Feed an SSE body line by line as it arrives; it stamps token events and reads usage.
+
+    Uses the conformance suite's strict WHATWG parser, so framing that conformance would flag
+    (a missing `[DONE]`, data after it, a non-JSON event) also surfaces here as a request error.
+    """
+
+    def __init__(self, record: RequestRecord) -> None:
+        self.record = record
+        self.parser = SSEParser()
+        self.done = False
+
+    def feed(self, data: bytes, now_ns: int) -> None:
+        """Bytes just received (any split), with the time they arrived."""
+        for event in self.parser.feed(data):
+            self._event(event.data, now_ns)
+
+    def close(self, now_ns: int) -> None:
+        """End of the body: finish the record, flag a stream that ended badly."""
+        for event in self.parser.close():
+            self._event(event.data, now_ns)
+        record = self.record
+        record.end_ns = now_ns
+        if record.error is None and not self.done:
+            record.error = "stream ended without data: [DONE]"
+
+    def _event(self, data: str, now_ns: int) -> None:
+        record = self.record
+        if self.done:
+            record.error = record.error or "data after [DONE]"
+            return
+        if data == "[DONE]":
+            self.done = True
+            return
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            record.error = record.error or f"event is not JSON: {data[:80]!r}"
+            return
+        if not isinstance(chunk, dict):
+            record.error = record.error or "event is not a JSON object"
+            return
+        if "error" in chunk:
+            record.error = record.error or f"error event: {json.dumps(chunk['error'])[:200]}"
+            return
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                record.chunk_tokens += 1
+                record.token_ns.append(now_ns)
+                if record.first_token_ns is None:
+                    record.first_token_ns = now_ns
+                break
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            record.usage_prompt = usage.get("prompt_tokens")
+            record.usage_completion = usage.get("completion_tokens")
+
+
+def read_json_body(record: RequestRecord, body: bytes, now_ns: int) -> None:
+    """Finish a non-streamed record from its JSON body (usage and an error envelope)."""
+    record.end_ns = now_ns
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        record.error = record.error or f"body is not JSON: {body[:80]!r}"
+        return
+    if not isinstance(payload, dict):
+        record.error = record.error or "body is not a JSON object"
+        return
+    if record.status != 200:
+        record.error = record.error or f"HTTP {record.status}: {json.dumps(payload.get('error', payload))[:200]}"
+        return
+    usage = payload.get("usage") or {}
+    record.usage_prompt = usage.get("prompt_tokens")
+    record.usage_completion = usage.get("completion_tokens")

@@ -1,0 +1,238 @@
+"""Drive Locust through the steps of a run, in this process or over master/worker processes.
+
+Both backends give the same thing back per step: every raw request record and each process's
+health (CPU, event-loop lag), so one process and N workers produce reports of the same form.
+Imports Locust (gevent monkey-patching): used by `python -m load`, not by library code.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+from locust.env import Environment
+
+from load.config import LoadConfig, StepSpec
+from load.health import client_warnings
+from load.metrics import Window, step_metrics
+from load.records import RequestRecord
+from load.slo import judge
+from load.users import STATE, ChatUser, probe_loop_lag
+
+log = logging.getLogger("load")
+
+
+@dataclass
+class StepOutcome:
+    """One finished step: its spec, raw records, client health and computed metrics."""
+
+    spec: StepSpec
+    records: list[RequestRecord]
+    health: list[dict[str, Any]]
+    window: Window
+    metrics: dict[str, Any] = field(default_factory=dict)
+    slo: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class LocalBackend:
+    """All users in this process."""
+
+    workers = 1
+
+    def __init__(self, config: LoadConfig) -> None:
+        self.environment = Environment(user_classes=[ChatUser])
+        self.runner = self.environment.create_local_runner()
+        STATE.configure(config)
+        self._probe = gevent.spawn(probe_loop_lag)
+
+    def start_step(self, step: StepSpec) -> None:
+        STATE.begin_step(step)
+        self.runner.start(step.users, spawn_rate=max(step.users, 1) * 20, wait=False)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [STATE.status()]
+
+    def stop_sending(self) -> None:
+        STATE.sending = False
+
+    def drained(self) -> bool:
+        return STATE.inflight == 0
+
+    def finish(self) -> tuple[list[RequestRecord], list[dict[str, Any]]]:
+        health = STATE.health()
+        self.runner.stop()
+        return list(STATE.records), [health]
+
+    def close(self) -> None:
+        self._probe.kill()
+        self.runner.quit()
+
+
+class DistributedBackend:
+    """A Locust master here and `workers` worker processes (`python -m load.worker`) on loopback."""
+
+    def __init__(self, config: LoadConfig, workers: int, startup_timeout_s: float = 60.0) -> None:
+        from reference_server.launcher import free_port
+
+        self.workers = workers
+        self.environment = Environment(user_classes=[ChatUser])
+        port = free_port()
+        self.runner = self.environment.create_master_runner("127.0.0.1", port)
+        self.statuses: dict[int, dict[str, Any]] = {}
+        self.collected: dict[int, dict[str, Any]] = {}
+        self.acks: set[int] = set()
+        self.runner.register_message("chatspec_ack", lambda environment, msg, **_: self.acks.add(msg.data["worker"]))
+        self.runner.register_message("chatspec_status", self._on_status)
+        self.runner.register_message("chatspec_records", self._on_records)
+        self.processes = [
+            subprocess.Popen([sys.executable, "-m", "load.worker", "--master-port", str(port),
+                              "--workers", str(workers)])
+            for _ in range(workers)
+        ]
+        try:
+            self._wait(lambda: self.runner.worker_count >= workers, startup_timeout_s, "workers to connect")
+            self.runner.send_message("chatspec_config", config.to_wire())
+            self._wait(lambda: len(self.acks) >= workers, startup_timeout_s, "workers to take the settings")
+        except BaseException:
+            self.close()
+            raise
+
+    def _on_status(self, environment: Environment, msg: Any, **_kw: Any) -> None:
+        self.statuses[msg.data["worker"]] = msg.data
+
+    def _on_records(self, environment: Environment, msg: Any, **_kw: Any) -> None:
+        self.collected[msg.data["worker"]] = msg.data
+
+    def _wait(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            dead = [p.returncode for p in self.processes if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"a load worker exited (code {dead[0]}) while waiting for {what}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gave up waiting {timeout_s:.0f} s for {what}")
+            gevent.sleep(0.05)
+
+    def start_step(self, step: StepSpec) -> None:
+        self.statuses.clear()
+        self.runner.send_message("chatspec_step", step.to_wire())
+        self.runner.start(step.users, spawn_rate=max(step.users, 1) * 20, wait=False)
+
+    def status(self) -> list[dict[str, Any]]:
+        self.runner.send_message("chatspec_poll")
+        gevent.sleep(0.05)
+        return list(self.statuses.values())
+
+    def stop_sending(self) -> None:
+        self.runner.send_message("chatspec_stop")
+
+    def drained(self) -> bool:
+        """Every worker has answered since it stopped sending, with nothing in flight."""
+        fresh = [s for s in self.status() if not s["sending"]]
+        return len(fresh) >= self.workers and all(s["inflight"] == 0 for s in fresh)
+
+    def finish(self) -> tuple[list[RequestRecord], list[dict[str, Any]]]:
+        self.collected.clear()
+        self.runner.send_message("chatspec_collect")
+        self._wait(lambda: len(self.collected) >= self.workers, 60.0, "workers' records")
+        self.runner.stop()
+        records = [RequestRecord.from_wire(r) for data in self.collected.values() for r in data["records"]]
+        return records, [data["health"] for data in sorted(self.collected.values(), key=lambda d: d["worker"])]
+
+    def close(self) -> None:
+        try:
+            self.runner.quit()
+        finally:
+            for process in self.processes:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _progress_line(step: StepSpec, total_steps: int, elapsed: float, statuses: list[dict[str, Any]],
+                   tokens_per_s: float) -> str:
+    sent = sum(s["sent"] for s in statuses)
+    done = sum(s["done"] for s in statuses)
+    failed = sum(s["failed"] for s in statuses)
+    inflight = sum(s["inflight"] for s in statuses)
+    return (f"[step {step.index + 1}/{total_steps} {step.label}] {elapsed:5.1f}/{step.duration_s:g} s  "
+            f"sent {sent}  done {done}  failed {failed}  in flight {inflight}  output tok/s {tokens_per_s:,.0f}")
+
+
+def run_step(
+    backend: LocalBackend | DistributedBackend,
+    step: StepSpec,
+    *,
+    total_steps: int,
+    drain_s: float,
+    slo: dict[str, float],
+    progress: Callable[[str], None] | None = None,
+) -> StepOutcome:
+    """Run one step to its duration or request count, let in-flight requests finish, measure."""
+    start = time.monotonic()
+    backend.start_step(step)
+    last_tokens, last_time = 0, start
+    count_reached = False
+    while (elapsed := time.monotonic() - start) < step.duration_s:
+        gevent.sleep(min(1.0, step.duration_s - elapsed))
+        statuses = backend.status()
+        now = time.monotonic()
+        tokens = sum(s["tokens"] for s in statuses)
+        if progress:
+            rate = (tokens - last_tokens) / max(now - last_time, 1e-9)
+            progress(_progress_line(step, total_steps, now - start, statuses, rate))
+        last_tokens, last_time = tokens, now
+        if step.max_requests is not None and sum(s["sent"] for s in statuses) >= step.max_requests:
+            if sum(s["inflight"] for s in statuses) == 0:
+                count_reached = True
+                break
+    stop_ns = int((time.monotonic() - start) * 1e9)
+    backend.stop_sending()
+    deadline = time.monotonic() + drain_s
+    while time.monotonic() < deadline and not backend.drained():
+        gevent.sleep(0.05)
+    records, health = backend.finish()
+    end_ns = stop_ns
+    if count_reached:  # the window ends with the last reply, not when the poll noticed it
+        end_ns = max((r.end_ns for r in records if r.end_ns is not None), default=stop_ns)
+    window = Window(int(step.warmup_s * 1e9), max(end_ns, int(step.warmup_s * 1e9) + 1))
+    metrics = step_metrics(records, window, slo)
+    metrics["requests_total"] = len(records)
+    outcome = StepOutcome(step, records, health, window, metrics, judge(metrics, slo))
+    outcome.warnings = client_warnings(metrics, health, step)
+    return outcome
+
+
+def run_load(
+    config: LoadConfig,
+    steps: list[StepSpec],
+    *,
+    workers: int = 1,
+    slo: dict[str, float] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[StepOutcome]:
+    """Every step in order against one backend; the backend is closed whatever happens."""
+    logging.getLogger("locust").setLevel(logging.WARNING)
+    backend: LocalBackend | DistributedBackend
+    backend = DistributedBackend(config, workers) if workers > 1 else LocalBackend(config)
+    outcomes = []
+    try:
+        for step in steps:
+            outcome = run_step(backend, step, total_steps=len(steps), drain_s=config.timeout_s,
+                               slo=slo or {}, progress=progress)
+            outcomes.append(outcome)
+            if progress:
+                for warning in outcome.warnings:
+                    progress(f"  warning: {warning}")
+    finally:
+        backend.close()
+    return outcomes

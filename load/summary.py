@@ -1,0 +1,79 @@
+"""Turn finished steps into the report document (what load.json holds and the HTML/CSV show)."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from load.health import loop_lag_summary
+from load.metrics import FORMULAS, cdf_points, request_e2e, request_ttft
+
+
+def step_document(outcome: Any) -> dict[str, Any]:
+    """One step: its settings, every metric, SLO verdicts, client health, CDF points for plots."""
+    good = [r for r in outcome.records if r.ok and outcome.window.start_ns <= r.send_ns < outcome.window.end_ns]
+    itl = np.concatenate([np.diff(np.asarray(r.token_ns, dtype=np.int64)) for r in good if len(r.token_ns) > 1]
+                         or [np.empty(0)]) / 1e6
+    cdf = {
+        "ttft_ms": cdf_points([v / 1e6 for r in good if (v := request_ttft(r)) is not None]),
+        "itl_ms": cdf_points(itl.tolist()),
+        "e2e_ms": cdf_points([v / 1e6 for r in good if (v := request_e2e(r)) is not None]),
+    }
+    return {
+        "step": outcome.spec.to_wire(),
+        "label": outcome.spec.label,
+        "level": outcome.spec.level,
+        "metrics": outcome.metrics,
+        "slo": outcome.slo,
+        "slo_met": all(v["met"] for v in outcome.slo),
+        "warnings": outcome.warnings,
+        "client": {
+            "workers": len(outcome.health),
+            "cpu_fraction": [h["cpu_fraction"] for h in outcome.health],
+            "loop_lag_ms": loop_lag_summary(outcome.health),
+        },
+        "cdf": {name: {"x": xs, "y": ys} for name, (xs, ys) in cdf.items()},
+    }
+
+
+def calibration_errors(steps: Sequence[Mapping[str, Any]], ttft_ms: float, itl_ms: float) -> list[dict[str, Any]]:
+    """Measured minus configured TTFT and ITL at p50 and p99, per step, against the mock's truth."""
+    rows = []
+    for step in steps:
+        metrics = step["metrics"]
+        for metric, truth in (("ttft", ttft_ms), ("itl", itl_ms)):
+            for pct in ("p50", "p99"):
+                measured = metrics[f"{metric}_ms"][pct]
+                rows.append({"step": step["label"], "metric": metric, "percentile": pct, "truth_ms": truth,
+                             "measured_ms": measured,
+                             "error_ms": None if measured is None else measured - truth})
+    return rows
+
+
+def build_document(
+    *,
+    target: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    steps: Sequence[Mapping[str, Any]],
+    started_at: str,
+    duration_s: float,
+    calibration: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole report: target, settings, formulas, steps, verdict and (optional) calibration."""
+    return {
+        "title": "chatspec load report",
+        "target": dict(target),
+        "settings": dict(settings),
+        "started_at": started_at,
+        "duration_s": duration_s,
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "processor": platform.processor() or platform.machine()},
+        "formulas": FORMULAS,
+        "steps": list(steps),
+        "slo_met": all(step["slo_met"] for step in steps),
+        "client_limited": any(step["warnings"] for step in steps),
+        "calibration": dict(calibration) if calibration else None,
+    }

@@ -1,0 +1,190 @@
+"""Load-test reports: load.json (every metric per step), load.csv (one row per step) and load.html,
+self-contained (inline CSS, plots as data: URI PNGs, no scripts): throughput against concurrency or
+rate, TTFT and ITL percentiles per step, latency CDFs, the formulas, SLO verdicts and warnings."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+
+def _latency(metric: str, stat: str) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda step: step["metrics"][f"{metric}_ms"][stat]
+
+
+CSV_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
+    ("step", lambda s: s["step"]["index"]),
+    ("label", lambda s: s["label"]),
+    ("users", lambda s: s["step"]["users"]),
+    ("rate", lambda s: s["step"]["rate"]),
+    ("requests_sent", lambda s: s["metrics"]["requests_sent"]),
+    ("requests_ok", lambda s: s["metrics"]["requests_ok"]),
+    ("error_rate", lambda s: s["metrics"]["error_rate"]),
+    ("requests_per_s", lambda s: s["metrics"]["requests_per_s"]),
+    ("output_tokens_per_s", lambda s: s["metrics"]["output_tokens_per_s"]),
+    ("goodput_per_s", lambda s: s["metrics"]["goodput_per_s"]),
+    *((f"{m}_{p}_ms", _latency(m, p)) for m in ("ttft", "itl", "tpot", "e2e") for p in ("mean", "p50", "p90", "p99")),
+    ("send_lag_p99_ms", lambda s: (s["metrics"]["send_lag_ms"] or {}).get("p99")),
+    ("client_cpu_max", lambda s: max(s["client"]["cpu_fraction"], default=None)),
+    ("slo_met", lambda s: s["slo_met"]),
+    ("warnings", lambda s: " | ".join(s["warnings"])),
+)
+
+TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ doc.title }}: {{ verdict }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #212121; max-width: 1300px; }
+.verdict { display: inline-block; font-size: 1.6rem; font-weight: bold; color: #fff; padding: .3rem 1rem;
+  border-radius: 6px; background: {{ '#c62828' if not doc.slo_met else '#2e7d32' }}; }
+table { border-collapse: collapse; margin: 1rem 0; } th, td { border: 1px solid #ddd; padding: .25rem .5rem; }
+th { background: #f5f5f5; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+td.miss { background: #c62828; color: #fff; font-weight: bold; } td.met { background: #2e7d32; color: #fff; }
+.warn { background: #fff3e0; border-left: 4px solid #ef6c00; padding: .4rem .8rem; margin: .3rem 0; }
+img { max-width: 100%; } .muted { color: #757575; } code { background: #f5f5f5; padding: 0 .2rem; }
+</style></head><body>
+<h1>{{ doc.title }}</h1>
+<p class="muted">{% for k, v in doc.target.items() %}<b>{{ k }}</b>: {{ v }} · {% endfor %}
+started {{ doc.started_at }}, {{ '%.1f' % doc.duration_s }} s</p>
+<p><span class="verdict" id="verdict">{{ verdict }}</span></p>
+{% for step in doc.steps %}{% for w in step.warnings %}
+<div class="warn">{{ step.label }}: {{ w }}</div>{% endfor %}{% endfor %}
+
+<h2>Steps</h2>
+<table id="steps"><tr><th>step</th><th>sent</th><th>ok</th><th>errors</th><th>req/s</th><th>output tok/s</th>
+<th>goodput/s</th>
+<th>TTFT p50</th><th>TTFT p99</th><th>ITL p50</th><th>ITL p99</th><th>TPOT p50</th>
+<th>E2E p50</th><th>E2E p99</th><th>send lag p99</th><th>client CPU</th></tr>
+{% for s in doc.steps %}{% set m = s.metrics %}<tr><th>{{ s.label }}</th>
+<td class="n">{{ m.requests_sent }}</td><td class="n">{{ m.requests_ok }}</td><td class="n">{{ m.requests_failed }}</td>
+<td class="n">{{ f(m.requests_per_s) }}</td><td class="n">{{ f(m.output_tokens_per_s) }}</td>
+<td class="n">{{ f(m.goodput_per_s) }}</td>
+<td class="n">{{ f(m.ttft_ms.p50) }}</td><td class="n">{{ f(m.ttft_ms.p99) }}</td>
+<td class="n">{{ f(m.itl_ms.p50) }}</td><td class="n">{{ f(m.itl_ms.p99) }}</td>
+<td class="n">{{ f(m.tpot_ms.p50) }}</td><td class="n">{{ f(m.e2e_ms.p50) }}</td>
+<td class="n">{{ f(m.e2e_ms.p99) }}</td>
+<td class="n">{{ f((m.send_lag_ms or {}).get('p99')) }}</td>
+<td class="n">{{ s.client.cpu_fraction | map('round', 2) | join(', ') }}</td></tr>
+{% endfor %}</table>
+<p class="muted">Latencies in milliseconds; percentiles are exact over every raw sample of every worker.</p>
+
+{% if slo_rows %}<h2>Service-level objectives</h2>
+<table id="slo"><tr><th>step</th><th>objective</th><th>limit ms</th><th>measured ms</th><th>verdict</th></tr>
+{% for label, v in slo_rows %}<tr><td>{{ label }}</td><td>{{ v.objective }}</td>
+<td class="n">{{ f(v.limit_ms) }}</td><td class="n">{{ f(v.measured_ms) }}</td>
+<td class="{{ 'met' if v.met else 'miss' }}">{{ 'met' if v.met else 'MISSED' }}</td></tr>
+{% endfor %}</table>{% endif %}
+
+{% if doc.calibration %}<h2>Calibration against the mock engine</h2>
+<p>Configured truth: TTFT {{ doc.calibration.ttft_ms }} ms, ITL {{ doc.calibration.itl_ms }} ms.</p>
+<table id="calibration"><tr><th>step</th><th>metric</th><th>percentile</th><th>truth ms</th><th>measured ms</th>
+<th>error ms</th></tr>{% for r in doc.calibration.errors %}<tr><td>{{ r.step }}</td><td>{{ r.metric }}</td>
+<td>{{ r.percentile }}</td><td class="n">{{ f(r.truth_ms) }}</td><td class="n">{{ f(r.measured_ms, 3) }}</td>
+<td class="n">{{ f(r.error_ms, 3) }}</td></tr>{% endfor %}</table>{% endif %}
+
+<h2>Plots</h2>
+{% for name, png in charts %}<figure><img alt="{{ name }}" src="data:image/png;base64,{{ png }}"></figure>{% endfor %}
+{% if not charts %}<p class="muted">matplotlib is not importable: no plots.</p>{% endif %}
+
+<h2>How each number is computed</h2>
+<ul>{% for k, v in doc.formulas.items() %}<li><code>{{ k }}</code>: {{ v }}</li>{% endfor %}</ul>
+<h2>Settings</h2>
+<table>{% for k, v in doc.settings.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}
+{% for k, v in doc.machine.items() %}<tr><th>client {{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
+</body></html>
+"""
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _png(figure: Any) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Throughput vs level, TTFT/ITL percentiles per step, and latency CDFs, as base64 PNGs."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    steps = doc["steps"]
+    if not steps:
+        return []
+    open_loop = steps[0]["step"]["rate"] is not None
+    levels = [s["level"] for s in steps]
+    xlabel = "arrival rate (requests/s)" if open_loop else "concurrent users"
+    charts = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
+        ax[0].plot(levels, [s["metrics"]["output_tokens_per_s"] for s in steps], "o-", label="output tokens/s")
+        ax[0].set_xlabel(xlabel), ax[0].set_ylabel("output tokens/s"), ax[0].set_title("Throughput")
+        ax[1].plot(levels, [s["metrics"]["requests_per_s"] for s in steps], "o-", label="requests/s")
+        if any(s["metrics"]["goodput_per_s"] is not None for s in steps):
+            ax[1].plot(levels, [s["metrics"]["goodput_per_s"] or 0 for s in steps], "s--", label="goodput/s")
+        ax[1].set_xlabel(xlabel), ax[1].set_ylabel("requests/s"), ax[1].legend(), ax[1].set_title("Requests")
+        charts.append(("throughput", _png(fig)))
+        plt.close(fig)
+        fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
+        for axis, metric, title in ((ax[0], "ttft_ms", "TTFT"), (ax[1], "itl_ms", "ITL")):
+            for pct, style in (("p50", "o-"), ("p90", "^-"), ("p99", "s-")):
+                axis.plot(levels, [s["metrics"][metric][pct] for s in steps], style, label=pct)
+            axis.set_xlabel(xlabel), axis.set_ylabel("ms"), axis.set_title(f"{title} percentiles"), axis.legend()
+        charts.append(("latency percentiles", _png(fig)))
+        plt.close(fig)
+        fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+        for axis, metric, title in zip(ax, ("ttft_ms", "itl_ms", "e2e_ms"), ("TTFT", "ITL", "E2E"), strict=True):
+            for s in steps:
+                points = s["cdf"][metric]
+                if points["x"]:
+                    axis.plot(points["x"], points["y"], label=s["label"])
+            axis.set_xlabel("ms"), axis.set_ylabel("fraction <= x"), axis.set_title(f"{title} CDF")
+            if len(steps) <= 8:
+                axis.legend(fontsize="small")
+        charts.append(("latency CDFs", _png(fig)))
+        plt.close(fig)
+    return charts
+
+
+def render_load_html(doc: Mapping[str, Any]) -> str:
+    """The self-contained HTML page for one load report document."""
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    verdict = "SLO MISSED" if not doc["slo_met"] else ("CLIENT-LIMITED" if doc["client_limited"] else "OK")
+    slo_rows = [(s["label"], v) for s in doc["steps"] for v in s["slo"]]
+    return env.from_string(TEMPLATE).render(doc=doc, verdict=verdict, slo_rows=slo_rows,
+                                            charts=_charts(doc), f=_fmt)
+
+
+def write_load_reports(doc: Mapping[str, Any], directory: Path | str) -> dict[str, Path]:
+    """Write load.json, load.csv and load.html into `directory` (created if needed)."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / "load.json", "csv": folder / "load.csv", "html": folder / "load.html"}
+    paths["json"].write_text(json.dumps(doc, indent=1, allow_nan=False), encoding="utf-8")
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([name for name, _ in CSV_COLUMNS])
+        for step in doc["steps"]:
+            writer.writerow([getter(step) for _, getter in CSV_COLUMNS])
+    paths["html"].write_text(render_load_html(doc), encoding="utf-8")
+    return paths
