@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hmac
@@ -18,7 +19,7 @@ from aiohttp import web
 
 import spec
 from reference_server import generation
-from reference_server.engines.base import Engine
+from reference_server.engines.base import REQUEST_STARTED, Engine
 from reference_server.errors import ApiError
 from reference_server.sse import DONE_EVENT, encode_event
 from reference_server.validation import ChatRequest, fit_to_context, parse_request
@@ -129,6 +130,7 @@ class Server:
         )
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        REQUEST_STARTED.set(asyncio.get_running_loop().time())
         self.check_auth(request)
         body = await self.read_json(request)
         chat = parse_request(body, vocab_size=self.engine.vocab_size)

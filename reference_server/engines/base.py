@@ -8,12 +8,18 @@ choices, usage, SSE) lives in `reference_server.generation`, so every engine get
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+# When the HTTP handler began on this request (event-loop time): engines with scripted timing
+# (the mock) measure their time to first token from here, as a client does, not from when
+# validation and tokenization were over.
+REQUEST_STARTED: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_started", default=None)
 
 
 @dataclass(frozen=True)

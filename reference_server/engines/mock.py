@@ -20,7 +20,8 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
+from reference_server.engines.base import REQUEST_STARTED, Engine, GeneratedToken, SamplingParams
+from reference_server.engines.timer import DeadlineTimer
 
 # Words and punctuation, several multi-byte (é, ü, 日本, emoji) so UTF-8 handling is exercised.
 VOCAB: tuple[str, ...] = (
@@ -88,6 +89,7 @@ class MockEngine(Engine):
         self.context_length = context_length
         self.vocab_size = len(VOCAB)
         self._pieces = [word.encode("utf-8") for word in VOCAB]
+        self._timer = DeadlineTimer()
 
     def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         tokens: list[int] = []
@@ -150,17 +152,23 @@ class MockEngine(Engine):
         text = json.dumps(value)
         return [text[i : i + 3].encode("utf-8") for i in range(0, len(text), 3)]
 
+    async def _pace(self, start: float, index: int) -> None:
+        """Sleep until token `index` is due: start + ttft + index * itl, from when the request came.
+
+        Deadlines, not relative sleeps, so per-token work and timer overshoot never accumulate:
+        the gaps a client sees are the configured truth a load generator is calibrated against.
+        """
+        await self._timer.sleep_until(start + self.ttft_s + index * self.itl_s)
+
     async def stream(
         self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event
     ) -> AsyncIterator[GeneratedToken]:
-        if self.ttft_s:
-            await asyncio.sleep(self.ttft_s)
+        start = REQUEST_STARTED.get() or asyncio.get_running_loop().time()
         if params.json_mode:
             for count, piece in enumerate(self._json_pieces(params)[: params.max_tokens]):
                 if cancel.is_set():
                     return
-                if count and self.itl_s:
-                    await asyncio.sleep(self.itl_s)
+                await self._pace(start, count)
                 yield GeneratedToken(-1, piece, 0.0 if params.logprobs else None)
             return
         seed = params.seed if params.seed is not None else random.getrandbits(63)
@@ -172,8 +180,6 @@ class MockEngine(Engine):
         for step in range(params.max_tokens):
             if cancel.is_set():
                 return
-            if step and self.itl_s:
-                await asyncio.sleep(self.itl_s)
             logits = self._logits(context_key, previous, step)
             token = self._sample(logits, params, generated, seen, rng)
             if token == EOS_ID:
@@ -185,6 +191,7 @@ class MockEngine(Engine):
                 logprob = lps[token]
                 best = sorted(range(self.vocab_size), key=lambda i: lps[i], reverse=True)
                 top = tuple((self._pieces[i], lps[i]) for i in best[: params.top_logprobs])
+            await self._pace(start, step)  # the token's work is done: it goes out on its deadline
             yield GeneratedToken(token, self._pieces[token], logprob, top)
             generated[token] += 1
             seen.add(token)
