@@ -36,6 +36,15 @@ def client_warnings(metrics: Mapping[str, Any], health: Sequence[Mapping[str, An
     return warnings
 
 
+def data_warnings(metrics: Mapping[str, Any]) -> list[str]:
+    """Warnings about what the server sent: streams whose token events disagree with their usage."""
+    if not metrics.get("token_count_mismatches"):
+        return []
+    return [f"{metrics['token_count_mismatches']} of {metrics['requests_ok']} streams had a number of content "
+            "events different from their usage.completion_tokens (the server puts several tokens in one event, "
+            "or its usage is wrong): output tokens/s uses usage, ITL uses events"]
+
+
 def loop_lag_summary(health: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     """p50/p99/max of the event-loop lag over all processes, in ms."""
     lags = np.concatenate([np.asarray(h.get("loop_lag_ns", []), dtype=np.float64) for h in health] or [np.empty(0)])

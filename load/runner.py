@@ -19,7 +19,7 @@ import gevent
 from locust.env import Environment
 
 from load.config import LoadConfig, StepSpec
-from load.health import client_warnings
+from load.health import client_warnings, data_warnings
 from load.metrics import Window, step_metrics
 from load.records import RequestRecord
 from load.slo import judge
@@ -208,7 +208,7 @@ def run_step(
     metrics = step_metrics(records, window, slo)
     metrics["requests_total"] = len(records)
     outcome = StepOutcome(step, records, health, window, metrics, judge(metrics, slo))
-    outcome.warnings = client_warnings(metrics, health, step)
+    outcome.warnings = client_warnings(metrics, health, step) + data_warnings(metrics)
     return outcome
 
 

@@ -74,6 +74,6 @@ def build_document(
         "formulas": FORMULAS,
         "steps": list(steps),
         "slo_met": all(step["slo_met"] for step in steps),
-        "client_limited": any(step["warnings"] for step in steps),
+        "client_limited": any(w.startswith("client-limited") for step in steps for w in step["warnings"]),
         "calibration": dict(calibration) if calibration else None,
     }

@@ -12,7 +12,7 @@ import pytest
 
 from load.arrivals import intended_offsets_s
 from load.config import StepSpec, share
-from load.health import client_warnings
+from load.health import client_warnings, data_warnings
 from load.metrics import Window, meets_slo, step_metrics, summarize_ms
 from load.prompts import DatasetError, PromptPlan, body_source, calibrate_prompt, load_dataset
 from load.records import RequestRecord, StreamTimer, read_json_body
@@ -233,6 +233,11 @@ class TestHealth:
         step = StepSpec(0, 4, 10, 1)
         assert client_warnings({"send_lag_ms": None}, [{"worker": 0, "cpu_fraction": 0.3, "loop_lag_ns": [100_000]}],
                                step) == []
+
+    def test_token_count_mismatch_is_reported(self):
+        metrics = step_metrics([record(0, [1, 2, 3], usage=6), record(0, [1, 2])], Window(0, 10 * MS))
+        assert metrics["token_count_mismatches"] == 1
+        assert data_warnings(metrics)[0].startswith("1 of 2 streams") and data_warnings({}) == []
 
     def test_busy_cpu_lagging_loop_and_late_sends_are_flagged(self):
         step = StepSpec(0, 4, 10, 1, rate=50.0)

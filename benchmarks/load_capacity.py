@@ -1,0 +1,91 @@
+"""How many SSE token events/s one load worker process handles before its timing degrades.
+
+Two measurements, because on a small machine the mock server (one Python process) runs out of
+CPU before the client does:
+
+1. a sweep of concurrent streams against the mock engine (`python -m load --calibrate`, known
+   ITL): per step the token events/s received, the client's CPU (fraction of one core), the ITL
+   error against the truth, and events/s per client CPU-second (what one fully busy core would
+   take at that cost per event);
+2. the client's per-event cost with no network at all: recorded SSE bytes fed through the same
+   code that times real streams (`load.records.StreamTimer`), one line at a time.
+
+    python benchmarks/load_capacity.py --sweep 8,16,32,64 --itl-ms 5 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from load.records import RequestRecord, StreamTimer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_cost(events: int = 200, repeats: int = 200) -> float:
+    """Token events/s one core parses and stamps (SSE framing, JSON, timestamps), no socket."""
+    chunk = ('data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"mock",'
+             '"choices":[{"index":0,"delta":{"content":" word"},"logprobs":null,"finish_reason":null}]}\n')
+    lines = [chunk.encode(), b"\n"] * events + [b"data: [DONE]\n", b"\n"]
+    start = time.perf_counter()
+    for _ in range(repeats):
+        timer = StreamTimer(RequestRecord(send_ns=0, stream=True))
+        for line in lines:
+            timer.feed(line, time.perf_counter_ns())
+        timer.close(time.perf_counter_ns())
+    return events * repeats / (time.perf_counter() - start)
+
+
+def sweep(levels: str, itl_ms: float, ttft_ms: float, duration: float, output_tokens: int) -> list[dict]:
+    """One `python -m load --calibrate` sweep; per step the numbers that matter here."""
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, "-m", "load", "--calibrate", "--quiet", "--mock-ttft-ms", str(ttft_ms),
+                   "--mock-itl-ms", str(itl_ms), "--sweep", levels, "--duration", str(duration),
+                   "--output-tokens", str(output_tokens), "--report-dir", folder]
+        subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        doc = json.loads((Path(folder) / "load.json").read_text())
+    rows = []
+    for step in doc["steps"]:
+        metrics, cpu = step["metrics"], max(step["client"]["cpu_fraction"])
+        events = metrics["token_events_per_s"]
+        rows.append({"users": step["step"]["users"], "events_per_s": events, "client_cpu": cpu,
+                     "events_per_client_core_s": events / cpu if cpu else None,
+                     "itl_p50_error_ms": metrics["itl_ms"]["p50"] - itl_ms,
+                     "itl_p99_error_ms": metrics["itl_ms"]["p99"] - itl_ms,
+                     "loop_lag_p99_ms": step["client"]["loop_lag_ms"]["p99"], "warnings": step["warnings"]})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", default="8,16,32,64", help="concurrent streams per step")
+    parser.add_argument("--itl-ms", type=float, default=5.0, help="mock inter-token gap")
+    parser.add_argument("--ttft-ms", type=float, default=20.0, help="mock time to first token")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per step")
+    parser.add_argument("--output-tokens", type=int, default=128, help="tokens per request")
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}")
+    print(f"parse-only: {parse_cost():,.0f} token events/s on one core (StreamTimer, no socket)")
+    print(f"{'users':>6}{'events/s':>10}{'client CPU':>12}{'events/core-s':>15}{'ITL p50 err':>13}"
+          f"{'ITL p99 err':>13}{'loop lag p99':>14}")
+    for row in sweep(args.sweep, args.itl_ms, args.ttft_ms, args.duration, args.output_tokens):
+        per_core = row["events_per_client_core_s"]
+        print(f"{row['users']:>6}{row['events_per_s']:>10,.0f}{row['client_cpu']:>12.2f}"
+              f"{(per_core or 0):>15,.0f}{row['itl_p50_error_ms']:>+13.3f}{row['itl_p99_error_ms']:>+13.3f}"
+              f"{row['loop_lag_p99_ms']:>14.2f}")
+        for warning in row["warnings"]:
+            print(f"       warning: {warning}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
