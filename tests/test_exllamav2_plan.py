@@ -204,3 +204,13 @@ def test_json_mode_walk_follows_the_schema(tokenizer_dir: Path) -> None:
               "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "ok": {"type": "boolean"}}}
     value = json.loads(_constrained_walk(tokenizer_dir, schema, random.Random(5).randrange(100)))
     jsonschema.validate(value, schema)
+
+
+def test_empty_schema_is_kept_not_turned_into_object() -> None:
+    lp = logits_plan(SamplingParams(max_tokens=1, json_mode=True, json_schema={}), VOCAB)
+    assert lp is not None and lp.json_schema == "{}"
+
+
+def test_unenforceable_schema_falls_back_to_an_object(tokenizer_dir: Path) -> None:
+    value = json.loads(_constrained_walk(tokenizer_dir, {"$ref": "#/definitions/missing"}, 3))
+    assert isinstance(value, dict)

@@ -14,6 +14,7 @@ import of exllamav2 compiles its CUDA extension (nvcc + ninja, minutes). Everyth
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import importlib.metadata
 import importlib.util
@@ -317,6 +318,9 @@ class ExLlamaV2Engine(Engine):
         if len(prompt_tokens) >= self.context_length:
             raise ValueError(f"prompt of {len(prompt_tokens)} tokens does not fit the context of "
                              f"{self.context_length}")
+        room = self.context_length - len(prompt_tokens)
+        if params.max_tokens > room:  # the app fits max_tokens already; a direct caller may not
+            params = dataclasses.replace(params, max_tokens=room)
         plan = plan_job(prompt_tokens, params, stop_token_ids=sorted(self.text.eos_ids), vocab_size=self.vocab_size)
         events: asyncio.Queue[JobEvent] = asyncio.Queue()
         loop = asyncio.get_running_loop()

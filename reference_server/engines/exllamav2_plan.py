@@ -20,6 +20,7 @@ in its sampling threads): temperature first, then top_k, top_p, min_p (exllamav2
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from reference_server.engines.base import SamplingParams
+
+log = logging.getLogger(__name__)
 
 # Below this temperature exllamav2 samples greedily (its C++ sampler does the same at < 0.01).
 GREEDY_BELOW = 0.01
@@ -114,7 +117,9 @@ def logits_plan(params: SamplingParams, vocab_size: int) -> LogitsPlan | None:
         for token, value in params.logit_bias.items()
         if 0 <= int(token) < vocab_size and value != 0
     ))
-    schema = json.dumps(params.json_schema, sort_keys=True) if params.json_mode and params.json_schema else None
+    # `{}` is a schema too (any JSON value): only a missing schema means "a JSON object".
+    schema = (json.dumps(params.json_schema, sort_keys=True)
+              if params.json_mode and params.json_schema is not None else None)
     plan = LogitsPlan(
         logit_bias=bias,
         repetition_penalty=float(params.repetition_penalty),
@@ -153,9 +158,15 @@ class JsonConstraint:
     def __init__(self, tokenizer_data: Any, schema: str | None) -> None:
         from lmformatenforcer import JsonSchemaParser, TokenEnforcer
 
-        # JSON mode without a schema still means "a JSON object", as in the llamacpp engine.
-        parsed = json.loads(schema) if schema else {"type": "object"}
-        self._enforcer = TokenEnforcer(tokenizer_data, JsonSchemaParser(parsed))
+        # JSON mode without a schema still means "a JSON object", as in the llamacpp engine; so does
+        # a schema lm-format-enforcer cannot compile (e.g. a dangling $ref), as llamacpp falls back too.
+        parsed = json.loads(schema) if schema is not None else {"type": "object"}
+        try:
+            parser = JsonSchemaParser(parsed)
+        except Exception as exc:  # noqa: BLE001 - any compile failure means: constrain to an object
+            log.warning("JSON schema not enforceable (%s); constraining to any JSON object", exc)
+            parser = JsonSchemaParser({"type": "object"})
+        self._enforcer = TokenEnforcer(tokenizer_data, parser)
         self._tokens: list[int] = []
 
     def begin(self) -> None:
