@@ -74,13 +74,33 @@ def default_model_path() -> Path:
     raise FileNotFoundError(f"{MODEL_FILE} is missing from the {MODEL_PACKAGE!r} package at {folders[0]}")
 
 
+class _SchemaConverter(llama_grammar.SchemaConverter):
+    r"""llama-cpp-python's JSON-schema converter, with backslashes escaped in GBNF literals.
+
+    Its copy of llama.cpp's converter escapes only CR, LF and '"' (llama.cpp's own escapes the
+    backslash too). A string constant holding a quote is `"say \"hi\""` in JSON; unescaped, its
+    backslash ends the GBNF literal early and llama.cpp rejects the grammar. A constant holding NUL
+    is `"\u0000"` in JSON, which GBNF reads as a NUL byte no token can match: llama.cpp aborts.
+    """
+
+    def _format_literal(self, literal: str) -> str:
+        return super()._format_literal(literal.replace("\\", "\\\\"))
+
+
+def _schema_to_gbnf(schema_json: str) -> str:
+    converter = _SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    schema = converter.resolve_refs(json.loads(schema_json), "stdin")
+    converter.visit(schema, "")
+    return converter.format_grammar()
+
+
 @functools.lru_cache(maxsize=64)
 def _grammar_text(schema_json: str | None) -> str:
     """GBNF for a JSON Schema (as JSON text), or for any JSON object when there is none."""
     if schema_json is None:
         return llama_grammar.JSON_GBNF  # root ::= object
     try:
-        return llama_grammar.LlamaGrammar.from_json_schema(schema_json, verbose=False)._grammar
+        return _schema_to_gbnf(schema_json)
     except Exception:  # the converter rejects keywords it does not know (valid JSON Schema ignores them)
         log.warning("JSON schema has keywords the grammar converter does not know; constraining to any object")
         return llama_grammar.JSON_GBNF
