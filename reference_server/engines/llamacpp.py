@@ -247,8 +247,12 @@ class LlamaCppEngine(BlockingEngine):
                 schema = json.dumps(params.json_schema, sort_keys=True) if params.json_schema is not None else None
                 gbnf = _grammar_text(schema)
                 grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
+                if not grammar and gbnf != llama_grammar.JSON_GBNF:  # a converter gap: never a 500
+                    log.warning("llama.cpp rejected the grammar made from the JSON schema; constraining to any object")
+                    grammar = llama_cpp.llama_sampler_init_grammar(
+                        self._vocab, llama_grammar.JSON_GBNF.encode("utf-8"), b"root")
                 if not grammar:
-                    raise ValueError("llama.cpp rejected the grammar made from the JSON schema")
+                    raise RuntimeError("llama.cpp rejected its own JSON grammar")
                 add(chain.sampler, grammar)
             if params.top_k > 0:
                 add(chain.sampler, llama_cpp.llama_sampler_init_top_k(params.top_k))
