@@ -263,13 +263,16 @@ async def error_envelope(request: web.Request, handler: Any) -> web.StreamRespon
         return ApiError(500, "Internal server error.", type="server_error", code="internal_error").response()
 
 
+SERVER_KEY: web.AppKey[Server] = web.AppKey("server", Server)
+
+
 def build_app(engine: Engine, config: ServerConfig | None = None) -> web.Application:
     """The application serving `engine`."""
     config = config or ServerConfig()
     server = Server(engine, config)
     # aiohttp's own cap sits above ours so that our check produces the envelope.
     app = web.Application(middlewares=[error_envelope], client_max_size=config.max_body_bytes + 1024)
-    app["server"] = server
+    app[SERVER_KEY] = server  # for tests and tools that need the Server behind an app
     app.router.add_get("/health", server.health)
     app.router.add_get(spec.MODELS_PATH, server.models)
     app.router.add_post(spec.CHAT_PATH, server.chat_completions)
