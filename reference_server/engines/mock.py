@@ -163,7 +163,10 @@ class MockEngine(Engine):
     async def stream(
         self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event
     ) -> AsyncIterator[GeneratedToken]:
+        # The request's first generation counts from the request's arrival; a later choice of the
+        # same request (choices run one after another) gets its own TTFT from when it starts.
         start = REQUEST_STARTED.get() or asyncio.get_running_loop().time()
+        REQUEST_STARTED.set(None)
         if params.json_mode:
             for count, piece in enumerate(self._json_pieces(params)[: params.max_tokens]):
                 if cancel.is_set():
