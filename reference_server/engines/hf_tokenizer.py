@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import functools
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from reference_server.engines.chat_template import ChatTemplate
 
 
 @functools.cache
@@ -58,16 +55,6 @@ def token_pieces(tokenizer_json: dict[str, Any], vocab_size: int | None = None) 
     return pieces
 
 
-def _message_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type", "text") == "text"
-        )
-    return str(content)
-
-
 def _token_text(value: Any) -> str:
     if isinstance(value, dict):  # {"content": "<s>", ...} in older tokenizer_config.json files
         return str(value.get("content", ""))
@@ -101,27 +88,11 @@ class ModelTokenizer:
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
         if not template:
             raise ValueError(f"{folder / 'tokenizer_config.json'} has no chat_template")
-        env = ImmutableSandboxedEnvironment(
-            loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
-        )
-        env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
-        self._template = env.from_string(template)
+        self._chat = ChatTemplate(template, bos_text=self.bos_text, eos_text=self.eos_text)
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The chat rendered with the model's own template, ending with the assistant's turn."""
-
-        def raise_exception(message: str) -> None:
-            raise ValueError(message)
-
-        flat = [{**m, "content": _message_text(m.get("content"))} for m in messages]
-        return self._template.render(
-            messages=flat,
-            add_generation_prompt=True,
-            bos_token=self.bos_text,
-            eos_token=self.eos_text,
-            raise_exception=raise_exception,
-            strftime_now=lambda fmt: datetime.now().strftime(fmt),
-        )
+        return self._chat.render(messages)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of text; special-token texts in it become their ids (as llama.cpp's special=True)."""

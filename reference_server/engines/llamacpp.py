@@ -24,19 +24,16 @@ import os
 import random
 import threading
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import jinja2.ext
 import llama_cpp
 import numpy as np
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from llama_cpp import llama_grammar
 from llama_cpp._internals import LlamaSampler
 
 from reference_server.engines.base import BlockingEngine, GeneratedToken, SamplingParams
+from reference_server.engines.chat_template import ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +110,6 @@ def _seed32(seed: int | None) -> int:
     return seed % _RANDOM_SEED
 
 
-def _message_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type", "text") == "text"
-        )
-    return str(content)
-
-
 class LlamaCppEngine(BlockingEngine):
     """llama.cpp on the CPU; one request at a time on the engine's worker thread."""
 
@@ -174,29 +161,13 @@ class LlamaCppEngine(BlockingEngine):
         template = self._llama.metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError(f"{path} has no tokenizer.chat_template in its metadata")
-        env = ImmutableSandboxedEnvironment(
-            loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
-        )
-        env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
-        self._template = env.from_string(template)
+        self._chat = ChatTemplate(template, bos_text=self._bos_text, eos_text=self._eos_text)
 
     # ---- prompt -------------------------------------------------------------------------
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The chat rendered with the model's own template, ending with the assistant's turn."""
-
-        def raise_exception(message: str) -> None:
-            raise ValueError(message)
-
-        flat = [{**m, "content": _message_text(m.get("content"))} for m in messages]
-        return self._template.render(
-            messages=flat,
-            add_generation_prompt=True,
-            bos_token=self._bos_text,
-            eos_token=self._eos_text,
-            raise_exception=raise_exception,
-            strftime_now=lambda fmt: datetime.now().strftime(fmt),
-        )
+        return self._chat.render(messages)
 
     def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         text = self.render_chat(messages)
