@@ -4,14 +4,12 @@ importable; no scripts, no external resources. Jinja2 autoescaping keeps request
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import warnings
 from pathlib import Path
 
 import jinja2
 
+from reports.charts import new_figure, png_base64
 from reports.model import OUTCOMES, RunReport
 
 LABELS = {"passed": "passed", "failed": "failed", "error": "error", "skipped": "skipped",
@@ -80,22 +78,15 @@ checks hold endpoints to it.</p>
 
 
 def _chart_png(report: RunReport) -> str | None:
-    """A stacked bar chart of outcomes per feature as base64 PNG; None without matplotlib.
-
-    Uses a bare Figure with the Agg canvas, not pyplot, so the host process's backend and
-    global figure state are left alone."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
+    """A stacked bar chart of outcomes per feature as base64 PNG; None without matplotlib."""
     table = report.by_feature()
     if not table:
         return None
     features = list(table)
+    fig = new_figure(8, 0.35 * len(features) + 1.2)
+    if fig is None:
+        return None
     labels = [feature.replace("$", r"\$") for feature in features]  # no mathtext from feature names
-    fig = Figure(figsize=(8, 0.35 * len(features) + 1.2), dpi=90)
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     left = [0] * len(features)
     for outcome in OUTCOMES:
@@ -107,12 +98,7 @@ def _chart_png(report: RunReport) -> str | None:
     ax.set_xlabel("checks")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. a glyph missing from the font: the chart is only decoration
-        fig.tight_layout()
-        fig.savefig(buffer, format="png")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_base64(fig)
 
 
 def render_html(report: RunReport) -> str:

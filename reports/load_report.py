@@ -4,16 +4,15 @@ rate, TTFT and ITL percentiles per step, latency CDFs, the formulas, SLO verdict
 
 from __future__ import annotations
 
-import base64
 import csv
-import io
 import json
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jinja2
+
+from reports.charts import new_figure, png_base64
 
 
 def _latency(metric: str, stat: str) -> Callable[[Mapping[str, Any]], Any]:
@@ -112,57 +111,41 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def _png(figure: Any) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Throughput vs level, TTFT/ITL percentiles per step, and latency CDFs, as base64 PNGs."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
     steps = doc["steps"]
-    if not steps:
+    if not steps or new_figure(1, 1) is None:
         return []
     open_loop = steps[0]["step"]["rate"] is not None
     levels = [s["level"] for s in steps]
     xlabel = "arrival rate (requests/s)" if open_loop else "concurrent users"
     charts = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
-        ax[0].plot(levels, [s["metrics"]["output_tokens_per_s"] for s in steps], "o-", label="output tokens/s")
-        ax[0].set_xlabel(xlabel), ax[0].set_ylabel("output tokens/s"), ax[0].set_title("Throughput")
-        ax[1].plot(levels, [s["metrics"]["requests_per_s"] for s in steps], "o-", label="requests/s")
-        if any(s["metrics"]["goodput_per_s"] is not None for s in steps):
-            ax[1].plot(levels, [s["metrics"]["goodput_per_s"] or 0 for s in steps], "s--", label="goodput/s")
-        ax[1].set_xlabel(xlabel), ax[1].set_ylabel("requests/s"), ax[1].legend(), ax[1].set_title("Requests")
-        charts.append(("throughput", _png(fig)))
-        plt.close(fig)
-        fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
-        for axis, metric, title in ((ax[0], "ttft_ms", "TTFT"), (ax[1], "itl_ms", "ITL")):
-            for pct, style in (("p50", "o-"), ("p90", "^-"), ("p99", "s-")):
-                axis.plot(levels, [s["metrics"][metric][pct] for s in steps], style, label=pct)
-            axis.set_xlabel(xlabel), axis.set_ylabel("ms"), axis.set_title(f"{title} percentiles"), axis.legend()
-        charts.append(("latency percentiles", _png(fig)))
-        plt.close(fig)
-        fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-        for axis, metric, title in zip(ax, ("ttft_ms", "itl_ms", "e2e_ms"), ("TTFT", "ITL", "E2E"), strict=True):
-            for s in steps:
-                points = s["cdf"][metric]
-                if points["x"]:
-                    axis.plot(points["x"], points["y"], label=s["label"])
-            axis.set_xlabel("ms"), axis.set_ylabel("fraction <= x"), axis.set_title(f"{title} CDF")
-            if len(steps) <= 8:
-                axis.legend(fontsize="small")
-        charts.append(("latency CDFs", _png(fig)))
-        plt.close(fig)
+    fig = new_figure(11, 3.6)
+    ax = fig.subplots(1, 2)
+    ax[0].plot(levels, [s["metrics"]["output_tokens_per_s"] for s in steps], "o-", label="output tokens/s")
+    ax[0].set_xlabel(xlabel), ax[0].set_ylabel("output tokens/s"), ax[0].set_title("Throughput")
+    ax[1].plot(levels, [s["metrics"]["requests_per_s"] for s in steps], "o-", label="requests/s")
+    if any(s["metrics"]["goodput_per_s"] is not None for s in steps):
+        ax[1].plot(levels, [s["metrics"]["goodput_per_s"] or 0 for s in steps], "s--", label="goodput/s")
+    ax[1].set_xlabel(xlabel), ax[1].set_ylabel("requests/s"), ax[1].legend(), ax[1].set_title("Requests")
+    charts.append(("throughput", png_base64(fig)))
+    fig = new_figure(11, 3.6)
+    for axis, metric, title in zip(fig.subplots(1, 2), ("ttft_ms", "itl_ms"), ("TTFT", "ITL"), strict=True):
+        for pct, style in (("p50", "o-"), ("p90", "^-"), ("p99", "s-")):
+            axis.plot(levels, [s["metrics"][metric][pct] for s in steps], style, label=pct)
+        axis.set_xlabel(xlabel), axis.set_ylabel("ms"), axis.set_title(f"{title} percentiles"), axis.legend()
+    charts.append(("latency percentiles", png_base64(fig)))
+    fig = new_figure(13, 3.6)
+    for axis, metric, title in zip(fig.subplots(1, 3), ("ttft_ms", "itl_ms", "e2e_ms"), ("TTFT", "ITL", "E2E"),
+                                   strict=True):
+        for s in steps:
+            points = s["cdf"][metric]
+            if points["x"]:
+                axis.plot(points["x"], points["y"], label=s["label"])
+        axis.set_xlabel("ms"), axis.set_ylabel("fraction <= x"), axis.set_title(f"{title} CDF")
+        if len(steps) <= 8:
+            axis.legend(fontsize="small")
+    charts.append(("latency CDFs", png_base64(fig)))
     return charts
 
 
