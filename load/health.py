@@ -22,12 +22,10 @@ def client_warnings(metrics: Mapping[str, Any], health: Sequence[Mapping[str, An
     for h in busy:
         warnings.append(f"client-limited: load worker {h['worker']} used {h['cpu_fraction']:.0%} of a CPU core; "
                         "its timestamps and the offered load may be limited by the client (add --workers)")
-    lags = np.concatenate([np.asarray(h.get("loop_lag_ns", []), dtype=np.float64) for h in health] or [np.empty(0)])
-    if lags.size:
-        p99 = float(np.percentile(lags, 99)) / 1e6
-        if p99 > LOOP_LAG_P99_MS:
-            warnings.append(f"client-limited: the client's event loop ran {p99:.1f} ms late at p99 "
-                            f"(limit {LOOP_LAG_P99_MS:g} ms); token timestamps may be late by as much")
+    p99 = loop_lag_summary(health)["p99"]
+    if p99 is not None and p99 > LOOP_LAG_P99_MS:
+        warnings.append(f"client-limited: the client's event loop ran {p99:.1f} ms late at p99 "
+                        f"(limit {LOOP_LAG_P99_MS:g} ms); token timestamps may be late by as much")
     send_lag = metrics.get("send_lag_ms") or {}
     if step.rate is not None and (send_lag.get("p99") or 0.0) > SEND_LAG_P99_MS:
         warnings.append(f"client-limited: requests went out {send_lag['p99']:.1f} ms after their scheduled time "

@@ -85,6 +85,17 @@ def request_itls(record: RequestRecord) -> np.ndarray:
     return np.diff(np.asarray(record.token_ns, dtype=np.int64))
 
 
+def sent_in(records: Sequence[RequestRecord], window: Window) -> list[RequestRecord]:
+    """Requests sent inside the window (the ones a step's latencies and errors are about)."""
+    return [r for r in records if window.start_ns <= r.send_ns < window.end_ns]
+
+
+def pooled_itls(records: Sequence[RequestRecord]) -> np.ndarray:
+    """Every gap between consecutive tokens of each stream, all streams pooled (ns)."""
+    arrays = [request_itls(r) for r in records if len(r.token_ns) > 1]
+    return np.concatenate(arrays) if arrays else np.empty(0, dtype=np.int64)
+
+
 def split_objective(key: str) -> tuple[str, float]:
     """'itl_p99_9' -> ('itl', 99.9)."""
     metric, _, pct = key.partition("_p")
@@ -122,7 +133,7 @@ def step_metrics(
 ) -> dict[str, Any]:
     """Every metric of one step: latency summaries, throughput, goodput, errors, send lag."""
     slo = slo or {}
-    sent = [r for r in records if window.start_ns <= r.send_ns < window.end_ns]
+    sent = sent_in(records, window)
     good = [r for r in sent if r.ok]
     ended = [r for r in records if r.ok and r.end_ns is not None and window.start_ns <= r.end_ns <= window.end_ns]
     seconds = window.seconds
@@ -130,8 +141,7 @@ def step_metrics(
     ttft = [v for r in good if (v := request_ttft(r)) is not None]
     e2e = [v for r in good if (v := request_e2e(r)) is not None]
     tpot = [v for r in good if (v := request_tpot(r)) is not None]
-    itl_arrays = [request_itls(r) for r in good if len(r.token_ns) > 1]
-    itl = np.concatenate(itl_arrays) if itl_arrays else np.empty(0, dtype=np.int64)
+    itl = pooled_itls(good)
     lags = [r.send_ns - r.intended_ns for r in sent if r.intended_ns is not None]
     errors = Counter(r.error or f"HTTP {r.status}" for r in sent if not r.ok)
     out_tokens = sum(r.output_tokens for r in ended)

@@ -6,20 +6,16 @@ import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from load.health import loop_lag_summary
-from load.metrics import FORMULAS, cdf_points, request_e2e, request_ttft
+from load.metrics import FORMULAS, cdf_points, pooled_itls, request_e2e, request_ttft, sent_in
 
 
 def step_document(outcome: Any) -> dict[str, Any]:
     """One step: its settings, every metric, SLO verdicts, client health, CDF points for plots."""
-    good = [r for r in outcome.records if r.ok and outcome.window.start_ns <= r.send_ns < outcome.window.end_ns]
-    itl = np.concatenate([np.diff(np.asarray(r.token_ns, dtype=np.int64)) for r in good if len(r.token_ns) > 1]
-                         or [np.empty(0)]) / 1e6
+    good = [r for r in sent_in(outcome.records, outcome.window) if r.ok]
     cdf = {
         "ttft_ms": cdf_points([v / 1e6 for r in good if (v := request_ttft(r)) is not None]),
-        "itl_ms": cdf_points(itl.tolist()),
+        "itl_ms": cdf_points((pooled_itls(good) / 1e6).tolist()),
         "e2e_ms": cdf_points([v / 1e6 for r in good if (v := request_e2e(r)) is not None]),
     }
     return {

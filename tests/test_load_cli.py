@@ -25,6 +25,11 @@ def run_load(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[st
                           timeout=timeout, cwd=ROOT)
 
 
+def target(server) -> tuple[str, ...]:
+    """The CLI arguments that point a run at a launched server."""
+    return ("--base-url", server.base_url, "--api-key", server.api_key, "--model", server.model)
+
+
 def report(directory: Path) -> dict:
     return json.loads((directory / "load.json").read_text())
 
@@ -55,8 +60,7 @@ def test_calibration_measures_the_mock_truth(tmp_path):
 
 
 def test_sweep_non_stream_and_csv(mock_server, tmp_path):
-    result = run_load("--base-url", mock_server.base_url, "--api-key", mock_server.api_key, "--model",
-                      mock_server.model, "--no-stream", "--sweep", "1,3", "--duration", "2", "--warmup", "0.2",
+    result = run_load(*target(mock_server), "--no-stream", "--sweep", "1,3", "--duration", "2", "--warmup", "0.2",
                       "--output-tokens", "8", "--report-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     doc = report(tmp_path)
@@ -70,8 +74,7 @@ def test_sweep_non_stream_and_csv(mock_server, tmp_path):
 
 
 def test_missed_slo_exits_1_and_met_slo_exits_0(mock_server, tmp_path):
-    common = ("--base-url", mock_server.base_url, "--api-key", mock_server.api_key, "--model", mock_server.model,
-              "--users", "2", "--duration", "2", "--warmup", "0.2", "--output-tokens", "6")
+    common = (*target(mock_server), "--users", "2", "--duration", "2", "--warmup", "0.2", "--output-tokens", "6")
     missed = run_load(*common, "--slo", "ttft_p50=5,itl_p99=1000", "--report-dir", str(tmp_path / "a"))
     assert missed.returncode == 1, missed.stderr
     assert "SLO missed: 2 users ttft_p50" in missed.stderr
@@ -86,8 +89,7 @@ def test_missed_slo_exits_1_and_met_slo_exits_0(mock_server, tmp_path):
 def test_an_overloaded_client_is_flagged(mock_server, tmp_path):
     """Open loop at 100 requests/s with a pool of 2 users, each busy >= 30 ms a request: the client
     cannot send on schedule, and the report must say the client, not the server, was the limit."""
-    result = run_load("--base-url", mock_server.base_url, "--api-key", mock_server.api_key, "--model",
-                      mock_server.model, "--rate", "100", "--arrival", "constant", "--users", "2",
+    result = run_load(*target(mock_server), "--rate", "100", "--arrival", "constant", "--users", "2",
                       "--duration", "2", "--warmup", "0.2", "--output-tokens", "4", "--report-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     step = report(tmp_path)["steps"][0]
@@ -98,8 +100,7 @@ def test_an_overloaded_client_is_flagged(mock_server, tmp_path):
 
 
 def test_open_loop_keeps_its_schedule_when_the_client_keeps_up(mock_server, tmp_path):
-    result = run_load("--base-url", mock_server.base_url, "--api-key", mock_server.api_key, "--model",
-                      mock_server.model, "--rate", "20", "--arrival", "poisson", "--users", "64",
+    result = run_load(*target(mock_server), "--rate", "20", "--arrival", "poisson", "--users", "64",
                       "--duration", "3", "--warmup", "0.3", "--output-tokens", "4", "--report-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     step = report(tmp_path)["steps"][0]
@@ -108,8 +109,7 @@ def test_open_loop_keeps_its_schedule_when_the_client_keeps_up(mock_server, tmp_
 
 
 def test_distributed_run_makes_exactly_the_requests_asked(mock_server, tmp_path):
-    result = run_load("--base-url", mock_server.base_url, "--api-key", mock_server.api_key, "--model",
-                      mock_server.model, "--workers", "2", "--users", "4", "--max-requests", "25",
+    result = run_load(*target(mock_server), "--workers", "2", "--users", "4", "--max-requests", "25",
                       "--duration", "60", "--warmup", "0", "--output-tokens", "4", "--report-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     step = report(tmp_path)["steps"][0]
@@ -122,8 +122,7 @@ def test_dataset_requests(mock_server, tmp_path):
     dataset = tmp_path / "d.jsonl"
     dataset.write_text('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}\n'
                        '[{"role": "system", "content": "be brief"}, {"role": "user", "content": "yo"}]\n')
-    result = run_load("--base-url", mock_server.base_url, "--api-key", mock_server.api_key, "--model",
-                      mock_server.model, "--dataset", str(dataset), "--users", "1", "--max-requests", "4",
+    result = run_load(*target(mock_server), "--dataset", str(dataset), "--users", "1", "--max-requests", "4",
                       "--duration", "30", "--warmup", "0", "--output-tokens", "5",
                       "--extra-body", '{"logit_bias": {"0": -100}}', "--report-dir", str(tmp_path / "r"))
     assert result.returncode == 0, result.stderr
@@ -132,8 +131,7 @@ def test_dataset_requests(mock_server, tmp_path):
 
 
 def test_prompt_length_is_calibrated_from_usage(mock_server, tmp_path):
-    result = run_load("--base-url", mock_server.base_url, "--api-key", mock_server.api_key, "--model",
-                      mock_server.model, "--prompt-tokens", "120", "--users", "1", "--max-requests", "3",
+    result = run_load(*target(mock_server), "--prompt-tokens", "120", "--users", "1", "--max-requests", "3",
                       "--duration", "30", "--warmup", "0", "--output-tokens", "2", "--report-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert report(tmp_path)["steps"][0]["metrics"]["prompt_tokens_mean"] == pytest.approx(120, abs=6)
