@@ -1,6 +1,7 @@
 """`python -m conformance`: gate an endpoint against the spec; the exit code is the verdict.
 
-0: every required check passed; 1: a check failed; 2: could not run (one-line reason).
+0: every required check passed; 1: a check failed; 2: could not run (one-line reason), or the
+endpoint stopped answering mid-run (the reports say at which check and how the server ended).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from conformance.registry import FEATURES, collect
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Check a chat-completions endpoint against spec/openapi.yaml: schema-generated "
             "requests, parameter ranges, strict SSE framing, usage, and model-agnostic semantics "
             "(seed, stop, n, logprobs, logit_bias, JSON mode, context handling). Exit status: "
-            "0 all required checks passed, 1 a check failed, 2 could not run."
+            "0 all required checks passed, 1 a check failed, 2 could not run or the endpoint stopped "
+            "answering mid-run (the run stops there; the reports name the check)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -61,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _target_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Iterator[Target]:
+def _target_from(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> Iterator[tuple[Target, Callable[[], str | None] | None]]:
+    """The target, and for an embedded server a way to ask whether (and how) it has exited."""
     common = dict(profile=args.profile, timeout_s=args.timeout, skip_features=frozenset(args.skip_feature),
                   max_examples=args.max_examples, seed=args.seed)
     if args.embedded_server:
@@ -75,12 +80,13 @@ def _target_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> I
         with running_server(*extra, engine=args.embedded_server) as server:
             print(f"reference server up at {server.base_url}, model {server.model!r}", file=sys.stderr,
                   flush=True)
-            yield Target(base_url=server.base_url, api_key=server.api_key, model=server.model, **common)
+            yield (Target(base_url=server.base_url, api_key=server.api_key, model=server.model, **common),
+                   server.exit_status)
         return
     if not args.base_url or not args.model:
         parser.error("--base-url and --model are required (or use --embedded-server)")
     key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
-    yield Target(base_url=args.base_url.rstrip("/"), api_key=key, model=args.model, **common)
+    yield Target(base_url=args.base_url.rstrip("/"), api_key=key, model=args.model, **common), None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_examples < 1:
         parser.error("--max-examples must be at least 1")
     try:
-        with _target_from(args, parser) as target:
+        with _target_from(args, parser) as (target, server_exit):
             try:
                 checks = collect(target, args.keyword)
             except ValueError as exc:
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             preflight(target)
             print(f"running {len(checks)} checks against {target.base_url} (model {target.model!r}, "
                   f"profile {target.profile})", file=sys.stderr, flush=True)
-            report = run_checks(target, checks, progress=None if args.quiet else sys.stderr)
+            report = run_checks(target, checks, progress=None if args.quiet else sys.stderr,
+                                server_exit=server_exit)
     except Unreachable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -118,4 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in written.values():
             print(f"report: {path}", file=sys.stderr)
     print(summary_line(report))
+    if report.aborted:
+        print(f"error: {report.aborted}", file=sys.stderr)
+        return 2
     return 1 if report.failed() else 0

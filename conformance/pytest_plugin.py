@@ -5,7 +5,8 @@
 
 Each check becomes one test (`chatspec::<check id>`); a failure shows the message and a curl
 line that reproduces it; "not supported" features and non-applicable checks are skipped with
-that reason, never passed.
+that reason, never passed. When the endpoint stops answering (connections refused after a
+check did not pass), the session stops with exit status 2.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 from conformance.context import Context
 from conformance.registry import FEATURES, Check, collect
-from conformance.runner import run_one
+from conformance.runner import endpoint_gone, run_one
 from conformance.target import Target
 
 _CONTEXT = pytest.StashKey[Context]()
@@ -77,6 +78,9 @@ class CheckItem(pytest.Item):
             label = "not supported" if result.outcome == "not_supported" else "skipped"
             pytest.skip(f"{label}: {result.message}")
         if result.outcome != "passed":
+            gone = endpoint_gone(ctx.target)
+            if gone is not None:  # every later check would fail the same way: stop, as the CLI does
+                pytest.exit(f"the endpoint stopped answering at check {self.check.id} ({gone})", returncode=2)
             detail = [f"[{result.outcome}] {result.message}"]
             if result.response_excerpt:
                 detail.append("response:\n" + result.response_excerpt)

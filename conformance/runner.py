@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
+from urllib.parse import urlsplit
 
 import requests
 
@@ -77,16 +80,53 @@ def run_one(item: Check, ctx: Context) -> CheckResult:
     )
 
 
-def run_checks(target: Target, checks: Sequence[Check], progress: TextIO | None = sys.stderr) -> RunReport:
-    """Run `checks` in order; print one line per check to `progress`."""
+def endpoint_gone(target: Target, server_exit: Callable[[], str | None] | None = None) -> str | None:
+    """Why the endpoint has stopped answering, or None while it still takes connections.
+
+    `server_exit` reports how a server this run started has ended (None while it runs). Otherwise
+    a refused TCP connection to the base URL's host and port is the sign; a slow or unresolvable
+    host is not (those are the checks' own findings).
+    """
+    if server_exit is not None and (status := server_exit()) is not None:
+        return f"embedded server exited with {status}"
+    url = urlsplit(target.base_url)
+    host = url.hostname or "127.0.0.1"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=min(target.timeout_s, 10)).close()
+    except ConnectionRefusedError:
+        return f"connection refused at {host}:{port}"
+    except OSError:
+        return None
+    return None
+
+
+def run_checks(
+    target: Target,
+    checks: Sequence[Check],
+    progress: TextIO | None = sys.stderr,
+    server_exit: Callable[[], str | None] | None = None,
+) -> RunReport:
+    """Run `checks` in order; print one line per check to `progress`.
+
+    When the endpoint stops answering (the server this run started has exited, or connections
+    are refused after a check did not pass), the run stops there: the report says where and why
+    (`aborted`) and lists the checks that did not run, instead of failing each of them.
+    """
     started = dt.datetime.now(dt.UTC)
     ctx = Context(target)
     results: list[CheckResult] = []
+    aborted: str | None = None
     width = len(str(len(checks)))
     clock = time.perf_counter()
     try:
         for number, item in enumerate(checks, 1):
             result = run_one(item, ctx)
+            passed = result.outcome in ("passed", "not_supported", "skipped")
+            gone = endpoint_gone(target, server_exit) if not passed or server_exit is not None else None
+            if gone is not None and not passed:
+                result = dataclasses.replace(result, outcome="error", message=(
+                    f"the endpoint stopped answering during this check ({gone}): {result.message}"))
             results.append(result)
             if progress is not None:
                 mark = _MARK[result.outcome]
@@ -94,6 +134,9 @@ def run_checks(target: Target, checks: Sequence[Check], progress: TextIO | None 
                 if result.outcome in ("failed", "error"):
                     line += f"\n      {result.message}"
                 print(line, file=progress, flush=True)
+            if gone is not None:
+                aborted = f"the endpoint stopped answering at check {item.id} ({gone})"
+                break
     finally:
         ctx.client.close()
     return RunReport(
@@ -105,6 +148,8 @@ def run_checks(target: Target, checks: Sequence[Check], progress: TextIO | None 
         duration_s=round(time.perf_counter() - clock, 3),
         results=results,
         notes=spec.decisions(),
+        aborted=aborted,
+        not_run=[item.id for item in checks[len(results):]] if aborted else [],
     )
 
 
@@ -112,8 +157,9 @@ def summary_line(report: RunReport) -> str:
     """One line with the counts, for the end of a run."""
     counts = report.counts()
     parts = [f"{counts.get(k, 0)} {k.replace('_', ' ')}" for k in _MARK if counts.get(k)]
-    verdict = "FAILED" if report.failed() else "PASSED"
-    return f"conformance {verdict}: {', '.join(parts) or 'no checks'} in {report.duration_s:.1f}s"
+    if report.aborted:
+        parts.append(f"{len(report.not_run)} not run")
+    return f"conformance {report.verdict()}: {', '.join(parts) or 'no checks'} in {report.duration_s:.1f}s"
 
 
 def dump_json(report: RunReport) -> str:

@@ -1,7 +1,8 @@
 """`python -m load`: run Locust load against a chat-completions endpoint and write reports.
 
 Exit codes: 0 the run finished and met every --slo; 1 an SLO was missed; 2 the run could not
-be made (bad arguments, unreachable endpoint, bad dataset), with a one-line reason.
+be made (bad arguments, unreachable endpoint, bad dataset), with a one-line reason, or the endpoint
+stopped answering mid-run (the step ends early, later steps do not run, the reports are written).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from load.config import API_PATH, LoadConfig, StepSpec
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(TTFT, ITL, TPOT, E2E), throughput and goodput with exact percentiles. Each step runs "
                     "for --duration seconds (and at most --max-requests requests); the first --warmup "
                     "seconds are not measured. Exit 0: done and every --slo met; 1: an SLO missed; "
-                    "2: could not run.",
+                    "2: could not run, or the endpoint stopped answering mid-run (its server exited, or "
+                    "every request for ~2 s had its connection refused; reports are still written).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="examples:\n"
                "  python -m load --base-url http://127.0.0.1:8000 --model m --users 8 --duration 60\n"
@@ -139,20 +141,25 @@ def build_steps(args: argparse.Namespace) -> list[StepSpec]:
 
 
 @contextlib.contextmanager
-def target_server(args: argparse.Namespace) -> Iterator[tuple[str, str | None, str]]:
-    """(base URL, key, model): an embedded reference server for the run, or the given endpoint."""
+def target_server(
+    args: argparse.Namespace,
+) -> Iterator[tuple[str, str | None, str, Callable[[], str | None] | None]]:
+    """(base URL, key, model, server exit status): an embedded reference server, or the given endpoint.
+
+    The last item, for an embedded server only, says how it has ended (None while it runs).
+    """
     engine = "mock" if args.calibrate else args.embedded_server
     if engine is None:
         if not args.base_url or not args.model:
             raise UsageError("--base-url and --model are required (or use --embedded-server / --calibrate)")
-        yield args.base_url.rstrip("/"), args.api_key or os.environ.get(API_KEY_ENV), args.model
+        yield args.base_url.rstrip("/"), args.api_key or os.environ.get(API_KEY_ENV), args.model, None
         return
     from reference_server.launcher import running_server
 
     extra = ["--ttft-ms", str(args.mock_ttft_ms), "--itl-ms", str(args.mock_itl_ms)] if engine == "mock" else []
     extra += ["--max-queue", "100000", "--log-level", "WARNING"]
     with running_server(*extra, engine=engine) as server:
-        yield server.base_url, server.api_key, server.model
+        yield server.base_url, server.api_key, server.model, server.exit_status
 
 
 def make_config(args: argparse.Namespace, base_url: str, api_key: str | None, model: str) -> LoadConfig:
@@ -222,14 +229,14 @@ def run(args: argparse.Namespace) -> int:
     steps = build_steps(args)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
-    with target_server(args) as (base_url, api_key, model):
+    with target_server(args) as (base_url, api_key, model, server_exit):
         config = make_config(args, base_url, api_key, model)
         # Locust (and its gevent monkey-patching) only now, after the plain-HTTP preflight.
         from load.runner import run_load
         from load.summary import build_document, calibration_errors, step_document
 
         say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-        outcomes = run_load(config, steps, workers=args.workers, slo=slo, progress=say)
+        outcomes = run_load(config, steps, workers=args.workers, slo=slo, progress=say, server_exit=server_exit)
     step_docs = [step_document(outcome) for outcome in outcomes]
     calibration = None
     if args.calibrate:
@@ -242,13 +249,18 @@ def run(args: argparse.Namespace) -> int:
                 "extra_body": json.dumps(config.extra_body), "seed": args.seed}
     target = {"base_url": base_url if not (args.calibrate or args.embedded_server) else "embedded reference server",
               "model": model, "path": args.path}
+    aborted = next((outcome.aborted for outcome in outcomes if outcome.aborted), None)
     doc = build_document(target=target, settings=settings, steps=step_docs, started_at=started,
-                         duration_s=time.monotonic() - t0, calibration=calibration)
+                         duration_s=time.monotonic() - t0, calibration=calibration, aborted=aborted,
+                         steps_not_run=[step.label for step in steps[len(outcomes):]])
     from reports.load_report import write_load_reports
 
     paths = write_load_reports(doc, args.report_dir)
     print_summary(doc)
     print(f"reports: {paths['html']} {paths['json']} {paths['csv']}")
+    if aborted:
+        print(f"error: {aborted}", file=sys.stderr)
+        return 2
     if not doc["slo_met"]:
         missed = [f"{s['label']} {v['objective']}" for s in doc["steps"] for v in s["slo"] if not v["met"]]
         print(f"SLO missed: {', '.join(missed)}", file=sys.stderr)

@@ -35,6 +35,8 @@ class RequestRecord:
     usage_completion: int | None = None
     status: int | None = None
     error: str | None = None
+    # Nothing listened at the endpoint (connection refused): a run of these means it is gone.
+    connection_refused: bool = False
     worker: int = 0
 
     @property

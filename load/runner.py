@@ -47,6 +47,7 @@ class StepOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     slo: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    aborted: str | None = None  # why the step (and the run) ended early: the endpoint stopped answering
 
 
 class LocalBackend:
@@ -176,6 +177,42 @@ def _progress_line(step: StepSpec, total_steps: int, elapsed: float, statuses: l
             f"sent {sent}  done {done}  failed {failed}  in flight {inflight}  output tok/s {tokens_per_s:,.0f}")
 
 
+class GoneWatch:
+    """Tells when the endpoint has stopped answering during a step.
+
+    Either the server this run started has exited (`server_exit` says how), or every request that
+    finished in each of the last REFUSED_POLLS polls (about a second apart) had its connection
+    refused. One refused request among answered ones is the server's business, not this.
+    """
+
+    REFUSED_POLLS = 2
+
+    def __init__(self, server_exit: Callable[[], str | None] | None = None) -> None:
+        self.server_exit = server_exit
+        self._done = self._refused = self._streak = 0
+        self._last_poll = time.monotonic()
+        self._since = self._last_poll
+
+    def update(self, statuses: list[dict[str, Any]], now: float) -> str | None:
+        """Feed one poll's statuses; the reason once the endpoint is gone, else None."""
+        if self.server_exit is not None and (status := self.server_exit()) is not None:
+            return f"embedded server exited with {status}"
+        done = sum(s["done"] for s in statuses)
+        refused = sum(s.get("refused", 0) for s in statuses)
+        new_done, new_refused = done - self._done, refused - self._refused
+        self._done, self._refused = done, refused
+        if new_done and new_refused == new_done:
+            if not self._streak:
+                self._since = self._last_poll
+            self._streak += 1
+        elif new_done:
+            self._streak = 0
+        self._last_poll = now
+        if self._streak >= self.REFUSED_POLLS:
+            return f"every request that ended in the last {now - self._since:.1f} s had its connection refused"
+        return None
+
+
 def run_step(
     backend: LocalBackend | DistributedBackend,
     step: StepSpec,
@@ -184,12 +221,18 @@ def run_step(
     drain_s: float,
     slo: dict[str, float],
     progress: Callable[[str], None] | None = None,
+    server_exit: Callable[[], str | None] | None = None,
 ) -> StepOutcome:
-    """Run one step to its duration or request count, let in-flight requests finish, measure."""
+    """Run one step to its duration or request count, let in-flight requests finish, measure.
+
+    The step ends early, its outcome marked `aborted`, when the endpoint stops answering.
+    """
     start = time.monotonic()
     backend.start_step(step)
     last_tokens, last_time = 0, start
     count_reached = False
+    watch = GoneWatch(server_exit)
+    aborted = None
     while (elapsed := time.monotonic() - start) < step.duration_s:
         gevent.sleep(min(1.0, step.duration_s - elapsed))
         statuses = backend.status()
@@ -199,6 +242,10 @@ def run_step(
             rate = (tokens - last_tokens) / max(now - last_time, 1e-9)
             progress(_progress_line(step, total_steps, now - start, statuses, rate))
         last_tokens, last_time = tokens, now
+        gone = watch.update(statuses, now)
+        if gone is not None:
+            aborted = f"the endpoint stopped answering in step {step.label} after {now - start:.1f} s: {gone}"
+            break
         if step.max_requests is not None and sum(s["sent"] for s in statuses) >= step.max_requests:
             if sum(s["inflight"] for s in statuses) == 0:
                 count_reached = True
@@ -215,7 +262,7 @@ def run_step(
     window = Window(int(step.warmup_s * 1e9), max(end_ns, int(step.warmup_s * 1e9) + 1))
     metrics = step_metrics(records, window, slo)
     metrics["requests_total"] = len(records)
-    outcome = StepOutcome(step, records, health, window, metrics, judge(metrics, slo))
+    outcome = StepOutcome(step, records, health, window, metrics, judge(metrics, slo), aborted=aborted)
     outcome.warnings = client_warnings(metrics, health, step) + data_warnings(metrics)
     return outcome
 
@@ -227,8 +274,13 @@ def run_load(
     workers: int = 1,
     slo: dict[str, float] | None = None,
     progress: Callable[[str], None] | None = None,
+    server_exit: Callable[[], str | None] | None = None,
 ) -> list[StepOutcome]:
-    """Every step in order against one backend; the backend is closed whatever happens."""
+    """Every step in order against one backend; the backend is closed whatever happens.
+
+    A step that finds the endpoint gone ends the run: later steps are not started.
+    `server_exit` says how a server this run started has ended (None while it runs).
+    """
     logging.getLogger("locust").setLevel(logging.WARNING)
     logging.getLogger("locust.runners").addFilter(_NoSpawnRateWarning())
     backend: LocalBackend | DistributedBackend
@@ -237,11 +289,13 @@ def run_load(
     try:
         for step in steps:
             outcome = run_step(backend, step, total_steps=len(steps), drain_s=config.timeout_s,
-                               slo=slo or {}, progress=progress)
+                               slo=slo or {}, progress=progress, server_exit=server_exit)
             outcomes.append(outcome)
             if progress:
                 for warning in outcome.warnings:
                     progress(f"  warning: {warning}")
+            if outcome.aborted:
+                break
     finally:
         backend.close()
     return outcomes

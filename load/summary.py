@@ -26,6 +26,7 @@ def step_document(outcome: Any) -> dict[str, Any]:
         "slo": outcome.slo,
         "slo_met": all(v["met"] for v in outcome.slo),
         "warnings": outcome.warnings,
+        "aborted": outcome.aborted,
         "client": {
             "workers": len(outcome.health),
             "cpu_fraction": [h["cpu_fraction"] for h in outcome.health],
@@ -57,8 +58,14 @@ def build_document(
     started_at: str,
     duration_s: float,
     calibration: Mapping[str, Any] | None = None,
+    aborted: str | None = None,
+    steps_not_run: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The whole report: target, settings, formulas, steps, verdict and (optional) calibration."""
+    """The whole report: target, settings, formulas, steps, verdict and (optional) calibration.
+
+    `aborted` says why the run ended early (the endpoint stopped answering); `steps_not_run` are
+    the labels of the steps it never started.
+    """
     return {
         "title": "chatspec load report",
         "target": dict(target),
@@ -72,4 +79,6 @@ def build_document(
         "slo_met": all(step["slo_met"] for step in steps),
         "client_limited": any(w.startswith("client-limited") for step in steps for w in step["warnings"]),
         "calibration": dict(calibration) if calibration else None,
+        "aborted": aborted,
+        "steps_not_run": list(steps_not_run),
     }

@@ -91,7 +91,8 @@ class ProcessState:
     def status(self) -> dict[str, Any]:
         return {"worker": self.worker_index, "sent": self.sent, "inflight": self.inflight,
                 "done": len(self.records), "failed": sum(1 for r in self.records if not r.ok),
-                "tokens": sum(r.output_tokens for r in self.records if r.ok), "sending": self.sending}
+                "tokens": sum(r.output_tokens for r in self.records if r.ok), "sending": self.sending,
+                "refused": sum(1 for r in self.records if r.connection_refused)}
 
 
 STATE = ProcessState()
@@ -157,6 +158,7 @@ class ChatUser(FastHttpUser):
                     response.failure(record.error or f"HTTP {record.status}")
         except Exception as exc:  # a transport error must become a record, never kill the user
             record.error = record.error or f"{type(exc).__name__}: {exc}"
+            record.connection_refused = record.connection_refused or isinstance(exc, ConnectionRefusedError)
             record.end_ns = record.end_ns or state.now_ns()
         finally:
             state.inflight -= 1
@@ -172,7 +174,9 @@ class ChatUser(FastHttpUser):
         record.status = response.status_code or None
         raw = getattr(response, "_response", None)
         if raw is None or not record.status:
-            record.error = f"no response: {getattr(response, 'error', None) or 'connection failed'}"
+            error = getattr(response, "error", None)
+            record.error = f"no response: {error or 'connection failed'}"
+            record.connection_refused = isinstance(error, ConnectionRefusedError)
             record.end_ns = state.now_ns()
             return
         content_type = (response.headers or {}).get("content-type", "")

@@ -12,6 +12,7 @@ from aiohttp import web
 from reference_server.app import DEFAULT_MAX_BODY_BYTES, ServerConfig, build_app
 from reference_server.engines.base import Engine
 from reference_server.engines.unavailable import EngineUnavailableError
+from reference_server.self_check import SelfCheckFailed, check_in_child, check_in_process
 
 API_KEYS_ENV = "CHATSPEC_API_KEYS"
 
@@ -64,6 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests in flight before new ones get 429 with Retry-After")
     parser.add_argument("--ttft-ms", type=float, default=50.0, help="mock engine: time to first token")
     parser.add_argument("--itl-ms", type=float, default=10.0, help="mock engine: gap between tokens")
+    parser.add_argument("--mock-fault", choices=("none", "raise", "segfault"), default="none",
+                        help="mock engine, for testing clients and start-up checks: from generation "
+                             "--mock-fault-at on, raise an error (the request gets a 500), or kill the whole "
+                             "process with SIGSEGV as a native crash would")
+    parser.add_argument("--mock-fault-at", type=int, default=1, metavar="N",
+                        help="mock engine: the generation (1-based, one per choice, the start-up check's "
+                             "counted) at which --mock-fault starts")
+    parser.add_argument("--self-check", choices=("isolated", "inline", "off"), default="isolated",
+                        help="before reporting ready, generate a few tokens: 'isolated' first in a child "
+                             "process (so a native crash, e.g. a llama.cpp build for another CPU, becomes a "
+                             "one-line reason and exit 2) and then in the server's engine; 'inline' only in "
+                             "the server's engine (a crash kills the server before it is ready); 'off' not at all")
+    parser.add_argument("--self-check-only", action="store_true",
+                        help="load the engine, run the start-up generation, print the result and exit "
+                             "(0: it works on this machine, 2: it does not, with the reason)")
+    parser.add_argument("--self-check-timeout", type=float, default=300.0,
+                        help="seconds the start-up check may take, loading the engine included")
     parser.add_argument("--log-level", default="INFO", help="logging level")
     return parser
 
@@ -74,7 +92,8 @@ def make_engine(args: argparse.Namespace) -> Engine:
         from reference_server.engines.mock import MockEngine
 
         return MockEngine(model_name=args.model_name or "mock", ttft_ms=args.ttft_ms,
-                          itl_ms=args.itl_ms, context_length=args.n_ctx)
+                          itl_ms=args.itl_ms, context_length=args.n_ctx, fault=args.mock_fault,
+                          fault_at=args.mock_fault_at)
     if args.engine == "exllamav2":
         from reference_server.engines.exllamav2 import ExLlamaV2Engine
 
@@ -87,8 +106,46 @@ def make_engine(args: argparse.Namespace) -> Engine:
     return LlamaCppEngine(args.model_path, n_ctx=args.n_ctx, n_threads=args.threads, **kwargs)
 
 
+# What a crash of the llama.cpp engine at its first generation most likely means.
+LLAMACPP_CRASH_HINT = ("llama-cpp-python is probably built for another CPU (-march=native, AVX-512 or AMX): "
+                       "install the portable build with 'python -m reference_server.llama_build install'")
+
+
+class StartupFailed(Exception):
+    """The server cannot serve: the message is the one-line reason (exit 2)."""
+
+
+def _load_and_check(args: argparse.Namespace, argv: list[str]) -> Engine:
+    """The engine, checked by one short generation (in a child first, unless told otherwise).
+
+    Raises StartupFailed with a one-line reason when the engine cannot start or cannot generate.
+    """
+    if args.self_check == "isolated" and not args.self_check_only:
+        hint = LLAMACPP_CRASH_HINT if args.engine == "llamacpp" else ""
+        try:
+            check_in_child(argv, args.engine, args.self_check_timeout, crash_hint=hint)
+        except SelfCheckFailed as exc:
+            raise StartupFailed(str(exc)) from None
+    try:
+        engine = make_engine(args)
+    except (FileNotFoundError, ImportError, ValueError, EngineUnavailableError) as exc:
+        raise StartupFailed(f"cannot start the {args.engine} engine: {exc}") from None
+    if args.self_check == "off" and not args.self_check_only:
+        return engine
+    try:
+        summary = check_in_process(engine, args.self_check_timeout)
+    except SelfCheckFailed as exc:
+        engine.close()
+        raise StartupFailed(f"the {args.engine} engine failed its start-up check: {exc}") from None
+    logging.getLogger("reference_server").info("start-up check passed: %s", summary)
+    if args.self_check_only:
+        print(f"self-check passed: {args.engine} engine, {summary}", flush=True)
+    return engine
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     keys = list(args.api_key)
@@ -97,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no API key: pass --api-key KEY, set {API_KEYS_ENV}, or use --no-auth")
     if args.engine == "exllamav2" and not args.model:
         parser.error("the exllamav2 engine needs --model DIR (a Hugging Face-format model directory)")
+    if args.mock_fault_at < 1:
+        parser.error("--mock-fault-at must be >= 1")
     try:
-        engine = make_engine(args)
-    except (FileNotFoundError, ImportError, ValueError, EngineUnavailableError) as exc:
-        print(f"error: cannot start the {args.engine} engine: {exc}", file=sys.stderr)
+        engine = _load_and_check(args, argv)
+    except StartupFailed as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    if args.self_check_only:
+        engine.close()
+        return 0
     config = ServerConfig(api_keys=tuple(keys), auth_required=not args.no_auth,
                           max_body_bytes=args.max_body_bytes, max_queue=args.max_queue)
     app = build_app(engine, config)

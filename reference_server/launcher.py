@@ -18,6 +18,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 
+def signal_name(returncode: int) -> str:
+    """'signal 11 (SIGSEGV)' for a process that died by a signal (negative return code)."""
+    number = -returncode
+    try:
+        return f"signal {number} ({signal.Signals(number).name})"
+    except ValueError:
+        return f"signal {number}"
+
+
+def describe_exit(returncode: int) -> str:
+    """How a child process ended, in words: 'exit code 2' or 'signal 11 (SIGSEGV)'."""
+    return signal_name(returncode) if returncode < 0 else f"exit code {returncode}"
+
+
 @dataclass(frozen=True)
 class RunningServer:
     """Where a launched server listens and how to talk to it."""
@@ -31,6 +45,11 @@ class RunningServer:
     def api_base(self) -> str:
         """The base URL an OpenAI SDK client takes (`.../v3/openai`)."""
         return self.base_url + "/v3/openai"
+
+    def exit_status(self) -> str | None:
+        """None while the server runs; once it has ended, how: 'exit code 1', 'signal 11 (SIGSEGV)'."""
+        code = self.process.poll()
+        return None if code is None else describe_exit(code)
 
 
 def free_port() -> int:
@@ -46,7 +65,11 @@ def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], log_path: str
         if process.poll() is not None:
             with open(log_path, encoding="utf-8", errors="replace") as fh:
                 tail = fh.read()[-4000:]
-            raise RuntimeError(f"reference server exited with {process.returncode}:\n{tail}")
+            lines = [line for line in tail.splitlines() if line.strip()]
+            why = f"reference server ended before it was ready ({describe_exit(process.returncode)})"
+            if lines and lines[-1].startswith("error: "):  # the server's own one-line reason
+                raise RuntimeError(f"{why}: {lines[-1].removeprefix('error: ')}")
+            raise RuntimeError(f"{why}:\n{tail}")
         try:
             with urllib.request.urlopen(base_url + "/health", timeout=2) as response:
                 if response.status == 200:

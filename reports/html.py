@@ -35,13 +35,16 @@ tr.total th, tr.total td { border-top: 2px solid #9e9e9e; }
 details { border: 1px solid #e0e0e0; border-radius: 4px; margin: .4rem 0; padding: .3rem .6rem; }
 summary { cursor: pointer; } pre { background: #fafafa; padding: .5rem; overflow-x: auto; white-space: pre-wrap; }
 .muted { color: #757575; }
+.aborted { border-left: 6px solid #c62828; background: #ffebee; padding: .5rem 1rem; }
 </style></head><body>
 <h1>{{ report.title }}</h1>
 <p class="target">{% for k, v in report.target.items() %}<b>{{ k }}</b>: {{ v }}{% if not loop.last %} ·
 {% endif %}{% endfor %}<br>started {{ report.started_at }}, {{ '%.1f' % report.duration_s }} s</p>
 <p><span class="verdict" id="verdict">{{ verdict }}</span>
 {% for o in outcomes %} <span class="tag {{ o }}">{{ counts[o] }} {{ labels[o] }}</span>{% endfor %}</p>
-
+{% if report.aborted %}<p class="aborted" id="aborted"><b>The run stopped early:</b> {{ report.aborted }}.
+{{ report.not_run|length }} check(s) did not run{% if report.not_run %}: {{ report.not_run|join(', ') }}{% endif %}.</p>
+{% endif %}
 <h2>By feature</h2>
 <table id="features"><tr><th>feature</th>{% for o in outcomes %}<th>{{ labels[o] }}</th>{% endfor %}</tr>
 {% for feature, row in by_feature.items() %}<tr><th>{{ feature }}</th>
@@ -107,7 +110,8 @@ def render_html(report: RunReport) -> str:
     env.filters["tojson_pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False, default=str)
     failed = report.failed()
     return env.from_string(TEMPLATE).render(
-        report=report, verdict="FAIL" if failed else "PASS", failed=failed, outcomes=OUTCOMES, labels=LABELS,
+        report=report, verdict={"PASSED": "PASS", "FAILED": "FAIL"}.get(report.verdict(), report.verdict()),
+        failed=failed, outcomes=OUTCOMES, labels=LABELS,
         colors=COLORS, counts=report.counts(), by_feature=report.by_feature(),
         failures=[r for r in report.results if r.outcome in ("failed", "error")], chart=_chart_png(report),
     )

@@ -24,7 +24,8 @@ def report_json(report: RunReport) -> dict[str, Any]:
         checks.append(item)
     return {
         "title": report.title, "target": report.target, "started_at": report.started_at,
-        "duration_s": report.duration_s, "verdict": "failed" if report.failed() else "passed",
+        "duration_s": report.duration_s, "verdict": report.verdict().lower(),
+        "aborted": report.aborted, "not_run": report.not_run,
         "summary": report.counts(), "by_feature": report.by_feature(), "notes": report.notes, "checks": checks,
     }
 

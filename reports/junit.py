@@ -63,6 +63,15 @@ def build_junit(report: RunReport) -> ET.Element:
             ET.SubElement(case, "skipped", message=f"not supported: {message}")
         elif result.outcome == "skipped":
             ET.SubElement(case, "skipped", message=message)
+    if report.aborted is not None:  # CI must see a cut-short run as an error, never as fewer tests
+        suite = ET.SubElement(root, "testsuite", name="run", tests="1", failures="0", errors="1", skipped="0",
+                              time="0.000", timestamp=xml_safe(report.started_at))
+        case = ET.SubElement(suite, "testcase", classname="run", name="run completed", time="0.000")
+        body = f"{report.aborted}\n\nchecks not run ({len(report.not_run)}):\n" + "\n".join(report.not_run)
+        ET.SubElement(case, "error", message=xml_safe(report.aborted[:MESSAGE_LIMIT]), type="aborted").text = (
+            xml_safe(body))
+        root.set("tests", str(len(report.results) + 1))
+        root.set("errors", str(counts["error"] + 1))
     return root
 
 

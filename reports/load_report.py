@@ -44,7 +44,8 @@ TEMPLATE = """<!DOCTYPE html>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #212121; max-width: 1300px; }
 .verdict { display: inline-block; font-size: 1.6rem; font-weight: bold; color: #fff; padding: .3rem 1rem;
-  border-radius: 6px; background: {{ '#c62828' if not doc.slo_met else '#2e7d32' }}; }
+  border-radius: 6px; background: {{ '#c62828' if not doc.slo_met or doc.get('aborted') else '#2e7d32' }}; }
+.aborted { border-left: 6px solid #c62828; background: #ffebee; padding: .5rem 1rem; }
 table { border-collapse: collapse; margin: 1rem 0; } th, td { border: 1px solid #ddd; padding: .25rem .5rem; }
 th { background: #f5f5f5; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 td.miss { background: #c62828; color: #fff; font-weight: bold; } td.met { background: #2e7d32; color: #fff; }
@@ -55,6 +56,9 @@ img { max-width: 100%; } .muted { color: #757575; } code { background: #f5f5f5; 
 <p class="muted">{% for k, v in doc.target.items() %}<b>{{ k }}</b>: {{ v }} · {% endfor %}
 started {{ doc.started_at }}, {{ '%.1f' % doc.duration_s }} s</p>
 <p><span class="verdict" id="verdict">{{ verdict }}</span></p>
+{% if doc.get('aborted') %}<p class="aborted" id="aborted"><b>The run stopped early:</b> {{ doc.aborted }}.
+The step's numbers cover the time until then{% if doc.steps_not_run %}; steps not run:
+{{ doc.steps_not_run|join(', ') }}{% endif %}.</p>{% endif %}
 {% for step in doc.steps %}{% for w in step.warnings %}
 <div class="warn">{{ step.label }}: {{ w }}</div>{% endfor %}{% endfor %}
 
@@ -143,7 +147,7 @@ def _charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
             if points["x"]:
                 axis.plot(points["x"], points["y"], label=s["label"])
         axis.set_xlabel("ms"), axis.set_ylabel("fraction <= x"), axis.set_title(f"{title} CDF")
-        if len(steps) <= 8:
+        if len(steps) <= 8 and axis.get_lines():  # no legend for a step without answered requests
             axis.legend(fontsize="small")
     charts.append(("latency CDFs", png_base64(fig)))
     return charts
@@ -153,6 +157,8 @@ def render_load_html(doc: Mapping[str, Any]) -> str:
     """The self-contained HTML page for one load report document."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     verdict = "SLO MISSED" if not doc["slo_met"] else ("CLIENT-LIMITED" if doc["client_limited"] else "OK")
+    if doc.get("aborted"):
+        verdict = "ABORTED"
     slo_rows = [(s["label"], v) for s in doc["steps"] for v in s["slo"]]
     return env.from_string(TEMPLATE).render(doc=doc, verdict=verdict, slo_rows=slo_rows,
                                             charts=_charts(doc), f=_fmt)

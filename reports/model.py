@@ -40,6 +40,10 @@ class RunReport:
     duration_s: float
     results: list[CheckResult] = field(default_factory=list)
     notes: list[dict[str, Any]] = field(default_factory=list)
+    # Set when the run stopped before its last check (the endpoint stopped answering): why, and
+    # the checks that never ran. An aborted run is never a pass.
+    aborted: str | None = None
+    not_run: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Results per outcome (every outcome present, zero when none)."""
@@ -55,8 +59,14 @@ class RunReport:
         return table
 
     def failed(self) -> bool:
-        """Whether any check failed or could not be run."""
-        return any(result.outcome in ("failed", "error") for result in self.results)
+        """Whether any check failed or could not be run, or the run was cut short."""
+        return self.aborted is not None or any(result.outcome in ("failed", "error") for result in self.results)
+
+    def verdict(self) -> str:
+        """PASSED, FAILED, or ABORTED when the run stopped before its last check."""
+        if self.aborted is not None:
+            return "ABORTED"
+        return "FAILED" if self.failed() else "PASSED"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready when requests are), for storing a run and reloading it later."""
@@ -67,4 +77,5 @@ class RunReport:
         """The inverse of `to_dict()`; outcomes are validated again."""
         results = [CheckResult(**item) for item in data.get("results", [])]
         return cls(title=data["title"], target=data["target"], started_at=data["started_at"],
-                   duration_s=data["duration_s"], results=results, notes=list(data.get("notes", [])))
+                   duration_s=data["duration_s"], results=results, notes=list(data.get("notes", [])),
+                   aborted=data.get("aborted"), not_run=list(data.get("not_run", [])))

@@ -13,8 +13,10 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import random
 import re
+import signal
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -33,6 +35,8 @@ VOCAB: tuple[str, ...] = (
     " old", " new", " good", " bad", " day", " night", " time", " way", " home", " end",
 )
 EOS_ID = 0
+# Faults the mock can inject, for testing clients and the server's start-up check.
+FAULTS = ("none", "raise", "segfault")
 _WORD = re.compile(r"\s*\S+|\s+")
 
 
@@ -82,8 +86,15 @@ class MockEngine(Engine):
         ttft_ms: float = 0.0,
         itl_ms: float = 0.0,
         context_length: int = 2048,
+        fault: str = "none",
+        fault_at: int = 1,
     ) -> None:
+        if fault not in FAULTS:
+            raise ValueError(f"unknown mock fault {fault!r}; expected one of {FAULTS}")
         self.model_name = model_name
+        self.fault = fault
+        self.fault_at = fault_at
+        self.generations = 0
         self.ttft_s = ttft_ms / 1000.0
         self.itl_s = itl_ms / 1000.0
         self.context_length = context_length
@@ -160,9 +171,19 @@ class MockEngine(Engine):
         """
         await self._timer.sleep_until(start + self.ttft_s + index * self.itl_s)
 
+    def _inject_fault(self) -> None:
+        """The fault asked for, once this generation's number reaches `fault_at`."""
+        self.generations += 1
+        if self.fault == "none" or self.generations < self.fault_at:
+            return
+        if self.fault == "segfault":  # dies as a native crash does: killed by the signal, no cleanup
+            os.kill(os.getpid(), signal.SIGSEGV)
+        raise RuntimeError(f"mock fault: generation {self.generations} fails on purpose (--mock-fault raise)")
+
     async def stream(
         self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event
     ) -> AsyncIterator[GeneratedToken]:
+        self._inject_fault()
         # The request's first generation counts from the request's arrival; a later choice of the
         # same request (choices run one after another) gets its own TTFT from when it starts.
         start = REQUEST_STARTED.get() or asyncio.get_running_loop().time()

@@ -1,0 +1,264 @@
+"""A portable llama-cpp-python build, made once per set of compiler flags and kept in a project cache.
+
+Why: llama-cpp-python ships only an sdist, and its default build is `-march=native` (GGML_NATIVE).
+A wheel built on a CPU with AVX-512 and AMX uses them, so it faults (SIGILL, or a general
+protection fault in llama.cpp's AMX kernels) on the next machine; pip's own wheel cache keys a
+built wheel by the sdist only, never by CMAKE_ARGS, so a native wheel from an earlier install
+would be reused silently. Here the flags are chosen on purpose (a named profile), the wheel is
+built with pip's cache off, and it lives in a folder whose name is a hash of version + flags:
+a wheel is only ever found under the flags it was built with.
+
+Profiles (x86-64 levels; none uses AVX-512 or AMX):
+  x86-64-v3  SSE4.2 AVX AVX2 FMA F16C BMI2: every x86-64 CPU since 2013-2015 (Intel Haswell,
+             AMD Excavator/Zen). The default wherever the CPU has those.
+  x86-64-v2  SSE4.2 only: older CPUs (chosen automatically on them).
+  generic    GGML_NATIVE off, llama.cpp's own defaults (non-x86 machines).
+
+Stdlib only: tox runs it by path (`install_command`, `commands_pre`) before the project's
+dependencies exist.
+
+    python reference_server/llama_build.py install       # into this interpreter (developers)
+    python reference_server/llama_build.py status        # what is installed, what the cache holds
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+DIST = "llama-cpp-python"
+FLAGS_ENV = "CHATSPEC_LLAMA_CMAKE_ARGS"  # replaces the profile's flags (e.g. a CUDA build); part of the key
+CACHE_ENV = "CHATSPEC_WHEEL_CACHE"
+_OFF_X86 = ("AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AMX_TILE", "AMX_INT8", "AMX_BF16")
+PROFILES: dict[str, tuple[str, ...]] = {
+    "x86-64-v3": ("GGML_NATIVE=OFF", "GGML_SSE42=ON", "GGML_AVX=ON", "GGML_AVX2=ON", "GGML_FMA=ON", "GGML_F16C=ON",
+                  "GGML_BMI2=ON", *(f"GGML_{name}=OFF" for name in _OFF_X86)),
+    "x86-64-v2": ("GGML_NATIVE=OFF", "GGML_SSE42=ON", "GGML_AVX=OFF", "GGML_AVX2=OFF", "GGML_FMA=OFF",
+                  "GGML_F16C=OFF", "GGML_BMI2=OFF", *(f"GGML_{name}=OFF" for name in _OFF_X86)),
+    "generic": ("GGML_NATIVE=OFF",),
+}
+# What the x86-64-v3 profile's code needs from the CPU (/proc/cpuinfo names).
+V3_CPU_FLAGS = frozenset({"avx", "avx2", "fma", "f16c", "bmi2", "sse4_2"})
+
+
+def pinned_version(pyproject: Path | None = None) -> str:
+    """The llama-cpp-python version pyproject.toml pins (the one place it is written)."""
+    path = pyproject or Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+    else:  # installed as a package: the project's own metadata carries the same pin
+        import importlib.metadata
+
+        text = "\n".join(importlib.metadata.requires("chatspec") or [])
+    match = re.search(r"llama-cpp-python==([0-9][0-9A-Za-z.+-]*)", text)
+    if not match:
+        raise SystemExit(f"error: no 'llama-cpp-python==VERSION' pin found in {path}")
+    return match.group(1)
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags as Linux names them (empty where there is no /proc/cpuinfo)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def choose_profile(machine: str, flags: frozenset[str]) -> str:
+    """The profile for a machine: v3 where the CPU has it, v2 on older x86-64, generic elsewhere."""
+    if machine.lower() not in ("x86_64", "amd64"):
+        return "generic"
+    return "x86-64-v3" if V3_CPU_FLAGS <= flags else "x86-64-v2"
+
+
+def cmake_args(profile: str) -> str:
+    """CMAKE_ARGS for a profile, or the user's own from $CHATSPEC_LLAMA_CMAKE_ARGS."""
+    override = os.environ.get(FLAGS_ENV, "").strip()
+    if override:
+        return override
+    return " ".join(f"-D{flag}" for flag in PROFILES[profile])
+
+
+def cache_root() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "chatspec" / "wheels"
+
+
+def wheel_folder(version: str, profile: str, args: str, machine: str) -> Path:
+    """The folder for one (version, flags, machine) triple: the flags are part of its name."""
+    key = hashlib.sha256(json.dumps([DIST, version, args, machine]).encode()).hexdigest()[:12]
+    label = "custom" if os.environ.get(FLAGS_ENV, "").strip() else profile
+    return cache_root() / f"{DIST}-{version}-{machine}-{label}-{key}"
+
+
+def find_wheel(folder: Path) -> Path | None:
+    wheels = sorted(folder.glob("llama_cpp_python-*.whl"))
+    return wheels[0] if wheels else None
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One builder per folder at a time (tox envs may install in parallel)."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def ensure_wheel(quiet: bool = False) -> Path:
+    """The portable wheel for this machine's profile, built now if the cache lacks it."""
+    version = pinned_version()
+    machine = platform.machine() or "unknown"
+    profile = choose_profile(machine, cpu_flags())
+    args = cmake_args(profile)
+    folder = wheel_folder(version, profile, args, machine)
+    wheel = find_wheel(folder)
+    if wheel is not None:
+        return wheel
+    with _locked(folder):
+        wheel = find_wheel(folder)
+        if wheel is not None:
+            return wheel
+        return _build(version, profile, args, folder, quiet)
+
+
+def _build(version: str, profile: str, args: str, folder: Path, quiet: bool) -> Path:
+    cores = os.cpu_count() or 1
+    log_path = folder.parent / f"{folder.name}.build.log"
+    say = (lambda _msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"chatspec: building {DIST} {version} from source, profile {profile} "
+        f"(CMAKE_ARGS={args}); about 6 minutes on 2 cores, once per flag set. Log: {log_path}")
+    env = {**os.environ, "CMAKE_ARGS": args, "FORCE_CMAKE": "1",
+           "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(cores))}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="llama-wheel-", dir=folder.parent) as tmp:
+        # --no-cache-dir: pip's wheel cache would hand back a wheel built earlier with other flags.
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--no-binary", DIST,
+                   "--wheel-dir", tmp, f"{DIST}=={version}"]
+        with open(log_path, "w", encoding="utf-8") as log:
+            log.write(f"$ CMAKE_ARGS={args!r} {' '.join(command)}\n")
+            log.flush()
+            result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        built = find_wheel(Path(tmp))
+        if result.returncode != 0 or built is None:
+            tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+            raise SystemExit(f"{tail}\nerror: building {DIST} {version} failed (exit {result.returncode}); "
+                             f"full log: {log_path}")
+        staging = Path(tmp) / "done"
+        staging.mkdir()
+        shutil.move(str(built), staging / built.name)
+        (staging / "build-info.json").write_text(json.dumps({
+            "dist": DIST, "version": version, "profile": profile, "cmake_args": args,
+            "machine": platform.machine(), "built_on_cpu": _cpu_model(),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(time.monotonic() - started, 1)}, indent=2) + "\n", encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)  # appears whole or not at all
+    say(f"chatspec: built in {time.monotonic() - started:.0f} s: {folder}")
+    return find_wheel(folder)  # type: ignore[return-value]
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or "unknown"
+
+
+def _record_hashes(record_text: str) -> dict[str, str]:
+    """path -> hash for the shared libraries listed in a wheel's RECORD."""
+    hashes = {}
+    for line in record_text.splitlines():
+        parts = line.rsplit(",", 2)
+        if len(parts) == 3 and parts[0].endswith(".so") and parts[1]:
+            hashes[parts[0]] = parts[1]
+    return hashes
+
+
+def installed_matches(wheel: Path) -> bool | None:
+    """Whether this interpreter's llama-cpp-python holds exactly the wheel's libraries (None: not installed)."""
+    import importlib.metadata
+    import zipfile
+
+    try:
+        installed = importlib.metadata.distribution(DIST).read_text("RECORD") or ""
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/RECORD"))
+        wanted = _record_hashes(archive.read(name).decode("utf-8"))
+    have = _record_hashes(installed)
+    return bool(wanted) and all(have.get(path) == digest for path, digest in wanted.items())
+
+
+def _pip_install(*args: str) -> int:
+    return subprocess.run([sys.executable, "-m", "pip", "install", *args], check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python reference_server/llama_build.py",
+        description="Build llama-cpp-python for a portable CPU profile (no -march=native, no AVX-512/AMX), "
+                    "cache the wheel under a name derived from its flags, and install it. "
+                    f"${FLAGS_ENV} replaces the profile's CMAKE_ARGS; ${CACHE_ENV} moves the cache "
+                    "(default ~/.cache/chatspec/wheels).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("wheel", help="build the wheel if the cache lacks it; print its path")
+    sub.add_parser("install", help="install the portable wheel into this interpreter (replacing any other build)")
+    sub.add_parser("ensure-installed", help="like install, but only when the installed build differs")
+    sub.add_parser("status", help="the profile, the cached wheel and whether it is the installed one")
+    pip = sub.add_parser("pip-install", help="pip install ARGS, taking llama-cpp-python only from the portable "
+                                             "wheel (tox's install_command)")
+    pip.add_argument("pip_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+
+    if args.command == "status":
+        profile = choose_profile(platform.machine(), cpu_flags())
+        folder = wheel_folder(pinned_version(), profile, cmake_args(profile), platform.machine())
+        wheel = find_wheel(folder)
+        print(f"profile: {profile}\ncmake args: {cmake_args(profile)}\ncache: {folder}")
+        print(f"wheel: {wheel or 'not built yet'}")
+        if wheel is not None:
+            state = {None: "not installed", True: "this wheel", False: "ANOTHER build"}[installed_matches(wheel)]
+            print(f"installed in this interpreter: {state}")
+        return 0
+    wheel = ensure_wheel()
+    if args.command == "wheel":
+        print(wheel)
+        return 0
+    if args.command == "pip-install":
+        # --only-binary: never build llama-cpp-python from the sdist (or take pip's cached build of it).
+        return _pip_install("--find-links", str(wheel.parent), "--only-binary", DIST, *args.pip_args)
+    if args.command == "ensure-installed" and installed_matches(wheel):
+        return 0
+    if args.command == "ensure-installed":
+        print(f"chatspec: replacing the installed {DIST} with the portable build {wheel.name} "
+              f"({wheel.parent.name})", file=sys.stderr, flush=True)
+    return _pip_install("--force-reinstall", "--no-deps", str(wheel))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
