@@ -1,9 +1,10 @@
 """Is the client the bottleneck? Warnings from the load generator's own CPU, event-loop lag and
-open-loop send lag, so a result limited by the client is never mistaken for the server's."""
+open-loop send lag, so a result limited by the client is never mistaken for the server's. And is
+the endpoint still there? `GoneWatch` tells when it has stopped answering mid-step."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,3 +51,40 @@ def loop_lag_summary(health: Sequence[Mapping[str, Any]]) -> dict[str, float | N
         return {"p50": None, "p99": None, "max": None}
     p50, p99 = np.percentile(lags, [50, 99]) / 1e6
     return {"p50": float(p50), "p99": float(p99), "max": float(lags.max() / 1e6)}
+
+
+class GoneWatch:
+    """Tells when the endpoint has stopped answering during a step.
+
+    Either the server this run started has exited (`server_exit` says how), or every request that
+    finished in each of the last REFUSED_POLLS polls (about a second apart) had its connection
+    refused. One refused request among answered ones is the server's business, not this.
+    """
+
+    REFUSED_POLLS = 2
+
+    def __init__(self, start: float, server_exit: Callable[[], str | None] | None = None) -> None:
+        """`start`: when the step began (time.monotonic()); `server_exit`: how a server this run
+        started has ended, None while it runs."""
+        self.server_exit = server_exit
+        self._done = self._refused = self._streak = 0
+        self._last_poll = self._since = start
+
+    def update(self, statuses: list[dict[str, Any]], now: float) -> str | None:
+        """Feed one poll's statuses; the reason once the endpoint is gone, else None."""
+        if self.server_exit is not None and (status := self.server_exit()) is not None:
+            return f"embedded server exited with {status}"
+        done = sum(s["done"] for s in statuses)
+        refused = sum(s.get("refused", 0) for s in statuses)
+        new_done, new_refused = done - self._done, refused - self._refused
+        self._done, self._refused = done, refused
+        if new_done and new_refused == new_done:
+            if not self._streak:
+                self._since = self._last_poll
+            self._streak += 1
+        elif new_done:
+            self._streak = 0
+        self._last_poll = now
+        if self._streak >= self.REFUSED_POLLS:
+            return f"every request that ended in the last {now - self._since:.1f} s had its connection refused"
+        return None

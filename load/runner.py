@@ -19,7 +19,7 @@ import gevent
 from locust.env import Environment
 
 from load.config import LoadConfig, StepSpec
-from load.health import client_warnings, data_warnings
+from load.health import GoneWatch, client_warnings, data_warnings
 from load.metrics import Window, step_metrics
 from load.records import RequestRecord
 from load.slo import judge
@@ -177,42 +177,6 @@ def _progress_line(step: StepSpec, total_steps: int, elapsed: float, statuses: l
             f"sent {sent}  done {done}  failed {failed}  in flight {inflight}  output tok/s {tokens_per_s:,.0f}")
 
 
-class GoneWatch:
-    """Tells when the endpoint has stopped answering during a step.
-
-    Either the server this run started has exited (`server_exit` says how), or every request that
-    finished in each of the last REFUSED_POLLS polls (about a second apart) had its connection
-    refused. One refused request among answered ones is the server's business, not this.
-    """
-
-    REFUSED_POLLS = 2
-
-    def __init__(self, server_exit: Callable[[], str | None] | None = None) -> None:
-        self.server_exit = server_exit
-        self._done = self._refused = self._streak = 0
-        self._last_poll = time.monotonic()
-        self._since = self._last_poll
-
-    def update(self, statuses: list[dict[str, Any]], now: float) -> str | None:
-        """Feed one poll's statuses; the reason once the endpoint is gone, else None."""
-        if self.server_exit is not None and (status := self.server_exit()) is not None:
-            return f"embedded server exited with {status}"
-        done = sum(s["done"] for s in statuses)
-        refused = sum(s.get("refused", 0) for s in statuses)
-        new_done, new_refused = done - self._done, refused - self._refused
-        self._done, self._refused = done, refused
-        if new_done and new_refused == new_done:
-            if not self._streak:
-                self._since = self._last_poll
-            self._streak += 1
-        elif new_done:
-            self._streak = 0
-        self._last_poll = now
-        if self._streak >= self.REFUSED_POLLS:
-            return f"every request that ended in the last {now - self._since:.1f} s had its connection refused"
-        return None
-
-
 def run_step(
     backend: LocalBackend | DistributedBackend,
     step: StepSpec,
@@ -231,7 +195,7 @@ def run_step(
     backend.start_step(step)
     last_tokens, last_time = 0, start
     count_reached = False
-    watch = GoneWatch(server_exit)
+    watch = GoneWatch(start, server_exit)
     aborted = None
     while (elapsed := time.monotonic() - start) < step.duration_s:
         gevent.sleep(min(1.0, step.duration_s - elapsed))
@@ -262,6 +226,7 @@ def run_step(
     window = Window(int(step.warmup_s * 1e9), max(end_ns, int(step.warmup_s * 1e9) + 1))
     metrics = step_metrics(records, window, slo)
     metrics["requests_total"] = len(records)
+    metrics["requests_refused"] = sum(1 for r in records if r.connection_refused)  # warm-up included
     outcome = StepOutcome(step, records, health, window, metrics, judge(metrics, slo), aborted=aborted)
     outcome.warnings = client_warnings(metrics, health, step) + data_warnings(metrics)
     return outcome

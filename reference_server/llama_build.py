@@ -230,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("install", help="install the portable wheel into this interpreter (replacing any other build)")
     sub.add_parser("ensure-installed", help="like install, but only when the installed build differs")
     sub.add_parser("status", help="the profile, the cached wheel and whether it is the installed one")
-    pip = sub.add_parser("pip-install", help="pip install ARGS, taking llama-cpp-python only from the portable "
-                                             "wheel (tox's install_command)")
-    pip.add_argument("pip_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    sub.add_parser("pip-install", help="pip install ARGS..., taking llama-cpp-python only from the portable "
+                                       "wheel (tox's install_command); every later argument goes to pip")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pip_args = argv[1:] if argv[:1] == ["pip-install"] else []  # pip's own options, untouched
+    args = parser.parse_args(argv[:1] if pip_args else argv)
 
     if args.command == "status":
         profile = choose_profile(platform.machine(), cpu_flags())
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "pip-install":
         # --only-binary: never build llama-cpp-python from the sdist (or take pip's cached build of it).
-        return _pip_install("--find-links", str(wheel.parent), "--only-binary", DIST, *args.pip_args)
+        return _pip_install("--find-links", str(wheel.parent), "--only-binary", DIST, *pip_args)
     if args.command == "ensure-installed" and installed_matches(wheel):
         return 0
     if args.command == "ensure-installed":
