@@ -24,6 +24,10 @@ _MARK = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"
          "not_supported": "N/S"}
 
 
+# How long a refused connection may come before the embedded server's exit status is readable.
+EXIT_STATUS_WAIT_S = 2.0
+
+
 class Unreachable(Exception):
     """The endpoint could not be reached at all (exit code 2)."""
 
@@ -95,10 +99,19 @@ def endpoint_gone(target: Target, server_exit: Callable[[], str | None] | None =
     try:
         socket.create_connection((host, port), timeout=min(target.timeout_s, 10)).close()
     except ConnectionRefusedError:
-        return f"connection refused at {host}:{port}"
+        pass
     except OSError:
         return None
-    return None
+    else:
+        return None
+    if server_exit is not None:
+        # A dying process closes its sockets before its exit status can be read: wait for it.
+        deadline = time.monotonic() + EXIT_STATUS_WAIT_S
+        while (status := server_exit()) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if status is not None:
+            return f"embedded server exited with {status}"
+    return f"connection refused at {host}:{port}"
 
 
 def run_checks(
