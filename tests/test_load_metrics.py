@@ -260,6 +260,7 @@ def test_reports_are_written_and_self_contained(tmp_path):
     outcome.metrics = step_metrics(outcome.records, outcome.window, {"ttft_p50": 50.0})
     outcome.slo = judge(outcome.metrics, {"ttft_p50": 50.0})
     outcome.warnings = ["client-limited: test <b>"]
+    outcome.aborted = None
     outcome.health = [{"worker": 0, "cpu_fraction": 0.5, "loop_lag_ns": [1000]}]
     steps = [step_document(outcome)]
     doc = build_document(target={"base_url": "http://x"}, settings={"stream": True}, steps=steps,
