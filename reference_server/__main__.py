@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -54,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-ctx", type=int, default=2048, help="context length in tokens")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for llama.cpp (default: all cores)")
+    parser.add_argument("--parallel", type=int, default=None, metavar="K",
+                        help="llamacpp engine: sequences decoded together (continuous batching; each of a "
+                             "request's n choices is one); more wait in the queue (default: "
+                             "reference_server.engines.llamacpp.DEFAULT_PARALLEL)")
+    parser.add_argument("--no-prompt-cache", action="store_true",
+                        help="llamacpp engine: evaluate every prompt from scratch instead of reusing the KV of "
+                             "the longest cached prefix (the output is the same either way; this only costs time)")
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--api-key", action="append", default=[],
                       help=f"accepted bearer key (repeatable; also read from ${API_KEYS_ENV}, "
@@ -102,8 +110,11 @@ def make_engine(args: argparse.Namespace) -> Engine:
                                cache_tokens=args.cache_tokens)
     from reference_server.engines.llamacpp import LlamaCppEngine
 
-    kwargs = {"model_name": args.model_name} if args.model_name else {}
-    return LlamaCppEngine(args.model_path, n_ctx=args.n_ctx, n_threads=args.threads, **kwargs)
+    kwargs: dict[str, Any] = {"model_name": args.model_name} if args.model_name else {}
+    if args.parallel is not None:
+        kwargs["parallel"] = args.parallel
+    return LlamaCppEngine(args.model_path, n_ctx=args.n_ctx, n_threads=args.threads,
+                          reuse_prefix=not args.no_prompt_cache, **kwargs)
 
 
 # What a crash of the llama.cpp engine at its first generation most likely means.

@@ -19,7 +19,7 @@ from aiohttp import web
 
 import spec
 from reference_server import generation
-from reference_server.engines.base import REQUEST_STARTED, Engine
+from reference_server.engines.base import Engine
 from reference_server.errors import ApiError
 from reference_server.sse import DONE_EVENT, encode_event
 from reference_server.validation import ChatRequest, fit_to_context, parse_request
@@ -130,7 +130,7 @@ class Server:
         )
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        REQUEST_STARTED.set(asyncio.get_running_loop().time())
+        started = asyncio.get_running_loop().time()  # engines with scripted timing count from here
         self.check_auth(request)
         body = await self.read_json(request)
         chat = parse_request(body, vocab_size=self.engine.vocab_size)
@@ -161,20 +161,23 @@ class Server:
         self.in_flight += 1
         try:
             if chat.stream:
-                return await self._stream(request, chat, prompt, params)
-            return await self._complete(chat, prompt, params)
+                return await self._stream(request, chat, prompt, params, started)
+            return await self._complete(chat, prompt, params, started)
         finally:
             self.in_flight -= 1
 
     def _header(self, chat: ChatRequest) -> dict[str, Any]:
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": chat.model}
 
-    async def _complete(self, chat: ChatRequest, prompt: list[int], params: Any) -> web.Response:
+    async def _complete(self, chat: ChatRequest, prompt: list[int], params: Any, started: float) -> web.Response:
         cancel = threading.Event()
-        choices = [
-            await generation.complete_choice(self.engine, prompt, params, chat.stops, i, cancel)
-            for i in range(chat.n)
-        ]
+        tasks = [asyncio.ensure_future(generation.complete_choice(self.engine, prompt, params, chat.stops, i,
+                                                                  cancel, started))
+                 for i in range(chat.n)]  # the choices run at once (a batching engine decodes them together)
+        try:
+            choices = await asyncio.gather(*tasks)
+        finally:
+            await _cancel_all(tasks)
         completion_tokens = sum(choice.completion_tokens for choice in choices)
         body = {
             **self._header(chat),
@@ -185,7 +188,7 @@ class Server:
         return web.json_response(body, dumps=_dumps)
 
     async def _stream(
-        self, request: web.Request, chat: ChatRequest, prompt: list[int], params: Any
+        self, request: web.Request, chat: ChatRequest, prompt: list[int], params: Any, started: float
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
@@ -197,34 +200,59 @@ class Server:
         await response.prepare(request)
         header = {**self._header(chat), "object": "chat.completion.chunk"}
         cancel = threading.Event()
-        completion_tokens = 0
+        # Every choice generates at once; their pieces are written in the order they come.
+        pieces: asyncio.Queue[tuple[int, generation.ChoicePiece | BaseException | None]] = asyncio.Queue()
+        states = [generation.ChoiceState(index) for index in range(chat.n)]
+
+        async def produce(state: generation.ChoiceState) -> None:
+            try:
+                choice = generation.generate_choice(self.engine, prompt, params, chat.stops, state, cancel, started)
+                async with contextlib.aclosing(choice):
+                    async for piece in choice:
+                        pieces.put_nowait((state.index, piece))
+                pieces.put_nowait((state.index, None))
+            except Exception as exc:  # handed to the writer, which re-raises it
+                pieces.put_nowait((state.index, exc))
 
         async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
             await response.write(encode_event({**header, "choices": choices, **extra}))
 
+        tasks: list[asyncio.Future[None]] = []
         try:
             for index in range(chat.n):
                 await send([{"index": index, "delta": {"role": "assistant", "content": ""},
                              "finish_reason": None, "logprobs": None}])
-                state = generation.ChoiceState(index)
-                pieces = generation.generate_choice(
-                    self.engine, prompt, params, chat.stops, state, cancel
-                )
-                async with contextlib.aclosing(pieces):  # a failed write stops generation at once
-                    async for piece in pieces:
-                        if piece.text or piece.logprobs:
-                            await send([_chunk_choice(index, piece.text, piece.logprobs, params.logprobs)])
-                        if piece.finish_reason:
-                            await send([{"index": index, "delta": {}, "finish_reason": piece.finish_reason,
-                                         "logprobs": None}])
-                completion_tokens += state.completion_tokens
+            tasks = [asyncio.ensure_future(produce(state)) for state in states]
+            running = chat.n
+            while running:
+                index, piece = await pieces.get()
+                if piece is None:
+                    running -= 1
+                    continue
+                if isinstance(piece, BaseException):
+                    raise piece
+                if piece.text or piece.logprobs:
+                    await send([_chunk_choice(index, piece.text, piece.logprobs, params.logprobs)])
+                if piece.finish_reason:
+                    await send([{"index": index, "delta": {}, "finish_reason": piece.finish_reason,
+                                 "logprobs": None}])
+            completion_tokens = sum(state.completion_tokens for state in states)
             await send([], usage=generation.usage(len(prompt), completion_tokens))
             await response.write(DONE_EVENT)
             await response.write_eof()
         except (ConnectionResetError, ConnectionError) as exc:
             cancel.set()
             log.info("client went away mid-stream: %s", exc)
+        finally:
+            await _cancel_all(tasks)  # a failed write stops every choice's generation at once
         return response
+
+
+async def _cancel_all(tasks: list[asyncio.Future[Any]]) -> None:
+    """Cancel what is still running and wait for it (its engine streams close on the way out)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _chunk_choice(

@@ -65,6 +65,7 @@ async def generate_choice(
     stops: list[str],
     state: ChoiceState,
     cancel: threading.Event,
+    started: float | None = None,
 ) -> AsyncIterator[ChoicePiece]:
     """Yield pieces of one choice as they become safe to send; the last one has a finish_reason.
 
@@ -75,7 +76,7 @@ async def generate_choice(
     matcher = StopMatcher(stops)
     pending_logprobs: list[dict[str, Any]] = []
     stopped = False
-    tokens = engine.stream(prompt_tokens, choice_params(params, state.index), cancel)
+    tokens = engine.stream(prompt_tokens, choice_params(params, state.index), cancel, started)
     try:
         async for token in tokens:
             state.completion_tokens += 1
@@ -124,13 +125,14 @@ async def complete_choice(
     stops: list[str],
     index: int,
     cancel: threading.Event,
+    started: float | None = None,
 ) -> CompletedChoice:
-    """Run one choice to the end and gather it."""
+    """Run one choice to the end and gather it. `started`: when the request arrived (loop time)."""
     state = ChoiceState(index)
     parts: list[str] = []
     logprobs: list[dict[str, Any]] = []
     reason = "stop"
-    async for piece in generate_choice(engine, prompt_tokens, params, stops, state, cancel):
+    async for piece in generate_choice(engine, prompt_tokens, params, stops, state, cancel, started):
         parts.append(piece.text)
         logprobs.extend(piece.logprobs)
         reason = piece.finish_reason or reason

@@ -7,16 +7,16 @@ import asyncio
 import threading
 import time
 
-from reference_server.engines.base import REQUEST_STARTED, SamplingParams
+from reference_server.engines.base import SamplingParams
 from reference_server.engines.mock import MockEngine
 from reference_server.engines.timer import DeadlineTimer
 
 NO_EOS = SamplingParams(max_tokens=5, logit_bias={0: -100})
 
 
-async def token_times(engine: MockEngine, origin: float) -> list[float]:
+async def token_times(engine: MockEngine, origin: float, started: float | None = None) -> list[float]:
     loop = asyncio.get_running_loop()
-    return [loop.time() - origin async for _ in engine.stream([1, 2], NO_EOS, threading.Event())]
+    return [loop.time() - origin async for _ in engine.stream([1, 2], NO_EOS, threading.Event(), started)]
 
 
 def test_tokens_come_on_their_deadlines_never_early() -> None:
@@ -30,20 +30,22 @@ def test_tokens_come_on_their_deadlines_never_early() -> None:
         assert due - 1e-4 <= t < due + 0.020, (k, t)  # late only by scheduling noise
 
 
-def test_ttft_counts_from_the_request_arrival_and_a_later_choice_gets_its_own() -> None:
-    async def main() -> tuple[list[float], list[float]]:
+def test_ttft_counts_from_the_request_arrival_for_every_choice() -> None:
+    async def main() -> tuple[list[float], list[float], list[float]]:
         loop = asyncio.get_running_loop()
         arrived = loop.time() - 0.030  # the handler started 30 ms ago (validation, queueing...)
-        REQUEST_STARTED.set(arrived)
         engine = MockEngine(ttft_ms=50, itl_ms=5)
-        first = await token_times(engine, arrived)
-        second_start = loop.time()
-        second = await token_times(engine, second_start)
-        return first, second
+        # The n choices of a request run at once, each timed from the request's arrival.
+        first, second = await asyncio.gather(token_times(engine, arrived, arrived), token_times(engine, arrived,
+                                                                                                arrived))
+        unstamped_start = loop.time()
+        unstamped = await token_times(engine, unstamped_start)  # no arrival given: from the call
+        return first, second, unstamped
 
-    first, second = asyncio.run(main())
+    first, second, unstamped = asyncio.run(main())
     assert 0.050 - 1e-4 <= first[0] < 0.070  # 50 ms after arrival, i.e. 20 ms after the call
-    assert 0.050 - 1e-4 <= second[0] < 0.070  # the next choice waits its own TTFT
+    assert 0.050 - 1e-4 <= second[0] < 0.070
+    assert 0.050 - 1e-4 <= unstamped[0] < 0.070
 
 
 def test_deadline_timer_wakes_in_deadline_order_and_not_before() -> None:

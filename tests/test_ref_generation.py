@@ -14,7 +14,7 @@ import pytest
 from aiohttp import test_utils
 
 from reference_server.app import ServerConfig, build_app
-from reference_server.engines.base import BlockingEngine, Engine, GeneratedToken, SamplingParams
+from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
 from reference_server.engines.mock import EOS_ID, VOCAB, MockEngine
 from reference_server.generation import (
     ChoicePiece,
@@ -46,7 +46,8 @@ class ScriptEngine(Engine):
         return [1, 2, 3]
 
     async def stream(
-        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event
+        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event,
+        started: float | None = None,
     ) -> AsyncIterator[GeneratedToken]:
         self.params_seen.append(params)
         try:
@@ -319,11 +320,11 @@ def test_mock_honours_max_tokens_and_cancel(mock: MockEngine) -> None:
     assert asyncio.run(collect()) == []
 
 
-# ---- several choices over a blocking (worker-thread) engine, as llama.cpp runs ---------------
+# ---- several choices at once, as the server runs them -------------------------------------------
 
 
-class BlockingScript(BlockingEngine):
-    """A BlockingEngine (the llama.cpp engine's base) emitting " x" until max_tokens."""
+class ScriptedChoices(Engine):
+    """Emits " x" until max_tokens, yielding to the event loop between tokens so choices interleave."""
 
     model_name = "blocking"
     context_length = 100
@@ -332,10 +333,12 @@ class BlockingScript(BlockingEngine):
     def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         return [1, 2]
 
-    def generate_blocking(self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event) -> Any:
+    async def stream(self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event,
+                     started: float | None = None) -> AsyncIterator[GeneratedToken]:
         for _ in range(params.max_tokens):
             if cancel.is_set():
                 return
+            await asyncio.sleep(0)
             yield GeneratedToken(1, b" x")
 
 
@@ -344,7 +347,7 @@ APP_KEY_WARNING = pytest.mark.filterwarnings("ignore:It is recommended to use we
 
 def post_in_process(payload: dict[str, Any]) -> tuple[int, str]:
     async def go() -> tuple[int, str]:
-        app = build_app(BlockingScript(), ServerConfig(auth_required=False))
+        app = build_app(ScriptedChoices(), ServerConfig(auth_required=False))
         async with test_utils.TestClient(test_utils.TestServer(app)) as http:
             response = await http.post("/v3/openai/chat/completions", json=payload)
             return response.status, await response.text()
@@ -353,7 +356,7 @@ def post_in_process(payload: dict[str, Any]) -> tuple[int, str]:
 
 
 @APP_KEY_WARNING
-def test_every_choice_of_n_is_generated_over_a_blocking_engine() -> None:
+def test_every_choice_of_n_is_generated() -> None:
     """Regression: ending choice 0 used to set the request's shared cancel event, emptying choices 1..n-1."""
     payload = {"model": "blocking", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": 3}
     status, text = post_in_process(payload)
@@ -364,7 +367,7 @@ def test_every_choice_of_n_is_generated_over_a_blocking_engine() -> None:
 
 
 @APP_KEY_WARNING
-def test_every_streamed_choice_of_n_is_generated_over_a_blocking_engine() -> None:
+def test_every_streamed_choice_of_n_is_generated() -> None:
     payload = {"model": "blocking", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": 2}
     status, text = post_in_process({**payload, "stream": True})
     assert status == 200
@@ -378,7 +381,7 @@ def test_every_streamed_choice_of_n_is_generated_over_a_blocking_engine() -> Non
 
 
 @APP_KEY_WARNING
-def test_single_choice_over_a_blocking_engine() -> None:
+def test_single_choice_is_complete() -> None:
     """One choice over the same engine is complete (control for the n>1 tests above)."""
     payload = {"model": "blocking", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     status, text = post_in_process(payload)

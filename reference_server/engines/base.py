@@ -7,19 +7,11 @@ choices, usage, SSE) lives in `reference_server.generation`, so every engine get
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-# When the HTTP handler began on this request (event-loop time): engines with scripted timing
-# (the mock) measure their time to first token from here, as a client does, not from when
-# validation and tokenization were over.
-REQUEST_STARTED: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_started", default=None)
 
 
 @dataclass(frozen=True)
@@ -72,64 +64,15 @@ class Engine(ABC):
 
     @abstractmethod
     def stream(
-        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event
+        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event,
+        started: float | None = None,
     ) -> AsyncIterator[GeneratedToken]:
-        """Generate up to `params.max_tokens` tokens; ends early at end-of-sequence or `cancel`."""
+        """Generate up to `params.max_tokens` tokens; ends early at end-of-sequence or `cancel`.
+
+        `started` is when the request arrived (event-loop time, `loop.time()`): engines with
+        scripted timing (the mock) count their time to first token from it, as a client does.
+        Several calls may run at once (the n choices of a request run concurrently).
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing to release
         """Release model resources (optional)."""
-
-
-_DONE = object()
-
-
-class BlockingEngine(Engine):
-    """An engine whose model runs a blocking loop: it runs on one worker thread, off the event loop.
-
-    One thread because a llama.cpp context is not thread-safe; requests queue for it in order.
-    """
-
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-
-    @abstractmethod
-    def generate_blocking(
-        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event
-    ) -> Iterator[GeneratedToken]:
-        """The blocking generation loop; must check `cancel` before every token."""
-
-    async def stream(
-        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event
-    ) -> AsyncIterator[GeneratedToken]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        # This call's own stop signal: ending one choice must not cancel the request's next choice.
-        stop = threading.Event()
-
-        def worker() -> None:
-            try:
-                for token in self.generate_blocking(prompt_tokens, params, stop):
-                    loop.call_soon_threadsafe(queue.put_nowait, token)
-                    if stop.is_set():
-                        break
-            except BaseException as exc:  # handed to the consumer, which re-raises it
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
-
-        future = loop.run_in_executor(self._executor, worker)
-        try:
-            while not cancel.is_set():
-                item = await queue.get()
-                if item is _DONE:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            # The consumer stopped early (stop sequence, disconnect) or finished: stop the worker.
-            stop.set()
-            await asyncio.shield(future)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)

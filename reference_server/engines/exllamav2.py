@@ -311,7 +311,8 @@ class ExLlamaV2Engine(Engine):
         )
 
     async def stream(
-        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event
+        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event,
+        started: float | None = None,
     ) -> AsyncIterator[GeneratedToken]:
         if params.max_tokens <= 0 or cancel.is_set():
             return

@@ -13,6 +13,7 @@ gives the same tokens every time.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import functools
 import importlib.metadata
@@ -23,17 +24,19 @@ import math
 import os
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 import numpy as np
+from llama_cpp import _internals as llama_internals
 from llama_cpp import llama_grammar
 from llama_cpp._internals import LlamaSampler
 
-from reference_server.engines.base import BlockingEngine, GeneratedToken, SamplingParams
+from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
 from reference_server.engines.chat_template import ChatTemplate
+from reference_server.engines.llamacpp_batch import END, BatchScheduler, Sequence, emitter
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _RANDOM_SEED = llama_cpp.LLAMA_DEFAULT_SEED  # 0xFFFFFFFF
 # Pieces of JSON text after which a complete value may have just been closed.
 _JSON_CLOSERS = frozenset(b'}]"el')
+# Sequences decoded together by default (--parallel): see docs/benchmarks.md for the measurement.
+DEFAULT_PARALLEL = 8
 
 
 def default_model_path() -> Path:
@@ -110,8 +115,8 @@ def _seed32(seed: int | None) -> int:
     return seed % _RANDOM_SEED
 
 
-class LlamaCppEngine(BlockingEngine):
-    """llama.cpp on the CPU; one request at a time on the engine's worker thread."""
+class LlamaCppEngine(Engine):
+    """llama.cpp on the CPU, with continuous batching of up to `parallel` sequences."""
 
     def __init__(
         self,
@@ -120,41 +125,39 @@ class LlamaCppEngine(BlockingEngine):
         model_name: str = "SmolLM2-135M-Instruct",
         n_ctx: int = 2048,
         n_threads: int | None = None,
+        parallel: int = DEFAULT_PARALLEL,
+        n_batch: int = 512,
         verbose: bool = False,
-        reuse_prefix: bool = False,
+        reuse_prefix: bool = True,
     ) -> None:
-        super().__init__()
         path = Path(model_path) if model_path else default_model_path()
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
+        if parallel < 1:
+            raise ValueError("parallel must be >= 1")
         threads = n_threads or os.cpu_count() or 1
+        # The Llama object gives the model, its tokenizer and metadata; its own context is tiny and
+        # unused: generation runs on a context of `parallel` KV streams of n_ctx cells each.
         self._llama = llama_cpp.Llama(
-            str(path),
-            n_ctx=n_ctx,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_batch=512,
-            logits_all=False,
-            verbose=verbose,
-            seed=0,
+            str(path), n_ctx=64, n_batch=64, n_threads=threads, n_threads_batch=threads,
+            logits_all=False, verbose=verbose, seed=0,
         )
         self.model_path = path
         self.model_name = model_name
-        # Off by default: every prompt is evaluated from an empty KV cache. On llama.cpp's CPU
-        # backend, reusing the KV cache of the previous prompt's common prefix measured bitwise
-        # identical logits, so seeded output does not change with it on; other backends may differ.
-        self.reuse_prefix = reuse_prefix
-        self._cached_prompt: list[int] = []
-        self.context_length = self._llama.n_ctx()
-        self.vocab_size = self._llama.n_vocab()
-        self._n_batch = self._llama.n_batch
+        self.context_length = n_ctx
+        self.parallel = parallel
         model = self._llama._model
+        self.vocab_size = model.n_vocab()
         self._vocab = model.vocab
-        self._ctx = self._llama._ctx.ctx
-        self._batch = self._llama._batch
+        params = llama_cpp.llama_context_params.from_buffer_copy(self._llama.context_params)
+        params.n_ctx = n_ctx * parallel
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = parallel
+        params.kv_unified = False  # a stream per sequence: batch-mates never enter its attention
+        self._context = llama_internals.LlamaContext(model=model, params=params, verbose=verbose)
+        self._ctx = self._context.ctx
         self._eog = frozenset(t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
         self._pieces: dict[int, bytes] = {}
-        self._piece_buf = ctypes.create_string_buffer(256)
         self._add_bos = model.add_bos_token()
         self._bos_text = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
         self._eos_text = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
@@ -162,6 +165,21 @@ class LlamaCppEngine(BlockingEngine):
         if not template:
             raise ValueError(f"{path} has no tokenizer.chat_template in its metadata")
         self._chat = ChatTemplate(template, bos_text=self._bos_text, eos_text=self._eos_text)
+        self._scheduler = BatchScheduler(self._ctx, parallel=parallel, n_batch=n_batch, context_length=n_ctx,
+                                         eog=self._eog, reuse_prefix=reuse_prefix)
+
+    @property
+    def reuse_prefix(self) -> bool:
+        """Whether a new sequence starts from the KV of the longest prompt prefix a slot holds."""
+        return self._scheduler.reuse_prefix
+
+    @reuse_prefix.setter
+    def reuse_prefix(self, value: bool) -> None:
+        self._scheduler.reuse_prefix = value
+
+    def running(self) -> int:
+        """Sequences in the batch now."""
+        return self._scheduler.running()
 
     # ---- prompt -------------------------------------------------------------------------
 
@@ -175,13 +193,13 @@ class LlamaCppEngine(BlockingEngine):
         return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     def piece(self, token_id: int) -> bytes:
-        """The bytes of one token (special tokens render as nothing), cached."""
+        """The bytes of one token (special tokens render as nothing), cached; safe from any thread."""
         cached = self._pieces.get(token_id)
         if cached is None:
-            buf = self._piece_buf
+            buf = ctypes.create_string_buffer(256)
             n = llama_cpp.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, False)
             if n < 0:  # longer than the buffer: grow it
-                buf = self._piece_buf = ctypes.create_string_buffer(-n)
+                buf = ctypes.create_string_buffer(-n)
                 n = llama_cpp.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, False)
             cached = self._pieces[token_id] = buf.raw[:n]
         return cached
@@ -239,9 +257,9 @@ class LlamaCppEngine(BlockingEngine):
             raise
         return chain
 
-    def _logprobs(self, token: int, k: int) -> tuple[float, tuple[tuple[bytes, float], ...]]:
-        """Log-softmax of the raw logits at the last position: the token's and the k best."""
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+    def _logprobs(self, index: int, token: int, k: int) -> tuple[float, tuple[tuple[bytes, float], ...]]:
+        """Log-softmax of the raw logits of batch row `index`: the token's and the k best."""
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, index)
         logits = np.ctypeslib.as_array(ptr, shape=(self.vocab_size,)).astype(np.float64)
         top = logits.max()
         lse = top + math.log(np.exp(logits - top).sum())
@@ -255,35 +273,34 @@ class LlamaCppEngine(BlockingEngine):
 
     # ---- generation ---------------------------------------------------------------------
 
-    def _eval_prompt(self, prompt_tokens: list[int]) -> None:
-        """Evaluate the prompt, n_batch tokens at a time, from an empty KV cache.
+    def _token_handler(self, params: SamplingParams) -> Any:
+        """What the scheduler calls with each sampled token: the token to yield and whether the
+        answer is complete (JSON mode: the value has closed, only whitespace could follow)."""
+        want_logprobs, top_n, json_mode = params.logprobs, params.top_logprobs, params.json_mode
+        text = bytearray()
 
-        With `reuse_prefix`, the KV cache of the longest prefix shared with the previous
-        prompt is kept (at least the last token is evaluated again, for its logits).
-        """
-        llama_ctx = self._llama._ctx
-        begin = 0
-        if self.reuse_prefix:
-            cached = self._cached_prompt
-            limit = min(len(cached), len(prompt_tokens) - 1)
-            while begin < limit and cached[begin] == prompt_tokens[begin]:
-                begin += 1
-            if begin and not llama_ctx.kv_cache_seq_rm(-1, begin, -1):
-                begin = 0
-        if not begin:
-            llama_ctx.kv_cache_clear()
-        self._cached_prompt = []  # until the evaluation succeeds
-        self._llama.n_tokens = 0
-        step = self._n_batch
-        for start in range(begin, len(prompt_tokens), step):
-            chunk = prompt_tokens[start : start + step]
-            self._batch.set_batch(chunk, n_past=start, logits_all=False)
-            llama_ctx.decode(self._batch)
-        self._cached_prompt = list(prompt_tokens)
+        def on_token(index: int, token: int) -> tuple[GeneratedToken, bool]:
+            piece = self._pieces.get(token)
+            if piece is None:
+                piece = self.piece(token)
+            if want_logprobs:
+                logprob, top = self._logprobs(index, token, top_n)
+                item = GeneratedToken(token, piece, logprob, top)
+            else:
+                item = GeneratedToken(token, piece)
+            complete = False
+            if json_mode:
+                text.extend(piece)
+                stripped = piece.rstrip()
+                complete = bool(stripped) and stripped[-1] in _JSON_CLOSERS and _json_complete(text)
+            return item, complete
 
-    def generate_blocking(
-        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event
-    ) -> Iterator[GeneratedToken]:
+        return on_token
+
+    async def stream(
+        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event,
+        started: float | None = None,
+    ) -> AsyncIterator[GeneratedToken]:
         n_prompt = len(prompt_tokens)
         if n_prompt == 0:
             raise ValueError("empty prompt")
@@ -291,65 +308,29 @@ class LlamaCppEngine(BlockingEngine):
             raise ValueError(f"prompt of {n_prompt} tokens does not fit the context of {self.context_length}")
         if params.max_tokens <= 0 or cancel.is_set():
             return
-        chain = self._sampler(prompt_tokens, params)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        # This sequence's own stop signal: ending one choice must not end the request's others.
+        stop = threading.Event()
+        sequence = Sequence(prompt=list(prompt_tokens), max_tokens=params.max_tokens,
+                            chain=self._sampler(prompt_tokens, params), emit=emitter(loop, queue), cancel=stop,
+                            on_token=self._token_handler(params))
+        self._scheduler.submit(sequence)
         try:
-            self._eval_prompt(prompt_tokens)
-            yield from self._decode_loop(chain, n_prompt, params, cancel)
+            while not cancel.is_set():
+                item = await queue.get()
+                if item is END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         finally:
-            chain.close()
-
-    def _decode_loop(
-        self, chain: LlamaSampler, n_past: int, params: SamplingParams, cancel: threading.Event
-    ) -> Iterator[GeneratedToken]:
-        # Hot loop: locals only, no numpy unless logprobs were asked for.
-        sample = llama_cpp.llama_sampler_sample
-        decode = llama_cpp.llama_decode
-        smpl, ctx = chain.sampler, self._ctx
-        eog = self._eog
-        pieces = self._pieces
-        piece_of = self.piece
-        batch = self._batch.batch
-        want_logprobs = params.logprobs
-        top_n = params.top_logprobs
-        json_mode = params.json_mode
-        text = bytearray()
-        last = params.max_tokens - 1
-        n_ctx = self.context_length
-        # The next decodes are single tokens in slot 0 of the batch.
-        for step in range(params.max_tokens):
-            if cancel.is_set():
-                return
-            token = sample(smpl, ctx, -1)
-            if token in eog:
-                return
-            piece = pieces.get(token)
-            if piece is None:
-                piece = piece_of(token)
-            if want_logprobs:
-                logprob, top = self._logprobs(token, top_n)
-                yield GeneratedToken(token, piece, logprob, top)
-            else:
-                yield GeneratedToken(token, piece)
-            if json_mode:
-                text += piece
-                stripped = piece.rstrip()
-                if stripped and stripped[-1] in _JSON_CLOSERS and _json_complete(text):
-                    return  # the value is closed: only whitespace could follow
-            if step == last or n_past >= n_ctx or cancel.is_set():
-                return
-            batch.n_tokens = 1
-            batch.token[0] = token
-            batch.pos[0] = n_past
-            batch.n_seq_id[0] = 1
-            batch.seq_id[0][0] = 0
-            batch.logits[0] = True
-            rc = decode(ctx, batch)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode returned {rc}")
-            n_past += 1
+            stop.set()  # the consumer stopped early (stop sequence, disconnect) or finished
+            self._scheduler.wake()
 
     def close(self) -> None:
-        super().close()
+        self._scheduler.close()
+        self._context.close()
         self._llama.close()
 
 

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from reference_server.engines.base import REQUEST_STARTED, Engine, GeneratedToken, SamplingParams
+from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
 from reference_server.engines.timer import DeadlineTimer
 
 # Words and punctuation, several multi-byte (é, ü, 日本, emoji) so UTF-8 handling is exercised.
@@ -181,13 +181,13 @@ class MockEngine(Engine):
         raise RuntimeError(f"mock fault: generation {self.generations} fails on purpose (--mock-fault raise)")
 
     async def stream(
-        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event
+        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event,
+        started: float | None = None,
     ) -> AsyncIterator[GeneratedToken]:
         self._inject_fault()
-        # The request's first generation counts from the request's arrival; a later choice of the
-        # same request (choices run one after another) gets its own TTFT from when it starts.
-        start = REQUEST_STARTED.get() or asyncio.get_running_loop().time()
-        REQUEST_STARTED.set(None)
+        # Counted from the request's arrival, as a client counts; every choice of a request runs
+        # at the same time, so each has the same time to first token.
+        start = started if started is not None else asyncio.get_running_loop().time()
         if params.json_mode:
             for count, piece in enumerate(self._json_pieces(params)[: params.max_tokens]):
                 if cancel.is_set():

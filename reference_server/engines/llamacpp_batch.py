@@ -1,0 +1,317 @@
+"""Continuous batching over one llama.cpp context: many sequences, one `llama_decode` per step.
+
+One scheduler thread owns the context. Each turn it drops sequences that ended or were
+cancelled, admits waiting ones into free slots, then runs up to two decodes: a decode step
+with exactly one token of every decoding sequence (its last sampled token, or the last token of
+its prompt), sampled afterwards by each sequence's own sampler chain
+(`llama_sampler_sample(chain, ctx, row)`); and a prefill step with one chunk (up to `n_batch`
+tokens) of the oldest sequence still evaluating its prompt. Prefill and decode alternate, so a
+long prompt delays the running sequences by one chunk at a time, never by the whole prompt.
+
+Why this shape (measured on llama.cpp's CPU backend, see the tests): a sequence's numbers depend
+only on how many of ITS OWN tokens share a ubatch (one, or two and more), never on the other
+sequences in the batch, since every sequence has its own KV stream (`kv_unified` off). So the
+prompt's last token always goes through a decode step alone, as its first sampled token does
+when the prompt comes from the cache, and prompt chunks are never one token long: a seeded
+request gives the same tokens alone or batched, cached or not.
+
+Slots are sequence ids 0..parallel-1. A slot keeps the KV of what it last held after its
+sequence ends; a new sequence takes the free slot whose cached tokens share the longest prefix
+with its prompt, or copies a longer prefix from another slot (`llama_memory_seq_cp`, how the n
+choices of a request share one prefill), and evaluates only the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+
+from reference_server.engines.base import GeneratedToken
+
+log = logging.getLogger(__name__)
+
+END = object()  # the sentinel a sequence's consumer gets after its last token
+
+
+@dataclass
+class Sequence:
+    """One generation (one choice of one request) from admission to its end."""
+
+    prompt: list[int]
+    max_tokens: int
+    chain: Any  # a LlamaSampler the scheduler closes when the sequence ends
+    emit: Callable[[Any], None]  # thread-safe: hands a token, an exception or END to the consumer
+    cancel: threading.Event
+    # (batch row, token) -> (what to yield, whether the answer is complete, e.g. a closed JSON value)
+    on_token: Callable[[int, int], tuple[GeneratedToken, bool]]
+    slot: int = -1
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill (all but the last)
+    next_token: int = -1  # what the next decode step feeds: the prompt's last token, then each sampled one
+    produced: int = 0
+
+
+@dataclass
+class Slot:
+    """A sequence id with its own KV stream; `tokens` are those whose KV it holds, in order."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    busy: Sequence | None = None
+    admitted: int = 0  # admission order of its sequence: the oldest prefills first
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two lists share."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class BatchScheduler:
+    """Runs sequences on `parallel` slots of one llama.cpp context, in one thread."""
+
+    def __init__(
+        self,
+        ctx: Any,
+        *,
+        parallel: int,
+        n_batch: int,
+        context_length: int,
+        eog: frozenset[int],
+        reuse_prefix: bool = True,
+    ) -> None:
+        self._ctx = ctx
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self._batch_owner = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.parallel = parallel
+        self.n_batch = n_batch
+        self.context_length = context_length
+        self.reuse_prefix = reuse_prefix
+        self._eog = eog
+        self._slots = [Slot(i) for i in range(parallel)]
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._lock = threading.Condition()
+        self._closed = False
+        self._admissions = 0
+        self._chores: list[threading.Event] = []  # cache clears asked for, done by the scheduler thread
+        self.steps = 0  # llama_decode calls so far (tests and benchmarks read it)
+        self.prefill_tokens = 0  # prompt tokens evaluated (those taken from a cache are not)
+        self._thread = threading.Thread(target=self._run, name="llamacpp-batch", daemon=True)
+        self._thread.start()
+
+    # ---- the asyncio side --------------------------------------------------------------------
+
+    def submit(self, sequence: Sequence) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._waiting.append(sequence)
+            self._lock.notify()
+
+    def clear_cache(self, timeout_s: float = 30.0) -> None:
+        """Forget the prompt cache of every free slot (to measure cold prompts); returns once done."""
+        done = threading.Event()
+        with self._lock:
+            self._chores.append(done)
+            self._lock.notify()
+        done.wait(timeout_s)
+
+    def wake(self) -> None:
+        """Something changed (a cancel): let the scheduler look again."""
+        with self._lock:
+            self._lock.notify()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout=30)
+        llama_cpp.llama_batch_free(self._batch_owner)
+
+    def running(self) -> int:
+        return sum(1 for slot in self._slots if slot.busy is not None)
+
+    # ---- the scheduler thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and not self._waiting and not self.running() and not self._chores:
+                    self._lock.wait()
+                if self._closed:
+                    break
+            try:
+                self._step()
+            except BaseException as exc:  # never leave a consumer waiting: every running sequence gets it
+                log.exception("batch step failed")
+                for slot in self._slots:
+                    if slot.busy is not None:
+                        self._finish(slot, exc)
+        for slot in self._slots:
+            if slot.busy is not None:
+                self._finish(slot, RuntimeError("the engine closed"))
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for sequence in waiting:
+            sequence.chain.close()
+            sequence.emit(RuntimeError("the engine closed"))
+
+    def _step(self) -> None:
+        with self._lock:
+            chores, self._chores = self._chores, []
+        for done in chores:
+            for slot in self._slots:
+                if slot.busy is None:
+                    llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+                    slot.tokens = []
+            done.set()
+        for slot in self._slots:
+            if slot.busy is not None and slot.busy.cancel.is_set():
+                self._finish(slot, END)
+        self._admit()
+        decoding = [slot for slot in self._slots if slot.busy is not None and not slot.busy.pending]
+        if decoding:
+            self._decode_step(decoding)
+        prefilling = [slot for slot in self._slots if slot.busy is not None and slot.busy.pending]
+        if prefilling:
+            self._prefill_step(min(prefilling, key=lambda slot: slot.admitted))
+
+    def _decode(self, tokens: list[tuple[Slot, int, bool]]) -> None:
+        """One llama_decode of (slot, token, wants logits) at each slot's next position."""
+        batch = self._batch_owner
+        for row, (slot, token, logits) in enumerate(tokens):
+            batch.token[row] = token
+            batch.pos[row] = len(slot.tokens)
+            batch.n_seq_id[row] = 1
+            batch.seq_id[row][0] = slot.seq_id
+            batch.logits[row] = logits
+            slot.tokens.append(token)
+        batch.n_tokens = len(tokens)
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        self.steps += 1
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+
+    def _decode_step(self, slots: list[Slot]) -> None:
+        """One token of every decoding sequence, then each samples its next."""
+        self._decode([(slot, slot.busy.next_token, True) for slot in slots if slot.busy is not None])
+        for row, slot in enumerate(slots):
+            self._sample(slot, row)
+
+    def _prefill_step(self, slot: Slot) -> None:
+        """The next chunk of one sequence's prompt (never a single token when more follow)."""
+        sequence = slot.busy
+        assert sequence is not None
+        chunk = sequence.pending[: self.n_batch]
+        if len(sequence.pending) - len(chunk) == 1:
+            chunk = chunk[:-1]  # leave two for the last chunk: a lone token computes differently
+        self._decode([(slot, token, False) for token in chunk])
+        self.prefill_tokens += len(chunk)
+        sequence.pending = sequence.pending[len(chunk):]
+
+    def _admit(self) -> None:
+        """Move waiting sequences into free slots, each reusing the longest cached prefix it can."""
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    return
+                sequence = self._waiting[0]
+                if sequence.cancel.is_set():
+                    self._waiting.popleft()
+                    sequence.chain.close()
+                    sequence.emit(END)
+                    continue
+                free = [slot for slot in self._slots if slot.busy is None]
+                if not free:
+                    return
+                if self._donor_still_prefilling(sequence):
+                    return  # wait one step: copying its prefill beats computing it twice
+                self._waiting.popleft()
+            self._place(sequence, free)
+
+    def _donor_still_prefilling(self, sequence: Sequence) -> bool:
+        """Whether a running sequence is evaluating a longer prefix of this prompt than any slot holds."""
+        if not self.reuse_prefix:
+            return False
+        held = max(common_prefix(slot.tokens, sequence.prompt) for slot in self._slots)
+        for slot in self._slots:
+            other = slot.busy
+            if other is not None and other.pending and common_prefix(other.prompt, sequence.prompt) > held:
+                return True  # still evaluating its prompt
+        return False
+
+    def _place(self, sequence: Sequence, free: list[Slot]) -> None:
+        memory = self._memory
+        prompt = sequence.prompt
+        keep_max = len(prompt) - 1  # the last prompt token is evaluated again, for its logits
+        if self.reuse_prefix:
+            slot = max(free, key=lambda s: common_prefix(s.tokens, prompt))
+            keep = min(common_prefix(slot.tokens, prompt), keep_max)
+            donor = max(self._slots, key=lambda s: common_prefix(s.tokens, prompt))
+            donor_keep = min(common_prefix(donor.tokens, prompt), keep_max)
+            if donor is not slot and donor_keep > keep:
+                llama_cpp.llama_memory_seq_cp(memory, donor.seq_id, slot.seq_id, -1, -1)  # whole stream
+                slot.tokens = list(donor.tokens)
+                keep = donor_keep
+        else:
+            slot, keep = free[0], 0
+        if len(prompt) - 1 - keep == 1 and keep > 0:
+            keep -= 1  # a one-token chunk computes differently: evaluate two
+        if not llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
+            keep = 0
+        slot.tokens = slot.tokens[:keep]
+        slot.busy = sequence
+        self._admissions += 1
+        slot.admitted = self._admissions
+        sequence.slot = slot.seq_id
+        sequence.pending = prompt[keep:-1]
+        sequence.next_token = prompt[-1]
+
+    def _sample(self, slot: Slot, index: int) -> None:
+        sequence = slot.busy
+        assert sequence is not None
+        if sequence.cancel.is_set():
+            self._finish(slot, END)
+            return
+        token = llama_cpp.llama_sampler_sample(sequence.chain.sampler, self._ctx, index)
+        if token in self._eog:
+            self._finish(slot, END)
+            return
+        item, complete = sequence.on_token(index, token)
+        sequence.emit(item)
+        sequence.produced += 1
+        if complete or sequence.produced >= sequence.max_tokens or len(slot.tokens) >= self.context_length:
+            self._finish(slot, END)
+            return
+        sequence.next_token = token
+
+    def _finish(self, slot: Slot, outcome: Any) -> None:
+        """The sequence leaves its slot; the slot keeps its KV as a prompt cache."""
+        sequence = slot.busy
+        slot.busy = None
+        if sequence is None:
+            return
+        sequence.chain.close()
+        sequence.emit(outcome)
+
+
+def emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> Callable[[Any], None]:
+    """A thread-safe way to hand items to a consumer waiting on `queue` in `loop`."""
+
+    def emit(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
+
+    return emit

@@ -1,0 +1,149 @@
+"""Continuous batching on the llama.cpp engine: sequences decode together, share prompt prefixes,
+leave the batch when they end or are cancelled, and a seeded request gives the same tokens alone,
+again, cached or not, and batched with other requests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from reference_server.engines.base import SamplingParams
+from reference_server.generation import choice_params
+
+pytestmark = pytest.mark.slow
+
+STORY = [{"role": "user", "content": "Write a short story about a cat and a dog."}]
+OTHERS = [
+    [{"role": "user", "content": "Name three colours."}],
+    [{"role": "system", "content": "You are a helpful assistant who answers at length."},
+     {"role": "user", "content": "Explain, step by step and in detail, how bread is baked at home."}],
+    [{"role": "user", "content": "Hi"}],
+]
+PARALLEL = 4
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Any]:
+    from reference_server.engines.llamacpp import LlamaCppEngine
+
+    eng = LlamaCppEngine(parallel=PARALLEL)
+    yield eng
+    eng.close()
+
+
+async def tokens(engine: Any, messages: list[dict[str, Any]], params: SamplingParams,
+                 cancel: threading.Event | None = None) -> list[int]:
+    prompt = engine.tokenize_chat(messages)
+    return [t.token_id async for t in engine.stream(prompt, params, cancel or threading.Event())]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def seeded(seed: int, max_tokens: int = 24, **extra: Any) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, seed=seed, temperature=0.9, **extra)
+
+
+def test_seeded_request_alone_is_the_same_run_after_run_cached_or_not(engine: Any) -> None:
+    first = run(tokens(engine, STORY, seeded(5)))
+    assert run(tokens(engine, STORY, seeded(5))) == first  # the whole prompt comes from the cache now
+    engine.reuse_prefix = False
+    try:
+        assert run(tokens(engine, STORY, seeded(5))) == first
+    finally:
+        engine.reuse_prefix = True
+
+
+def test_seeded_request_batched_with_others_gives_the_same_tokens(engine: Any) -> None:
+    """What the README promises: batch-mates (other prompts, lengths and settings) change nothing."""
+    alone = run(tokens(engine, STORY, seeded(11)))
+
+    async def batched() -> list[list[int]]:
+        others = [tokens(engine, messages, seeded(100 + i, max_tokens=40, top_k=20 + i))
+                  for i, messages in enumerate(OTHERS)]
+        return await asyncio.gather(tokens(engine, STORY, seeded(11)), *others)
+
+    results = run(batched())
+    assert results[0] == alone
+    assert all(results[1:])
+
+
+def test_n_choices_share_one_prefill_and_match_their_seeds_alone(engine: Any) -> None:
+    engine.reuse_prefix = False  # so the prefill below is counted, not served from a cache
+    try:
+        params = seeded(21, max_tokens=12)
+        alone = [run(tokens(engine, STORY, choice_params(params, i))) for i in range(3)]
+        engine.reuse_prefix = True
+        engine._scheduler.clear_cache()
+        before = engine._scheduler.prefill_tokens
+
+        async def n3() -> list[list[int]]:
+            return await asyncio.gather(*(tokens(engine, STORY, choice_params(params, i)) for i in range(3)))
+
+        together = run(n3())
+        prompt_body = len(engine.tokenize_chat(STORY)) - 1
+        assert together == alone
+        assert engine._scheduler.prefill_tokens - before == prompt_body  # once, not three times
+    finally:
+        engine.reuse_prefix = True
+
+
+def test_concurrent_sequences_decode_in_the_same_steps(engine: Any) -> None:
+    ban = {t: -100 for t in engine._eog}
+    before = engine._scheduler.steps
+
+    async def four() -> list[list[int]]:
+        return await asyncio.gather(*(tokens(engine, OTHERS[i % 3], seeded(i, max_tokens=30, logit_bias=ban))
+                                      for i in range(PARALLEL)))
+
+    results = run(four())
+    assert [len(r) for r in results] == [30] * PARALLEL
+    # One at a time would take about 4 x 30 decode steps; together about 30 (plus a few prefill steps).
+    assert engine._scheduler.steps - before < 30 + 3 * PARALLEL
+
+
+def test_more_requests_than_slots_wait_their_turn_and_all_finish(engine: Any) -> None:
+    ban = {t: -100 for t in engine._eog}
+
+    async def many() -> list[list[int]]:
+        return await asyncio.gather(*(tokens(engine, STORY, seeded(i, max_tokens=6, logit_bias=ban))
+                                      for i in range(3 * PARALLEL)))
+
+    assert [len(r) for r in run(many())] == [6] * (3 * PARALLEL)
+    assert engine.running() == 0
+
+
+def test_a_cancelled_sequence_leaves_the_batch_and_the_rest_go_on(engine: Any) -> None:
+    ban = {t: -100 for t in engine._eog}
+
+    async def scenario() -> tuple[int, list[int], int]:
+        cancel = threading.Event()
+        got = 0
+        prompt = engine.tokenize_chat(STORY)
+
+        async def cancelled() -> int:
+            nonlocal got
+            async for _ in engine.stream(prompt, seeded(1, max_tokens=200, logit_bias=ban), cancel):
+                got += 1
+                if got == 5:
+                    cancel.set()
+            return got
+
+        n_cancelled, other = await asyncio.gather(cancelled(), tokens(engine, OTHERS[0],
+                                                                     seeded(2, max_tokens=40, logit_bias=ban)))
+        deadline = time.monotonic() + 5
+        while engine.running() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return n_cancelled, other, engine.running()
+
+    n_cancelled, other, still_running = run(scenario())
+    assert 5 <= n_cancelled <= 6
+    assert len(other) == 40
+    assert still_running == 0
+    assert len(run(tokens(engine, STORY, seeded(3, max_tokens=4, logit_bias=ban)))) == 4  # served normally after
