@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU threads for llama.cpp (default: all cores)")
     parser.add_argument("--parallel", type=int, default=None, metavar="K",
                         help="llamacpp engine: sequences decoded together (continuous batching; each of a "
-                             "request's n choices is one); more wait in the queue (default: "
-                             "reference_server.engines.llamacpp.DEFAULT_PARALLEL)")
+                             "request's n choices is one); more wait in the queue (default 8: see "
+                             "docs/benchmarks.md); each holds n-ctx tokens of KV cache")
     parser.add_argument("--no-prompt-cache", action="store_true",
                         help="llamacpp engine: evaluate every prompt from scratch instead of reusing the KV of "
                              "the longest cached prefix (the output is the same either way; this only costs time)")

@@ -1,14 +1,15 @@
 """An engine running a GGUF model on the CPU through llama-cpp-python (default: SmolLM2-135M-Instruct).
 
-The decode loop talks to llama.cpp directly (one `llama_decode` and one `llama_sampler_sample`
-per token) and builds its own sampler chain per request, so every sampling parameter behaves
-as the API documents it:
+Sequences run in continuous batches (`llamacpp_batch.BatchScheduler`: up to `parallel` at once,
+one `llama_decode` per step for all of them). Each sequence has its own sampler chain, so every
+sampling parameter behaves as the API documents it, per sequence:
 
     logit_bias -> repetition penalty (prompt + output) -> frequency/presence (output only)
     -> JSON grammar -> top_k -> top_p -> min_p -> temperature -> dist(seed)
 
-By default the prompt is evaluated from an empty KV cache (no prefix reuse), so a seeded request
-gives the same tokens every time.
+A prompt whose prefix a slot still holds (the previous request's, or another choice's of the
+same request) is evaluated only past that prefix. A seeded request gives the same tokens alone,
+again, from the cache or not, and batched with other requests (see the scheduler's docstring).
 """
 
 from __future__ import annotations
