@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     auth.add_argument("--no-auth", action="store_true", help="accept requests without a key (local play)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="largest request body accepted; larger ones get 413")
+    parser.add_argument("--body-timeout", type=float, default=30.0,
+                        help="seconds a request body may take to arrive (slow or stalled senders get 408)")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="requests in flight before new ones get 429 with Retry-After")
     parser.add_argument("--ttft-ms", type=float, default=50.0, help="mock engine: time to first token")
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         engine.close()
         return 0
     config = ServerConfig(api_keys=tuple(keys), auth_required=not args.no_auth,
-                          max_body_bytes=args.max_body_bytes, max_queue=args.max_queue)
+                          max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
+                          body_timeout_s=args.body_timeout)
     app = build_app(engine, config)
     print(f"serving {engine.model_name!r} ({args.engine}) on http://{args.host}:{args.port}", flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)

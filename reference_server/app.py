@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+import aiohttp.http_exceptions
 from aiohttp import web
 
 import spec
@@ -27,6 +29,37 @@ from reference_server.validation import ChatRequest, fit_to_context, parse_reque
 log = logging.getLogger("reference_server")
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+# Deeper JSON is refused before validation: recursive code (jsonschema, the grammar converter)
+# would otherwise hit Python's recursion limit and answer 500. No real request comes near it.
+MAX_NESTING = 64
+
+
+def unusable_field(body: Any, limit: int) -> tuple[str, str] | None:
+    """(top-level field, why) for a part of `body` no engine can take, or None.
+
+    Two things pass JSON parsing and break later: nesting deeper than `limit` levels, and a lone
+    UTF-16 surrogate written as an escape ("\\ud800"), which no UTF-8 text can hold. Iterative,
+    so that it cannot itself run out of stack on the input it guards against.
+    """
+    if not isinstance(body, dict):
+        return None
+    for key, value in body.items():
+        stack = [(key, 0), (value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if depth > limit:
+                return str(key), f"is nested more than {limit} levels deep"
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return str(key).encode("utf-8", "backslashreplace").decode(), (
+                        "holds a lone UTF-16 surrogate, which UTF-8 text cannot carry")
+            elif isinstance(item, dict):
+                stack.extend((child, depth + 1) for pair in item.items() for child in pair)
+            elif isinstance(item, list):
+                stack.extend((child, depth + 1) for child in item)
+    return None
 
 
 @dataclass
@@ -36,6 +69,7 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()
     auth_required: bool = True
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout_s: float = 30.0  # the whole body must arrive within this, or 408
     max_queue: int = 64
     retry_after_s: int = 1
     extra_model_names: tuple[str, ...] = field(default_factory=tuple)
@@ -96,15 +130,28 @@ class Server:
         if request.content_length is not None and request.content_length > self.config.max_body_bytes:
             raise too_big
         try:
-            raw = await request.read()
+            raw = await asyncio.wait_for(request.read(), self.config.body_timeout_s)
         except web.HTTPRequestEntityTooLarge as exc:
             raise too_big from exc
+        except TimeoutError as exc:  # a slow or stalled sender holds a socket, never the server
+            raise ApiError(408, f"The request body did not arrive within {self.config.body_timeout_s:g} s.",
+                           code="request_timeout") from exc
+        except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+            raise ApiError(400, f"The request body ended early: {exc}", code="incomplete_body") from exc
         if len(raw) > self.config.max_body_bytes:
             raise too_big
         try:
-            return json.loads(raw)
+            # Strict UTF-8 first: json.loads(bytes) lets encoded surrogates (ED A0 80) through.
+            body = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(400, f"The body is not valid JSON: {exc}", code="invalid_json") from exc
+        except RecursionError as exc:  # deeper than Python's decoder can go
+            raise ApiError(400, "The body is nested too deeply to parse.", code="invalid_json") from exc
+        unusable = unusable_field(body, MAX_NESTING)
+        if unusable is not None:
+            param, why = unusable
+            raise ApiError(400, f"'{param}' {why}.", param=param, code="invalid_value")
+        return body
 
     def model_names(self) -> tuple[str, ...]:
         """Names a request may use for this server's model."""
@@ -276,7 +323,10 @@ async def error_envelope(request: web.Request, handler: Any) -> web.StreamRespon
     try:
         return await handler(request)
     except ApiError as exc:
-        return exc.response()
+        response = exc.response()
+        if exc.status == 408 or exc.code == "incomplete_body":
+            response.force_close()  # what is left of that body on the socket is not a next request
+        return response
     except web.HTTPRequestEntityTooLarge:
         return ApiError(413, "The request body is too large.", code="request_too_large").response()
     except web.HTTPException as exc:

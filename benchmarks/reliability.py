@@ -1,0 +1,246 @@
+"""How the reference server holds up under hostile clients; figures go to docs/reliability.md.
+
+    python benchmarks/reliability.py flood --requests 2000          # mock engine, started here
+    python benchmarks/reliability.py flood --base-url URL --model M --api-key K
+
+flood: every hostile body of `conformance.hostile` (deep nesting, huge strings, NaN/Infinity,
+invalid UTF-8, lone surrogates, duplicate keys, huge integers, a wrong type in every field,
+schemathesis negative examples), cycled to --requests, plus raw-socket faults (a body shorter than
+its Content-Length then closed, headers and no body, a body longer than its Content-Length, a
+slow body sender, a slow header sender). Rules: no 5xx; every 4xx in the error envelope naming
+the parameter where one is to blame; after every 100 requests a good request is served; the slow
+senders do not delay good requests, and the body timeout ends the slow body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import platform
+import re
+import socket
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from conformance.hostile import envelope_problem, hostile_stream  # noqa: E402
+from reference_server.launcher import running_server  # noqa: E402
+
+CHAT = "/v3/openai/chat/completions"
+
+
+@dataclass
+class FloodResult:
+    requests: int = 0
+    by_family: collections.Counter[str] = field(default_factory=collections.Counter)
+    by_status: collections.Counter[int] = field(default_factory=collections.Counter)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    alive_checks: int = 0
+    alive_failures: int = 0
+    raw: dict[str, str] = field(default_factory=dict)
+    good_latency_ms: dict[str, float] = field(default_factory=dict)
+
+    def ok(self) -> bool:
+        return not self.problems and not self.alive_failures and all(v.startswith("ok") for v in self.raw.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "by_family": dict(self.by_family),
+                "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+                "problems": self.problems[:50], "problem_count": len(self.problems),
+                "alive_checks": self.alive_checks, "alive_failures": self.alive_failures, "raw": self.raw,
+                "good_latency_ms": self.good_latency_ms, "ok": self.ok()}
+
+
+def good_body(model: str) -> dict[str, Any]:
+    return {"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "Say hi."}]}
+
+
+def _raw_exchange(host: str, port: int, payload: bytes, *, wait_s: float, close_at_once: bool = False
+                  ) -> tuple[bytes, float]:
+    """Send raw bytes; read what comes back for up to wait_s (or close at once); (reply, s to first byte)."""
+    start = time.monotonic()
+    first = float("nan")
+    with socket.create_connection((host, port), timeout=wait_s) as sock:
+        sock.sendall(payload)
+        if close_at_once:
+            return b"", first
+        chunks = []
+        deadline = start + wait_s
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                data = sock.recv(65536)
+                if not data:
+                    break
+                if not chunks:
+                    first = time.monotonic() - start
+                chunks.append(data)
+        return b"".join(chunks), first
+
+
+def _statuses(reply: bytes) -> list[int]:
+    out = []
+    for part in re.split(rb"HTTP/1\.[01] ", reply)[1:]:
+        with contextlib.suppress(ValueError):
+            out.append(int(part[:3]))
+    return out
+
+
+def raw_faults(base_url: str, key: str | None, model: str, body_timeout_s: float) -> dict[str, str]:
+    """Each raw-socket fault and what the server did ('ok: ...' when it did the right thing)."""
+    url = urlsplit(base_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = json.dumps(good_body(model)).encode()
+    head = f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}".encode()
+    out: dict[str, str] = {}
+
+    def alive() -> bool:
+        return requests.post(base_url + CHAT, json=good_body(model), headers=headers, timeout=30).status_code == 200
+
+    _raw_exchange(host, port, head + f"Content-Length: {len(body) + 50}\r\n\r\n".encode() + body, wait_s=5,
+                  close_at_once=True)
+    out["body_shorter_than_content_length_then_closed"] = (
+        "ok: the next request is served" if alive() else "the server stopped serving")
+
+    reply, first = _raw_exchange(host, port, head + b"Content-Length: 200\r\n\r\n", wait_s=body_timeout_s + 10)
+    statuses = _statuses(reply)
+    out["headers_then_no_body"] = (f"ok: HTTP 408 after {first:.1f} s" if statuses == [408]
+                                   else f"HTTP {statuses} after {first:.1f} s: {reply[:160]!r}")
+
+    reply, _ = _raw_exchange(host, port, head + b"Content-Length: 5\r\n\r\n" + body, wait_s=3)
+    statuses = _statuses(reply)
+    # The bytes past Content-Length are not an HTTP request: aiohttp's own parser answers them (400,
+    # text/plain: the app never sees them, so no envelope) and closes the connection.
+    out["body_longer_than_content_length"] = (
+        f"ok: HTTP {statuses}" if statuses and all(400 <= s < 500 for s in statuses) else f"HTTP {statuses}")
+    return out
+
+
+def slow_senders(base_url: str, key: str | None, model: str, seconds: float) -> dict[str, float]:
+    """Good-request latency (ms, median) while a slow body and a slow header sender hold connections."""
+    url = urlsplit(base_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    stop = threading.Event()
+    ended: dict[str, float] = {}
+
+    def trickle(name: str, prefix: bytes, tail: bytes) -> None:
+        start = time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=seconds + 60) as sock:
+                sock.sendall(prefix)
+                for byte in tail:
+                    if stop.is_set():
+                        break
+                    sock.sendall(bytes([byte]))
+                    time.sleep(1.0)
+                ended[name] = time.monotonic() - start
+        except OSError:
+            ended[name] = time.monotonic() - start
+
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    body = json.dumps(good_body(model)).encode()
+    head = (f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    threads = [threading.Thread(target=trickle, args=("slow_body", head, body), daemon=True),
+               threading.Thread(target=trickle, args=("slow_headers", b"", head), daemon=True)]
+    for thread in threads:
+        thread.start()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    latencies = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        start = time.perf_counter()
+        response = requests.post(base_url + CHAT, json=good_body(model), headers=headers, timeout=30)
+        latencies.append((time.perf_counter() - start) * 1000)
+        if response.status_code != 200:
+            latencies.append(float("inf"))
+        time.sleep(0.2)
+    stop.set()
+    return {"good_p50_ms": statistics.median(latencies), "good_max_ms": max(latencies),
+            "good_requests": len(latencies), **{f"{k}_ended_after_s": v for k, v in ended.items()}}
+
+
+def flood(base_url: str, key: str | None, model: str, total: int, seed: int, body_timeout_s: float,
+          slow_seconds: float, progress: bool = True) -> FloodResult:
+    result = FloodResult()
+    session = requests.Session()
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    for number, item in enumerate(hostile_stream(model, total, seed=seed), 1):
+        try:
+            response = session.post(base_url + CHAT, data=item.body, headers=headers, timeout=120)
+            status, content = response.status_code, response.content
+        except requests.RequestException as exc:
+            status, content = 0, str(exc).encode()
+        result.requests += 1
+        result.by_family[item.family] += 1
+        result.by_status[status] += 1
+        problem = "no answer" if status == 0 else envelope_problem(status, content, item)
+        if problem:
+            result.problems.append({"family": item.family, "problem": problem, "body": item.body[:200].decode(
+                "utf-8", "backslashreplace")})
+        if number % 100 == 0:
+            result.alive_checks += 1
+            alive = session.post(base_url + CHAT, json=good_body(model), headers=headers, timeout=120)
+            result.alive_failures += alive.status_code != 200
+            if progress:
+                print(f"{number}/{total} sent, {len(result.problems)} problems, alive check "
+                      f"{alive.status_code}", file=sys.stderr, flush=True)
+    result.raw = raw_faults(base_url, key, model, body_timeout_s)
+    if slow_seconds > 0:
+        result.good_latency_ms = slow_senders(base_url, key, model, slow_seconds)
+    return result
+
+
+@contextlib.contextmanager
+def target(args: argparse.Namespace) -> Iterator[tuple[str, str | None, str]]:
+    if args.base_url:
+        yield args.base_url.rstrip("/"), args.api_key, args.model
+        return
+    with running_server("--ttft-ms", "0", "--itl-ms", "0", "--body-timeout", str(args.body_timeout),
+                        engine=args.engine, startup_timeout_s=300) as server:
+        yield server.base_url, server.api_key, server.model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("flood", help="hostile requests, raw-socket faults and slow senders")
+    f.add_argument("--requests", type=int, default=2000)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--engine", choices=("mock", "llamacpp"), default="mock", help="the server started here")
+    f.add_argument("--base-url", default=None, help="an endpoint already running (the /v3/openai API)")
+    f.add_argument("--api-key", default=None)
+    f.add_argument("--model", default="mock")
+    f.add_argument("--body-timeout", type=float, default=5.0, help="the started server's --body-timeout")
+    f.add_argument("--slow-seconds", type=float, default=15.0, help="how long the slow senders run")
+    f.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    with target(args) as (base_url, key, model):
+        result = flood(base_url, key, model, args.requests, args.seed, args.body_timeout, args.slow_seconds)
+    doc = {"machine": f"{platform.machine()}, Python {platform.python_version()}",
+           "seconds": round(time.monotonic() - started, 1), **result.to_dict()}
+    print(json.dumps(doc, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(doc, indent=1))
+    return 0 if result.ok() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
