@@ -211,6 +211,9 @@ def print_summary(doc: dict[str, Any]) -> None:
         print(f"{step['label']:<16}{m['requests_per_s']:>8.2f}{m['output_tokens_per_s']:>10.1f}"
               f"{ms('ttft', 'p50'):>10}{ms('ttft', 'p99'):>10}{ms('itl', 'p50'):>9}{ms('itl', 'p99'):>9}"
               f"{ms('e2e', 'p50'):>10}{m['requests_failed']:>8}  {slo}")
+        if m.get("errors_by_kind"):
+            kinds = ", ".join(f"{kind} {count}" for kind, count in m["errors_by_kind"].items())
+            print(f"{'':<16}errors by kind: {kinds}")
     if doc.get("calibration"):
         for row in doc["calibration"]["errors"]:
             if row["error_ms"] is not None:
@@ -250,14 +253,18 @@ def run(args: argparse.Namespace) -> int:
     target = {"base_url": base_url if not (args.calibrate or args.embedded_server) else "embedded reference server",
               "model": model, "path": args.path}
     aborted = next((outcome.aborted for outcome in outcomes if outcome.aborted), None)
+    interrupted = any(outcome.interrupted for outcome in outcomes)
     doc = build_document(target=target, settings=settings, steps=step_docs, started_at=started,
                          duration_s=time.monotonic() - t0, calibration=calibration, aborted=aborted,
-                         steps_not_run=[step.label for step in steps[len(outcomes):]])
+                         interrupted=interrupted, steps_not_run=[step.label for step in steps[len(outcomes):]])
     from reports.load_report import write_load_reports
 
     paths = write_load_reports(doc, args.report_dir)
     print_summary(doc)
     print(f"reports: {paths['html']} {paths['json']} {paths['csv']}")
+    if interrupted:
+        print(f"{aborted}: the reports hold what was measured until then (marked partial)", file=sys.stderr)
+        return 130
     if aborted:
         print(f"error: {aborted}", file=sys.stderr)
         return 2

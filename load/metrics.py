@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from load.records import RequestRecord
+from load.records import ERROR_KINDS, RequestRecord
 
 PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0, 99.9)
 
@@ -144,6 +144,11 @@ def step_metrics(
     itl = pooled_itls(good)
     lags = [r.send_ns - r.intended_ns for r in sent if r.intended_ns is not None]
     errors = Counter(r.error or f"HTTP {r.status}" for r in sent if not r.ok)
+    failed = [r for r in sent if not r.ok]
+    by_kind = Counter(r.error_kind or "other" for r in failed)
+    examples: dict[str, str] = {}
+    for r in failed:
+        examples.setdefault(r.error_kind or "other", r.error or f"HTTP {r.status}")
     out_tokens = sum(r.output_tokens for r in ended)
     events_in_window = sum(1 for r in records for t in r.token_ns if window.start_ns <= t <= window.end_ns)
     mismatched = sum(1 for r in good if r.token_count_mismatch)
@@ -154,6 +159,9 @@ def step_metrics(
         "requests_failed": len(sent) - len(good),
         "error_rate": (len(sent) - len(good)) / len(sent) if sent else 0.0,
         "errors": dict(errors.most_common(10)),
+        "errors_by_kind": {kind: by_kind[kind] for kind in (*ERROR_KINDS, "other") if by_kind[kind]},
+        "error_examples": examples,
+        "http_429_without_retry_after": sum(1 for r in failed if r.status == 429 and not r.retry_after),
         "requests_per_s": len(ended) / seconds,
         "output_tokens_per_s": out_tokens / seconds,
         "token_events_per_s": events_in_window / seconds,

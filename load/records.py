@@ -14,6 +14,14 @@ from typing import Any
 
 from conformance.sse import SSEParser
 
+# Every kind of failed request, in the order a report lists them.
+ERROR_KINDS = ("connection_refused", "connection_closed", "timeout", "transport", "http_429", "http_4xx",
+               "http_5xx", "truncated_stream", "error_event", "protocol")
+
+
+def http_error_kind(status: int) -> str:
+    return "http_429" if status == 429 else ("http_5xx" if status >= 500 else "http_4xx")
+
 
 @dataclass
 class RequestRecord:
@@ -35,9 +43,17 @@ class RequestRecord:
     usage_completion: int | None = None
     status: int | None = None
     error: str | None = None
+    # What kind of failure `error` is (ERROR_KINDS), for counting; None while the request is fine.
+    error_kind: str | None = None
     # Nothing listened at the endpoint (connection refused): a run of these means it is gone.
     connection_refused: bool = False
+    retry_after: str | None = None  # the Retry-After header of a 429 (None: the server sent none)
     worker: int = 0
+
+    def fail(self, kind: str, message: str) -> None:
+        """Record the first failure of this request (later ones are consequences of it)."""
+        if self.error is None:
+            self.error, self.error_kind = message, kind
 
     @property
     def ok(self) -> bool:
@@ -86,13 +102,13 @@ class StreamTimer:
             self._event(event.data, now_ns)
         record = self.record
         record.end_ns = now_ns
-        if record.error is None and not self.done:
-            record.error = "stream ended without data: [DONE]"
+        if not self.done:
+            record.fail("truncated_stream", "stream ended without data: [DONE]")
 
     def _event(self, data: str, now_ns: int) -> None:
         record = self.record
         if self.done:
-            record.error = record.error or "data after [DONE]"
+            record.fail("protocol", "data after [DONE]")
             return
         if data == "[DONE]":
             self.done = True
@@ -100,13 +116,13 @@ class StreamTimer:
         try:
             chunk = json.loads(data)
         except ValueError:
-            record.error = record.error or f"event is not JSON: {data[:80]!r}"
+            record.fail("protocol", f"event is not JSON: {data[:80]!r}")
             return
         if not isinstance(chunk, dict):
-            record.error = record.error or "event is not a JSON object"
+            record.fail("protocol", "event is not a JSON object")
             return
         if "error" in chunk:
-            record.error = record.error or f"error event: {json.dumps(chunk['error'])[:200]}"
+            record.fail("error_event", f"error event: {json.dumps(chunk['error'])[:200]}")
             return
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
@@ -125,16 +141,18 @@ class StreamTimer:
 def read_json_body(record: RequestRecord, body: bytes, now_ns: int) -> None:
     """Finish a non-streamed record from its JSON body (usage and an error envelope)."""
     record.end_ns = now_ns
+    status = record.status or 0
     try:
         payload = json.loads(body)
     except ValueError:
-        record.error = record.error or f"body is not JSON: {body[:80]!r}"
+        kind = "protocol" if status == 200 else http_error_kind(status)
+        record.fail(kind, f"HTTP {status}, body is not JSON: {body[:80]!r}")
         return
     if not isinstance(payload, dict):
-        record.error = record.error or "body is not a JSON object"
+        record.fail("protocol" if status == 200 else http_error_kind(status), "body is not a JSON object")
         return
-    if record.status != 200:
-        record.error = record.error or f"HTTP {record.status}: {json.dumps(payload.get('error', payload))[:200]}"
+    if status != 200:
+        record.fail(http_error_kind(status), f"HTTP {status}: {json.dumps(payload.get('error', payload))[:200]}")
         return
     usage = payload.get("usage") or {}
     record.usage_prompt = usage.get("prompt_tokens")

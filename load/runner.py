@@ -26,6 +26,7 @@ from load.slo import judge
 from load.users import STATE, ChatUser, probe_loop_lag
 
 log = logging.getLogger("load")
+INTERRUPT_DRAIN_S = 2.0  # after Ctrl-C, how long requests in flight may still finish
 
 
 class _NoSpawnRateWarning(logging.Filter):
@@ -47,7 +48,8 @@ class StepOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     slo: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    aborted: str | None = None  # why the step (and the run) ended early: the endpoint stopped answering
+    aborted: str | None = None  # why the step (and the run) ended early: the endpoint gone, or Ctrl-C
+    interrupted: bool = False  # ended by Ctrl-C (SIGINT): the report is partial
 
 
 class LocalBackend:
@@ -101,8 +103,10 @@ class DistributedBackend:
         self.runner.register_message("chatspec_status", self._on_status)
         self.runner.register_message("chatspec_records", self._on_records)
         self.processes = [
+            # A session of their own: Ctrl-C in the terminal reaches the master only, which then
+            # collects what the workers measured and stops them.
             subprocess.Popen([sys.executable, "-m", "load.worker", "--master-port", str(port),
-                              "--workers", str(workers)])
+                              "--workers", str(workers)], start_new_session=True)
             for _ in range(workers)
         ]
         try:
@@ -189,31 +193,37 @@ def run_step(
 ) -> StepOutcome:
     """Run one step to its duration or request count, let in-flight requests finish, measure.
 
-    The step ends early, its outcome marked `aborted`, when the endpoint stops answering.
+    The step ends early, its outcome marked `aborted`, when the endpoint stops answering, or on
+    Ctrl-C (then also `interrupted`; requests in flight get INTERRUPT_DRAIN_S to finish).
     """
     start = time.monotonic()
     backend.start_step(step)
     last_tokens, last_time = 0, start
     count_reached = False
     watch = GoneWatch(start, server_exit)
-    aborted = None
-    while (elapsed := time.monotonic() - start) < step.duration_s:
-        gevent.sleep(min(1.0, step.duration_s - elapsed))
-        statuses = backend.status()
-        now = time.monotonic()
-        tokens = sum(s["tokens"] for s in statuses)
-        if progress:
-            rate = (tokens - last_tokens) / max(now - last_time, 1e-9)
-            progress(_progress_line(step, total_steps, now - start, statuses, rate))
-        last_tokens, last_time = tokens, now
-        gone = watch.update(statuses, now)
-        if gone is not None:
-            aborted = f"the endpoint stopped answering in step {step.label} after {now - start:.1f} s: {gone}"
-            break
-        if step.max_requests is not None and sum(s["sent"] for s in statuses) >= step.max_requests:
-            if sum(s["inflight"] for s in statuses) == 0:
-                count_reached = True
+    aborted, interrupted = None, False
+    try:
+        while (elapsed := time.monotonic() - start) < step.duration_s:
+            gevent.sleep(min(1.0, step.duration_s - elapsed))
+            statuses = backend.status()
+            now = time.monotonic()
+            tokens = sum(s["tokens"] for s in statuses)
+            if progress:
+                rate = (tokens - last_tokens) / max(now - last_time, 1e-9)
+                progress(_progress_line(step, total_steps, now - start, statuses, rate))
+            last_tokens, last_time = tokens, now
+            gone = watch.update(statuses, now)
+            if gone is not None:
+                aborted = f"the endpoint stopped answering in step {step.label} after {now - start:.1f} s: {gone}"
                 break
+            if step.max_requests is not None and sum(s["sent"] for s in statuses) >= step.max_requests:
+                if sum(s["inflight"] for s in statuses) == 0:
+                    count_reached = True
+                    break
+    except KeyboardInterrupt:  # Ctrl-C: measure what was done and let the caller write a partial report
+        interrupted = True
+        aborted = f"interrupted (Ctrl-C) in step {step.label} after {time.monotonic() - start:.1f} s"
+        drain_s = min(drain_s, INTERRUPT_DRAIN_S)
     stop_ns = int((time.monotonic() - start) * 1e9)
     backend.stop_sending()
     deadline = time.monotonic() + drain_s
@@ -227,7 +237,8 @@ def run_step(
     metrics = step_metrics(records, window, slo)
     metrics["requests_total"] = len(records)
     metrics["requests_refused"] = sum(1 for r in records if r.connection_refused)  # warm-up included
-    outcome = StepOutcome(step, records, health, window, metrics, judge(metrics, slo), aborted=aborted)
+    outcome = StepOutcome(step, records, health, window, metrics, judge(metrics, slo), aborted=aborted,
+                          interrupted=interrupted)
     outcome.warnings = client_warnings(metrics, health, step) + data_warnings(metrics)
     return outcome
 

@@ -59,12 +59,13 @@ def build_document(
     duration_s: float,
     calibration: Mapping[str, Any] | None = None,
     aborted: str | None = None,
+    interrupted: bool = False,
     steps_not_run: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The whole report: target, settings, formulas, steps, verdict and (optional) calibration.
 
-    `aborted` says why the run ended early (the endpoint stopped answering); `steps_not_run` are
-    the labels of the steps it never started.
+    `aborted` says why the run ended early (the endpoint stopped answering, or Ctrl-C: then
+    `interrupted`, and the report is partial); `steps_not_run` are the steps it never started.
     """
     return {
         "title": "chatspec load report",
@@ -80,5 +81,7 @@ def build_document(
         "client_limited": any(w.startswith("client-limited") for step in steps for w in step["warnings"]),
         "calibration": dict(calibration) if calibration else None,
         "aborted": aborted,
+        "interrupted": interrupted,
+        "partial": aborted is not None,
         "steps_not_run": list(steps_not_run),
     }

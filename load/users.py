@@ -98,6 +98,17 @@ class ProcessState:
 STATE = ProcessState()
 
 
+def transport_kind(exc: BaseException) -> str:
+    """The error kind of an exception raised while sending or reading (see records.ERROR_KINDS)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection_refused"
+    if isinstance(exc, TimeoutError | gevent.Timeout) or "timed out" in str(exc).lower():
+        return "timeout"
+    if isinstance(exc, ConnectionError | EOFError) or "closed" in str(exc).lower():
+        return "connection_closed"
+    return "transport"
+
+
 def probe_loop_lag() -> None:
     """Forever: sleep LAG_PROBE_S and record how late the wake-up came (the client's own delay)."""
     while True:
@@ -157,7 +168,7 @@ class ChatUser(FastHttpUser):
                 else:
                     response.failure(record.error or f"HTTP {record.status}")
         except Exception as exc:  # a transport error must become a record, never kill the user
-            record.error = record.error or f"{type(exc).__name__}: {exc}"
+            record.fail(transport_kind(exc), f"{type(exc).__name__}: {exc}")
             record.connection_refused = record.connection_refused or isinstance(exc, ConnectionRefusedError)
             record.end_ns = record.end_ns or state.now_ns()
         finally:
@@ -175,11 +186,14 @@ class ChatUser(FastHttpUser):
         raw = getattr(response, "_response", None)
         if raw is None or not record.status:
             error = getattr(response, "error", None)
-            record.error = f"no response: {error or 'connection failed'}"
+            record.fail(transport_kind(error) if error is not None else "connection_closed",
+                        f"no response: {error or 'connection failed'}")
             record.connection_refused = isinstance(error, ConnectionRefusedError)
             record.end_ns = state.now_ns()
             return
         content_type = (response.headers or {}).get("content-type", "")
+        if record.status == 429:
+            record.retry_after = (response.headers or {}).get("retry-after")
         if record.status == 200 and record.stream and content_type.startswith("text/event-stream"):
             timer = StreamTimer(record)
             while True:
@@ -190,5 +204,8 @@ class ChatUser(FastHttpUser):
                     return
                 timer.feed(line, now)
         if record.status == 200 and record.stream:
-            record.error = f"expected text/event-stream, got {content_type or 'no Content-Type'}"
-        read_json_body(record, raw.read(), state.now_ns())
+            record.fail("protocol", f"expected text/event-stream, got {content_type or 'no Content-Type'}")
+        body = raw.read()
+        if not body and record.status != 200:  # Locust read an error answer's body already
+            body = getattr(response, "content", None) or b""
+        read_json_body(record, body, state.now_ns())

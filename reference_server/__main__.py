@@ -75,10 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests in flight before new ones get 429 with Retry-After")
     parser.add_argument("--ttft-ms", type=float, default=50.0, help="mock engine: time to first token")
     parser.add_argument("--itl-ms", type=float, default=10.0, help="mock engine: gap between tokens")
-    parser.add_argument("--mock-fault", choices=("none", "raise", "segfault"), default="none",
+    parser.add_argument("--mock-fault", choices=("none", "raise", "segfault", "stall"), default="none",
                         help="mock engine, for testing clients and start-up checks: from generation "
-                             "--mock-fault-at on, raise an error (the request gets a 500), or kill the whole "
-                             "process with SIGSEGV as a native crash would")
+                             "--mock-fault-at on, raise an error (the request gets a 500), kill the whole "
+                             "process with SIGSEGV as a native crash would, or stall after the first token "
+                             "until the client gives up")
     parser.add_argument("--mock-fault-at", type=int, default=1, metavar="N",
                         help="mock engine: the generation (1-based, one per choice, the start-up check's "
                              "counted) at which --mock-fault starts")
@@ -182,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                           body_timeout_s=args.body_timeout)
     app = build_app(engine, config)
     print(f"serving {engine.model_name!r} ({args.engine}) on http://{args.host}:{args.port}", flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    # handler_cancellation: a client that disconnects cancels its handler at once, so a request
+    # still queued or generating for nobody stops there (not at its next write).
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True)
     return 0
 
 

@@ -44,7 +44,8 @@ TEMPLATE = """<!DOCTYPE html>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #212121; max-width: 1300px; }
 .verdict { display: inline-block; font-size: 1.6rem; font-weight: bold; color: #fff; padding: .3rem 1rem;
-  border-radius: 6px; background: {{ '#c62828' if not doc.slo_met or doc.get('aborted') else '#2e7d32' }}; }
+  border-radius: 6px; background: {{ '#2e7d32' if verdict == 'OK' else ('#ef6c00' if verdict == 'CLIENT-LIMITED'
+  else '#c62828') }}; }
 .aborted { border-left: 6px solid #c62828; background: #ffebee; padding: .5rem 1rem; }
 table { border-collapse: collapse; margin: 1rem 0; } th, td { border: 1px solid #ddd; padding: .25rem .5rem; }
 th { background: #f5f5f5; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
@@ -56,7 +57,8 @@ img { max-width: 100%; } .muted { color: #757575; } code { background: #f5f5f5; 
 <p class="muted">{% for k, v in doc.target.items() %}<b>{{ k }}</b>: {{ v }} · {% endfor %}
 started {{ doc.started_at }}, {{ '%.1f' % doc.duration_s }} s</p>
 <p><span class="verdict" id="verdict">{{ verdict }}</span></p>
-{% if doc.get('aborted') %}<p class="aborted" id="aborted"><b>The run stopped early:</b> {{ doc.aborted }}.
+{% if doc.get('aborted') %}<p class="aborted" id="aborted"><b>The run stopped early{{ ' (partial report)'
+if doc.get('interrupted') else '' }}:</b> {{ doc.aborted }}.
 The step's numbers cover the time until then{% if doc.steps_not_run %}; steps not run:
 {{ doc.steps_not_run|join(', ') }}{% endif %}.</p>{% endif %}
 {% for step in doc.steps %}{% for w in step.warnings %}
@@ -79,6 +81,12 @@ The step's numbers cover the time until then{% if doc.steps_not_run %}; steps no
 <td class="n">{{ s.client.cpu_fraction | map('round', 2) | join(', ') }}</td></tr>
 {% endfor %}</table>
 <p class="muted">Latencies in milliseconds; percentiles are exact over every raw sample of every worker.</p>
+
+{% if error_rows %}<h2>Errors by kind</h2>
+<table id="errors"><tr><th>step</th><th>kind</th><th>requests</th><th>share of sent</th><th>example</th></tr>
+{% for label, kind, count, share, example in error_rows %}<tr><td>{{ label }}</td><td>{{ kind }}</td>
+<td class="n">{{ count }}</td><td class="n">{{ '%.1f%%' % (100 * share) }}</td><td><code>{{ example }}</code></td></tr>
+{% endfor %}</table>{% endif %}
 
 {% if slo_rows %}<h2>Service-level objectives</h2>
 <table id="slo"><tr><th>step</th><th>objective</th><th>limit ms</th><th>measured ms</th><th>verdict</th></tr>
@@ -157,10 +165,17 @@ def render_load_html(doc: Mapping[str, Any]) -> str:
     """The self-contained HTML page for one load report document."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     verdict = "SLO MISSED" if not doc["slo_met"] else ("CLIENT-LIMITED" if doc["client_limited"] else "OK")
+    sent = sum(s["metrics"]["requests_sent"] for s in doc["steps"])
+    failed = sum(s["metrics"]["requests_failed"] for s in doc["steps"])
+    if failed and verdict == "OK":  # errors are never "OK", SLO or not
+        verdict = f"ERRORS {failed}/{sent} ({100 * failed / max(sent, 1):.1f}%)"
     if doc.get("aborted"):
-        verdict = "ABORTED"
+        verdict = "INTERRUPTED" if doc.get("interrupted") else "ABORTED"
+    error_rows = [(s["label"], kind, count, count / max(s["metrics"]["requests_sent"], 1),
+                   s["metrics"].get("error_examples", {}).get(kind, ""))
+                  for s in doc["steps"] for kind, count in s["metrics"].get("errors_by_kind", {}).items()]
     slo_rows = [(s["label"], v) for s in doc["steps"] for v in s["slo"]]
-    return env.from_string(TEMPLATE).render(doc=doc, verdict=verdict, slo_rows=slo_rows,
+    return env.from_string(TEMPLATE).render(doc=doc, verdict=verdict, slo_rows=slo_rows, error_rows=error_rows,
                                             charts=_charts(doc), f=_fmt)
 
 

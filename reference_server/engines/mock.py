@@ -36,7 +36,7 @@ VOCAB: tuple[str, ...] = (
 )
 EOS_ID = 0
 # Faults the mock can inject, for testing clients and the server's start-up check.
-FAULTS = ("none", "raise", "segfault")
+FAULTS = ("none", "raise", "segfault", "stall")
 _WORD = re.compile(r"\s*\S+|\s+")
 
 
@@ -171,11 +171,13 @@ class MockEngine(Engine):
         """
         await self._timer.sleep_until(start + self.ttft_s + index * self.itl_s)
 
-    def _inject_fault(self) -> None:
-        """The fault asked for, once this generation's number reaches `fault_at`."""
+    def _inject_fault(self) -> bool:
+        """The fault asked for, once this generation's number reaches `fault_at`; True: stall it."""
         self.generations += 1
         if self.fault == "none" or self.generations < self.fault_at:
-            return
+            return False
+        if self.fault == "stall":  # the first token, then nothing until the consumer gives up
+            return True
         if self.fault == "segfault":  # dies as a native crash does: killed by the signal, no cleanup
             os.kill(os.getpid(), signal.SIGSEGV)
         raise RuntimeError(f"mock fault: generation {self.generations} fails on purpose (--mock-fault raise)")
@@ -184,7 +186,7 @@ class MockEngine(Engine):
         self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event,
         started: float | None = None,
     ) -> AsyncIterator[GeneratedToken]:
-        self._inject_fault()
+        stall = self._inject_fault()
         # Counted from the request's arrival, as a client counts; every choice of a request runs
         # at the same time, so each has the same time to first token.
         start = started if started is not None else asyncio.get_running_loop().time()
@@ -216,6 +218,8 @@ class MockEngine(Engine):
                 best = sorted(range(self.vocab_size), key=lambda i: lps[i], reverse=True)
                 top = tuple((self._pieces[i], lps[i]) for i in best[: params.top_logprobs])
             await self._pace(start, step)  # the token's work is done: it goes out on its deadline
+            if stall and step == 1:
+                await asyncio.Event().wait()  # forever: only the consumer's cancellation ends it
             yield GeneratedToken(token, self._pieces[token], logprob, top)
             generated[token] += 1
             seen.add(token)

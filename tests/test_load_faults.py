@@ -1,0 +1,89 @@
+"""`python -m load` against a failing server: errors counted by kind (with an example each), a
+stalled stream ending at the request timeout, steps bounded by duration + timeout, and Ctrl-C
+writing a partial report. The server is the mock engine with an injected fault."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from reference_server.launcher import RunningServer, running_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(server: RunningServer, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "load", "--quiet", "--base-url", server.base_url, "--api-key",
+                           server.api_key or "", "--model", server.model, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def report(directory: Path) -> dict:
+    return json.loads((directory / "load.json").read_text())
+
+
+def test_429_bursts_are_counted_by_kind_with_their_retry_after(tmp_path: Path) -> None:
+    with running_server("--ttft-ms", "50", "--itl-ms", "20", "--max-queue", "2", engine="mock") as server:
+        result = load(server, "--users", "6", "--duration", "3", "--warmup", "0", "--output-tokens", "5",
+                      "--report-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    metrics = report(tmp_path)["steps"][0]["metrics"]
+    assert metrics["requests_ok"] > 0
+    assert metrics["errors_by_kind"]["http_429"] > 0 and set(metrics["errors_by_kind"]) == {"http_429"}
+    assert metrics["http_429_without_retry_after"] == 0
+    assert "queue_full" in metrics["error_examples"]["http_429"]
+    assert "errors by kind: http_429" in result.stdout
+    html = (tmp_path / "load.html").read_text()
+    assert 'id="verdict">ERRORS ' in html and 'id="errors"' in html
+
+
+def test_server_errors_are_their_own_kind(tmp_path: Path) -> None:
+    with running_server("--mock-fault", "raise", "--mock-fault-at", "5", engine="mock") as server:
+        result = load(server, "--no-stream", "--users", "2", "--duration", "2", "--warmup", "0",
+                      "--output-tokens", "4", "--report-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    kinds = report(tmp_path)["steps"][0]["metrics"]["errors_by_kind"]
+    assert kinds.get("http_5xx", 0) > 0 and set(kinds) == {"http_5xx"}
+
+
+def test_a_stalled_stream_ends_at_the_request_timeout_and_the_step_stays_bounded(tmp_path: Path) -> None:
+    # From the 2nd generation on (the 1st is the start-up check), every stream stalls after one token.
+    with running_server("--ttft-ms", "0", "--itl-ms", "0", "--mock-fault", "stall", "--mock-fault-at", "2",
+                        engine="mock") as server:
+        start = time.monotonic()
+        result = load(server, "--users", "2", "--duration", "3", "--warmup", "0", "--timeout", "2",
+                      "--output-tokens", "8", "--report-dir", str(tmp_path))
+        seconds = time.monotonic() - start
+        with urllib.request.urlopen(server.base_url + "/health", timeout=10) as answer:
+            health = json.loads(answer.read())
+    assert result.returncode == 0, result.stderr
+    assert seconds < 3 + 2 + 15, "duration + request timeout, plus start-up"
+    kinds = report(tmp_path)["steps"][0]["metrics"]["errors_by_kind"]
+    assert kinds.get("timeout", 0) >= 2, kinds
+    assert health["in_flight"] == 0, "the server let go of the requests their clients abandoned"
+
+
+def test_ctrl_c_writes_a_partial_report(tmp_path: Path) -> None:
+    with running_server("--ttft-ms", "10", "--itl-ms", "5", engine="mock") as server:
+        process = subprocess.Popen([sys.executable, "-m", "load", "--base-url", server.base_url, "--api-key",
+                                    server.api_key or "", "--model", server.model, "--users", "2", "--duration",
+                                    "120", "--warmup", "0", "--output-tokens", "8", "--report-dir", str(tmp_path)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        assert process.stderr is not None
+        for _ in range(50):
+            if "[step 1/1" in process.stderr.readline():
+                break
+        time.sleep(1.5)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    assert "the reports hold what was measured until then" in err
+    doc = report(tmp_path)
+    assert doc["interrupted"] and doc["partial"] and doc["aborted"].startswith("interrupted (Ctrl-C) in step")
+    assert doc["steps"][0]["metrics"]["requests_ok"] > 0
+    assert 'id="verdict">INTERRUPTED<' in (tmp_path / "load.html").read_text()
