@@ -36,12 +36,21 @@ def client_warnings(metrics: Mapping[str, Any], health: Sequence[Mapping[str, An
 
 
 def data_warnings(metrics: Mapping[str, Any]) -> list[str]:
-    """Warnings about what the server sent: streams whose token events disagree with their usage."""
-    if not metrics.get("token_count_mismatches"):
-        return []
-    return [f"{metrics['token_count_mismatches']} of {metrics['requests_ok']} streams had a number of content "
-            "events different from their usage.completion_tokens (the server puts several tokens in one event, "
-            "or its usage is wrong): output tokens/s uses usage, ITL uses events"]
+    """Warnings about what the server did: streams whose token events disagree with their usage,
+    keep-alive connections it closed without saying so, 429s without Retry-After."""
+    warnings = []
+    if metrics.get("token_count_mismatches"):
+        warnings.append(f"{metrics['token_count_mismatches']} of {metrics['requests_ok']} streams had a number of "
+                        "content events different from their usage.completion_tokens (the server puts several "
+                        "tokens in one event, or its usage is wrong): output tokens/s uses usage, ITL uses events")
+    if metrics.get("stale_connection_retries"):
+        warnings.append(f"keep-alive: the server closed {metrics['stale_connection_retries']} connections after an "
+                        "answer without sending 'Connection: close'; a request sent on one got no byte back and was "
+                        "sent once more on a fresh connection (not counted as an error; its latencies include the "
+                        "lost attempt)")
+    if metrics.get("http_429_without_retry_after"):
+        warnings.append(f"{metrics['http_429_without_retry_after']} answers of 429 came without a Retry-After header")
+    return warnings
 
 
 def loop_lag_summary(health: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:

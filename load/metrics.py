@@ -162,6 +162,7 @@ def step_metrics(
         "errors_by_kind": {kind: by_kind[kind] for kind in (*ERROR_KINDS, "other") if by_kind[kind]},
         "error_examples": examples,
         "http_429_without_retry_after": sum(1 for r in failed if r.status == 429 and not r.retry_after),
+        "stale_connection_retries": sum(1 for r in sent if r.retried),
         "requests_per_s": len(ended) / seconds,
         "output_tokens_per_s": out_tokens / seconds,
         "token_events_per_s": events_in_window / seconds,

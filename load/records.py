@@ -48,12 +48,18 @@ class RequestRecord:
     # Nothing listened at the endpoint (connection refused): a run of these means it is gone.
     connection_refused: bool = False
     retry_after: str | None = None  # the Retry-After header of a 429 (None: the server sent none)
+    retried: bool = False  # sent twice: the first attempt met a stale keep-alive connection
     worker: int = 0
 
     def fail(self, kind: str, message: str) -> None:
         """Record the first failure of this request (later ones are consequences of it)."""
         if self.error is None:
             self.error, self.error_kind = message, kind
+
+    @property
+    def stale_connection(self) -> bool:
+        """The first attempt died before any byte of the answer (retried once, never twice)."""
+        return not self.retried and self.error_kind == "connection_closed" and self.status is None
 
     @property
     def ok(self) -> bool:

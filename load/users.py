@@ -157,16 +157,15 @@ class ChatUser(FastHttpUser):
         record = RequestRecord(send_ns=state.now_ns(), stream=stream, intended_ns=intended_ns,
                                worker=state.worker_index)
         try:
-            with self.client.request("POST", state.config.path, data=payload, headers=state.headers,
-                                     stream=True, catch_response=True,
-                                     name="chat stream" if stream else "chat") as response:
-                self._read(response, record)
-                if record.end_ns is not None:
-                    response.request_meta["response_time"] = (record.end_ns - record.send_ns) / 1e6
-                if record.ok:
-                    response.success()
-                else:
-                    response.failure(record.error or f"HTTP {record.status}")
+            self._attempt(payload, record)
+            if record.stale_connection:
+                # The connection closed before any byte of the answer: a keep-alive connection the
+                # server had already closed (llama-server does so without `Connection: close`), not
+                # a server error. Once more, on a fresh connection; latencies still count from the
+                # first attempt, as the user waited through both.
+                record.retried = True
+                record.error = record.error_kind = None
+                self._attempt(payload, record)
         except Exception as exc:  # a transport error must become a record, never kill the user
             record.fail(transport_kind(exc), f"{type(exc).__name__}: {exc}")
             record.connection_refused = record.connection_refused or isinstance(exc, ConnectionRefusedError)
@@ -178,6 +177,21 @@ class ChatUser(FastHttpUser):
             self.environment.events.request.fire(
                 request_type="TTFT", name="first token", response_time=(record.first_token_ns - record.send_ns) / 1e6,
                 response_length=0, exception=None, context={})
+
+    def _attempt(self, payload: bytes, record: RequestRecord) -> None:
+        """Send the request once and read the answer into `record`."""
+        state = STATE
+        assert state.config is not None
+        with self.client.request("POST", state.config.path, data=payload, headers=state.headers,
+                                 stream=True, catch_response=True,
+                                 name="chat stream" if record.stream else "chat") as response:
+            self._read(response, record)
+            if record.end_ns is not None:
+                response.request_meta["response_time"] = (record.end_ns - record.send_ns) / 1e6
+            if record.ok:
+                response.success()
+            else:
+                response.failure(record.error or f"HTTP {record.status}")
 
     def _read(self, response: Any, record: RequestRecord) -> None:
         state = STATE

@@ -167,7 +167,7 @@ def render_load_html(doc: Mapping[str, Any]) -> str:
     verdict = "SLO MISSED" if not doc["slo_met"] else ("CLIENT-LIMITED" if doc["client_limited"] else "OK")
     sent = sum(s["metrics"]["requests_sent"] for s in doc["steps"])
     failed = sum(s["metrics"]["requests_failed"] for s in doc["steps"])
-    if failed and verdict == "OK":  # errors are never "OK", SLO or not
+    if failed and verdict != "SLO MISSED":  # errors are never "OK", SLO or not; the warnings say the rest
         verdict = f"ERRORS {failed}/{sent} ({100 * failed / max(sent, 1):.1f}%)"
     if doc.get("aborted"):
         verdict = "INTERRUPTED" if doc.get("interrupted") else "ABORTED"

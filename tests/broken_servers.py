@@ -74,6 +74,9 @@ class Fault:
     on_json: JsonHook | None = None
     on_stream: StreamHook | None = None
     on_reply: ReplyHook | None = None
+    # Close the connection after each streamed reply without saying `Connection: close` (as
+    # llama.cpp's llama-server does): a client's next request on it finds it dead.
+    close_after_stream: bool = False
     description: str = field(default="", compare=False)
 
 
@@ -196,6 +199,11 @@ def broken_server(upstream: str, fault: Fault | None, api_key: str | None = None
         for payload in reply.events:
             await response.write(encode_event(payload))
         await response.write_eof()
+        if fault is not None and fault.close_after_stream and request.transport is not None:
+            # A moment later, as llama-server does: a client that reuses the connection at once has
+            # its next request swallowed by the close. No Connection: close was said.
+            await asyncio.sleep(0.05)
+            request.transport.close()
         return response
 
     async def start() -> None:

@@ -87,3 +87,24 @@ def test_ctrl_c_writes_a_partial_report(tmp_path: Path) -> None:
     assert doc["interrupted"] and doc["partial"] and doc["aborted"].startswith("interrupted (Ctrl-C) in step")
     assert doc["steps"][0]["metrics"]["requests_ok"] > 0
     assert 'id="verdict">INTERRUPTED<' in (tmp_path / "load.html").read_text()
+
+
+def test_stale_keep_alive_connections_are_retried_not_counted_as_errors(tmp_path: Path) -> None:
+    """A server that closes each connection after a stream without `Connection: close` (llama-server
+    does): the next request on it gets no byte; it is sent once more and is no error."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from broken_servers import Fault, broken_server
+
+    closing = Fault("close_after_stream", (), close_after_stream=True)
+    with running_server("--ttft-ms", "5", "--itl-ms", "2", engine="mock") as server, \
+            broken_server(server.base_url, closing, api_key=server.api_key) as url:
+        result = subprocess.run([sys.executable, "-m", "load", "--quiet", "--base-url", url, "--api-key",
+                                 server.api_key or "", "--model", "mock", "--users", "1", "--duration", "3",
+                                 "--warmup", "0", "--output-tokens", "8", "--report-dir", str(tmp_path)],
+                                capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    step = report(tmp_path)["steps"][0]
+    metrics = step["metrics"]
+    assert metrics["requests_failed"] == 0 and metrics["requests_ok"] >= 5
+    assert metrics["stale_connection_retries"] >= metrics["requests_ok"] // 2
+    assert any(w.startswith("keep-alive: the server closed") for w in step["warnings"])
