@@ -2,6 +2,8 @@
 
     python benchmarks/reliability.py flood --requests 2000          # mock engine, started here
     python benchmarks/reliability.py flood --base-url URL --model M --api-key K
+    python benchmarks/reliability.py soak --engine llamacpp --minutes 10       # and --engine mock
+    python benchmarks/reliability.py storm --engine llamacpp --requests 200
 
 flood: every hostile body of `conformance.hostile` (deep nesting, huge strings, NaN/Infinity,
 invalid UTF-8, lone surrogates, duplicate keys, huge integers, a wrong type in every field,
@@ -22,6 +24,7 @@ import platform
 import re
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -207,6 +210,158 @@ def flood(base_url: str, key: str | None, model: str, total: int, seed: int, bod
     return result
 
 
+def _health(base_url: str) -> dict[str, Any]:
+    return requests.get(base_url + "/health", timeout=10).json()
+
+
+def storm(base_url: str, key: str | None, model: str, requests_total: int, concurrency: int, seed: int,
+          eos_ban: dict[str, int]) -> dict[str, Any]:
+    """Streamed requests whose clients vanish: before the first byte (some while queued) or after k tokens.
+
+    Afterwards: how long until /health shows nothing in flight and the engine idle, how many tokens
+    the engine generated that no client read, and whether the next request is served.
+    """
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = urlsplit(base_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    rng = random.Random(seed)
+    plans = [("before_first_byte", rng.uniform(0, 0.3)) if rng.random() < 0.25 else ("after_tokens",
+                                                                                       rng.randint(1, 30))
+             for _ in range(requests_total)]
+    read_tokens = [0] * requests_total
+    closed_at = [0.0] * requests_total
+
+    def one(index: int) -> None:
+        mode, amount = plans[index]
+        body = json.dumps({"model": model, "stream": True, "max_tokens": 64, "logit_bias": eos_ban,
+                           "messages": [{"role": "user", "content": f"Tell story number {index}."}]}).encode()
+        head = (f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        sock = socket.create_connection((host, port), timeout=120)
+        try:
+            sock.sendall(head + body)
+            if mode == "before_first_byte":
+                time.sleep(amount)
+                return
+            buffer = b""
+            while read_tokens[index] < amount:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buffer += data
+                read_tokens[index] = buffer.count(b'"content": "') - buffer.count(b'"content": ""')
+        finally:
+            sock.close()
+            closed_at[index] = time.monotonic()
+
+    before = _health(base_url)["engine"].get("tokens_generated", 0)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(one, range(requests_total)))
+    last_close = max(closed_at)
+    while True:
+        health = _health(base_url)
+        engine = health.get("engine", {})
+        if health["in_flight"] == 0 and not engine.get("running") and not engine.get("waiting"):
+            break
+        if time.monotonic() - last_close > 60:
+            break
+        time.sleep(0.005)
+    idle_after = time.monotonic() - last_close
+    generated_at_idle = health["engine"].get("tokens_generated", 0)
+    time.sleep(2.0)
+    generated_later = _health(base_url)["engine"].get("tokens_generated", 0)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    after = requests.post(base_url + CHAT, json=good_body(model), headers=headers, timeout=120)
+    delivered = sum(read_tokens)
+    generated = generated_at_idle - before
+    return {"requests": requests_total, "concurrency": concurrency,
+            "closed_before_first_byte": sum(1 for m, _ in plans if m == "before_first_byte"),
+            "closed_after_tokens": sum(1 for m, _ in plans if m == "after_tokens"),
+            "idle_after_last_close_s": round(idle_after, 4), "in_flight_at_end": health["in_flight"],
+            "engine_at_end": health.get("engine", {}), "tokens_read_by_clients": delivered,
+            "tokens_generated": generated, "tokens_no_client_read": generated - delivered,
+            "tokens_no_client_read_per_request": round((generated - delivered) / requests_total, 2),
+            "tokens_generated_while_idle": generated_later - generated_at_idle,
+            "next_request_status": after.status_code}
+
+
+def rss_kib(pid: int) -> int | None:
+    """Resident memory of a process (Linux /proc), KiB."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+BAD_KINDS = ("connection_refused", "connection_closed", "timeout", "transport", "http_4xx", "http_5xx",
+             "truncated_stream", "error_event", "protocol", "other")
+
+
+def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: int, report_dir: Path,
+         step_s: float = 60.0, sample_every_s: float = 10.0) -> dict[str, Any]:
+    """`minutes` closed-loop steps of `step_s` at `users` (past --max-queue: the queue stays full).
+
+    Judged: only successes and well-formed 429s (Retry-After, envelope); the server's RSS, sampled
+    every `sample_every_s`, after the first step within 10% of its size then; E2E p99 of the last
+    step within 20% of the second. (Tests shrink the steps; the benchmark runs minutes.)
+    """
+    server_args = ["--max-queue", str(max_queue), "--log-level", "WARNING"]
+    if engine == "mock":
+        server_args += ["--ttft-ms", "20", "--itl-ms", "5"]
+    samples: list[tuple[float, int]] = []
+    with running_server(*server_args, engine=engine, startup_timeout_s=300) as server:
+        stop = threading.Event()
+        start = time.monotonic()
+
+        def sample() -> None:
+            while not stop.is_set():
+                value = rss_kib(server.process.pid)
+                if value is not None:
+                    samples.append((round(time.monotonic() - start, 1), value))
+                stop.wait(sample_every_s)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        command = [sys.executable, "-m", "load", "--base-url", server.base_url, "--api-key", server.api_key or "",
+                   "--model", server.model, "--sweep", ",".join([str(users)] * minutes), "--duration", str(step_s),
+                   "--warmup", "0", "--output-tokens", str(output_tokens), "--report-dir", str(report_dir),
+                   "--quiet"]
+        load = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        stop.set()
+        sampler.join()
+        exit_status = server.exit_status()
+    doc = json.loads((report_dir / "load.json").read_text())
+    steps = doc["steps"]
+    kinds: collections.Counter[str] = collections.Counter()
+    for step in steps:
+        kinds.update(step["metrics"].get("errors_by_kind", {}))
+    ok = sum(step["metrics"]["requests_ok"] for step in steps)
+    after_first = [kib for t, kib in samples if t >= step_s]
+    base = after_first[0] if after_first else None
+    growth = (max(after_first) / base - 1) if base else None
+    p99 = [step["metrics"]["e2e_ms"]["p99"] for step in steps]
+    drift = (p99[-1] / p99[1] - 1) if len(p99) >= 2 and p99[1] else None
+    rules = {
+        "only successes and well-formed 429s": not any(kinds[k] for k in BAD_KINDS)
+        and not sum(step["metrics"]["http_429_without_retry_after"] for step in steps),
+        "no 5xx": not kinds["http_5xx"],
+        "no lost or truncated stream": not (kinds["truncated_stream"] or kinds["connection_closed"]
+                                            or kinds["timeout"] or kinds["protocol"]),
+        "RSS growth after the first minute < 10%": growth is not None and growth < 0.10,
+        "E2E p99 of the last minute within 20% of the second": drift is not None and abs(drift) <= 0.20,
+        "server alive at the end": exit_status is None,
+    }
+    return {"engine": engine, "minutes": minutes, "users": users, "max_queue": max_queue, "load_exit": load.returncode,
+            "requests_ok": ok, "errors_by_kind": dict(kinds), "rss_kib": samples,
+            "rss_growth_after_first_minute": growth, "e2e_p99_ms_per_minute": p99, "p99_last_vs_second": drift,
+            "output_tokens_per_s_per_minute": [step["metrics"]["output_tokens_per_s"] for step in steps],
+            "rules": rules, "ok": all(rules.values())}
+
+
 @contextlib.contextmanager
 def target(args: argparse.Namespace) -> Iterator[tuple[str, str | None, str]]:
     if args.base_url:
@@ -230,7 +385,42 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--body-timeout", type=float, default=5.0, help="the started server's --body-timeout")
     f.add_argument("--slow-seconds", type=float, default=15.0, help="how long the slow senders run")
     f.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    t = sub.add_parser("storm", help="streamed requests whose clients vanish mid-way")
+    t.add_argument("--engine", choices=("mock", "llamacpp"), default="llamacpp")
+    t.add_argument("--requests", type=int, default=200)
+    t.add_argument("--concurrency", type=int, default=24)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    k = sub.add_parser("soak", help="minutes at saturation: only successes and 429s, flat memory and latency")
+    k.add_argument("--engine", choices=("mock", "llamacpp"), default="mock")
+    k.add_argument("--minutes", type=int, default=10)
+    k.add_argument("--users", type=int, default=None, help="closed-loop users (default: max-queue + 4)")
+    k.add_argument("--max-queue", type=int, default=12)
+    k.add_argument("--output-tokens", type=int, default=32)
+    k.add_argument("--report-dir", type=Path, default=Path("out/soak"))
+    k.add_argument("--step-seconds", type=float, default=60.0, help="length of each judged step (a minute)")
+    k.add_argument("--sample-seconds", type=float, default=10.0, help="how often the server's RSS is read")
+    k.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
+    if args.command == "storm":
+        server_args = ("--ttft-ms", "20", "--itl-ms", "10") if args.engine == "mock" else ()
+        ban = {"0": -100} if args.engine == "mock" else {"0": -100, "2": -100}
+        with running_server(*server_args, "--max-queue", "1000", engine=args.engine,
+                            startup_timeout_s=300) as server:
+            doc = storm(server.base_url, server.api_key, server.model, args.requests, args.concurrency, args.seed,
+                        ban)
+        print(json.dumps(doc, indent=1))
+        if args.out:
+            args.out.write_text(json.dumps(doc, indent=1))
+        return 0 if doc["in_flight_at_end"] == 0 and doc["next_request_status"] == 200 else 1
+    if args.command == "soak":
+        args.report_dir.mkdir(parents=True, exist_ok=True)
+        doc = soak(args.engine, args.minutes, args.users or args.max_queue + 4, args.max_queue, args.output_tokens,
+                   args.report_dir, step_s=args.step_seconds, sample_every_s=args.sample_seconds)
+        print(json.dumps({k: v for k, v in doc.items() if k != "rss_kib"}, indent=1))
+        if args.out:
+            args.out.write_text(json.dumps(doc, indent=1))
+        return 0 if doc["ok"] else 1
     started = time.monotonic()
     with target(args) as (base_url, key, model):
         result = flood(base_url, key, model, args.requests, args.seed, args.body_timeout, args.slow_seconds)

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     body.add_argument("--extra-body", default=None,
                       help='JSON object merged into every request, e.g. \'{"temperature": 0}\'')
     body.add_argument("--timeout", type=float, default=120.0, help="seconds before a request is abandoned")
+    body.add_argument("--ignore-retry-after", action="store_true",
+                      help="closed loop: send the next request right after a 429 (default: wait the answer's "
+                           "Retry-After, at most 5 s, as a real client does)")
     body.add_argument("--seed", type=int, default=0, help="seed of prompts and arrival schedules")
 
     out = parser.add_argument_group("results")
@@ -193,7 +196,8 @@ def make_config(args: argparse.Namespace, base_url: str, api_key: str | None, mo
         raise UsageError(str(exc)) from None
     return LoadConfig(base_url=base_url, model=model, api_key=api_key, stream=args.stream, path=args.path,
                       output_tokens=args.output_tokens, prompt_words=words, dataset=dataset,
-                      extra_body=extra_body, timeout_s=args.timeout, seed=args.seed, gamma_shape=args.gamma_shape)
+                      extra_body=extra_body, timeout_s=args.timeout, seed=args.seed, gamma_shape=args.gamma_shape,
+                      honor_retry_after=not args.ignore_retry_after)
 
 
 def print_summary(doc: dict[str, Any]) -> None:

@@ -8,6 +8,9 @@ from typing import Any
 API_PATH = "/v3/openai/chat/completions"
 
 
+MAX_RETRY_AFTER_S = 5.0  # the longest wait after a 429 a user honours
+
+
 @dataclass
 class LoadConfig:
     """What every request looks like; the same in the master and every worker."""
@@ -24,6 +27,9 @@ class LoadConfig:
     timeout_s: float = 120.0
     seed: int = 0
     gamma_shape: float = 0.5
+    # Closed loop: after a 429, a user waits the Retry-After the server asked for (at most
+    # MAX_RETRY_AFTER_S) before its next request, as a real client does, instead of hammering.
+    honor_retry_after: bool = True
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,7 +21,7 @@ import gevent
 from locust import FastHttpUser, constant, task
 
 from load.arrivals import intended_offsets_s
-from load.config import LoadConfig, StepSpec, share
+from load.config import MAX_RETRY_AFTER_S, LoadConfig, StepSpec, share
 from load.prompts import PromptPlan, body_source
 from load.records import RequestRecord, StreamTimer, read_json_body
 
@@ -98,6 +98,15 @@ class ProcessState:
 STATE = ProcessState()
 
 
+def retry_after_seconds(header: str | None) -> float:
+    """How long a 429's Retry-After asks to wait (seconds form; 1 s when absent or unreadable), capped."""
+    try:
+        seconds = float(header) if header is not None else 1.0
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
 def transport_kind(exc: BaseException) -> str:
     """The error kind of an exception raised while sending or reading (see records.ERROR_KINDS)."""
     if isinstance(exc, ConnectionRefusedError):
@@ -146,6 +155,10 @@ class ChatUser(FastHttpUser):
                 state.sent -= 1
                 return
         self.send(next(state.bodies), intended)
+        record = state.records[-1] if state.records else None
+        if (record is not None and record.status == 429 and state.schedule is None
+                and state.config is not None and state.config.honor_retry_after):
+            gevent.sleep(retry_after_seconds(record.retry_after))
 
     def send(self, body: dict[str, Any], intended_ns: int | None) -> None:
         """One request, timed end to end; its record goes to STATE.records."""

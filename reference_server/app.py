@@ -161,7 +161,8 @@ class Server:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"status": "ok", "model": self.engine.model_name, "in_flight": self.in_flight}
+            {"status": "ok", "model": self.engine.model_name, "in_flight": self.in_flight,
+             "engine": self.engine.stats()}
         )
 
     async def models(self, request: web.Request) -> web.Response:

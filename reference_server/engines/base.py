@@ -76,3 +76,7 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing to release
         """Release model resources (optional)."""
+
+    def stats(self) -> dict[str, int]:
+        """What the engine is doing, for /health: e.g. sequences running, tokens generated so far."""
+        return {}

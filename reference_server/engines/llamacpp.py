@@ -182,6 +182,11 @@ class LlamaCppEngine(Engine):
         """Sequences in the batch now."""
         return self._scheduler.running()
 
+    def stats(self) -> dict[str, int]:
+        scheduler = self._scheduler
+        return {"running": scheduler.running(), "waiting": scheduler.waiting(),
+                "tokens_generated": scheduler.tokens_generated, "parallel": self.parallel}
+
     # ---- prompt -------------------------------------------------------------------------
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:

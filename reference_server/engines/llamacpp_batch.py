@@ -105,6 +105,7 @@ class BatchScheduler:
         self._chores: list[threading.Event] = []  # cache clears asked for, done by the scheduler thread
         self.steps = 0  # llama_decode calls so far (tests and benchmarks read it)
         self.prefill_tokens = 0  # prompt tokens evaluated (those taken from a cache are not)
+        self.tokens_generated = 0  # tokens sampled, over all sequences
         self._thread = threading.Thread(target=self._run, name="llamacpp-batch", daemon=True)
         self._thread.start()
 
@@ -139,6 +140,9 @@ class BatchScheduler:
 
     def running(self) -> int:
         return sum(1 for slot in self._slots if slot.busy is not None)
+
+    def waiting(self) -> int:
+        return len(self._waiting)
 
     # ---- the scheduler thread ----------------------------------------------------------------
 
@@ -288,6 +292,7 @@ class BatchScheduler:
             self._finish(slot, END)
             return
         item, complete = sequence.on_token(index, token)
+        self.tokens_generated += 1
         sequence.emit(item)
         sequence.produced += 1
         if complete or sequence.produced >= sequence.max_tokens or len(slot.tokens) >= self.context_length:

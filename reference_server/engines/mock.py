@@ -10,6 +10,7 @@ all behave as they would with a real model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -95,6 +96,8 @@ class MockEngine(Engine):
         self.fault = fault
         self.fault_at = fault_at
         self.generations = 0
+        self.running = 0  # streams generating now
+        self.tokens_generated = 0
         self.ttft_s = ttft_ms / 1000.0
         self.itl_s = itl_ms / 1000.0
         self.context_length = context_length
@@ -187,6 +190,22 @@ class MockEngine(Engine):
         started: float | None = None,
     ) -> AsyncIterator[GeneratedToken]:
         stall = self._inject_fault()
+        self.running += 1
+        try:
+            async with contextlib.aclosing(self._generate(prompt_tokens, params, cancel, started, stall)) as tokens:
+                async for token in tokens:
+                    self.tokens_generated += 1
+                    yield token
+        finally:
+            self.running -= 1
+
+    def stats(self) -> dict[str, int]:
+        return {"running": self.running, "tokens_generated": self.tokens_generated}
+
+    async def _generate(
+        self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event, started: float | None,
+        stall: bool,
+    ) -> AsyncIterator[GeneratedToken]:
         # Counted from the request's arrival, as a client counts; every choice of a request runs
         # at the same time, so each has the same time to first token.
         start = started if started is not None else asyncio.get_running_loop().time()

@@ -1,0 +1,50 @@
+"""The rules of docs/reliability.md, bounded: a disconnect storm leaves nothing running and wastes at
+most a token or two per vanished client; a short soak at a full queue gives only successes and
+well-formed 429s with flat memory and latency. Each runs benchmarks/reliability.py itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def reliability(*args: str, timeout: float = 600) -> dict:
+    result = subprocess.run([sys.executable, "benchmarks/reliability.py", *args], capture_output=True, text=True,
+                            timeout=timeout, cwd=ROOT)
+    start = result.stdout.index("{")
+    return {"exit": result.returncode, **json.loads(result.stdout[start:])}
+
+
+def check_storm(doc: dict, max_wasted_per_request: float) -> None:
+    assert doc["exit"] == 0
+    assert doc["closed_before_first_byte"] > 0 and doc["closed_after_tokens"] > 0
+    assert doc["in_flight_at_end"] == 0
+    assert doc["engine_at_end"]["running"] == 0 and not doc["engine_at_end"].get("waiting")
+    assert doc["idle_after_last_close_s"] < 1.0
+    assert doc["tokens_generated_while_idle"] == 0
+    assert doc["tokens_no_client_read_per_request"] <= max_wasted_per_request, doc
+    assert doc["next_request_status"] == 200
+
+
+def test_disconnect_storm_on_the_mock_leaves_it_idle() -> None:
+    check_storm(reliability("storm", "--engine", "mock", "--requests", "60", "--concurrency", "12"), 3.0)
+
+
+@pytest.mark.slow
+def test_disconnect_storm_on_the_model_leaves_it_idle() -> None:
+    check_storm(reliability("storm", "--engine", "llamacpp", "--requests", "40", "--concurrency", "16"), 4.0)
+
+
+def test_short_soak_at_a_full_queue(tmp_path: Path) -> None:
+    doc = reliability("soak", "--engine", "mock", "--minutes", "3", "--step-seconds", "4", "--sample-seconds", "1",
+                      "--max-queue", "4", "--users", "6", "--report-dir", str(tmp_path))
+    assert doc["exit"] == 0, doc["rules"]
+    assert all(doc["rules"].values())
+    assert doc["errors_by_kind"].get("http_429", 0) > 0, "the queue was full: some requests were turned away"
+    assert set(doc["errors_by_kind"]) <= {"http_429"}
