@@ -52,6 +52,7 @@ def test_faults_are_distinct_and_many() -> None:
     names = [fault.name for fault in FAULTS]
     assert len(names) == len(set(names)) >= 16
     assert all(fault.catches for fault in FAULTS)
+    assert all(len(fault.reasons) == len(fault.catches) for fault in FAULTS), "a reason per catching check"
 
 
 @pytest.mark.parametrize("via_proxy", [False, True], ids=["reference", "transparent-proxy"])
@@ -69,10 +70,11 @@ def test_the_catching_checks_pass_on_a_correct_server(server: RunningServer, via
 def test_a_broken_server_is_caught(server: RunningServer, fault: Fault) -> None:
     with broken_server(server.base_url, fault, server.api_key) as url:
         results = run_fresh(target_at(server, url), fault.catches)
-    for check_id, result in results.items():
+    for (check_id, result), reason in zip(results.items(), fault.reasons, strict=True):
         assert result.outcome == "failed", (
             f"{fault.name}: {check_id} should fail, got {result.outcome}: {result.message}\n"
             f"{result.response_excerpt}")
+        assert reason in result.message, f"{fault.name}: {check_id} failed for another reason: {result.message}"
         assert result.curl and url in result.curl, f"{fault.name}: {check_id} has no curl line through the proxy"
         assert result.response_excerpt and result.response_excerpt.startswith("HTTP "), (
             f"{fault.name}: {check_id} has no response excerpt")

@@ -25,7 +25,7 @@ import math
 import os
 import random
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +279,7 @@ class LlamaCppEngine(Engine):
 
     # ---- generation ---------------------------------------------------------------------
 
-    def _token_handler(self, params: SamplingParams) -> Any:
+    def _token_handler(self, params: SamplingParams) -> Callable[[int, int], tuple[GeneratedToken, bool]]:
         """What the scheduler calls with each sampled token: the token to yield and whether the
         answer is complete (JSON mode: the value has closed, only whitespace could follow)."""
         want_logprobs, top_n, json_mode = params.logprobs, params.top_logprobs, params.json_mode
