@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-ctx", type=int, default=2048, help="context length in tokens")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for llama.cpp (default: all cores)")
-    parser.add_argument("--parallel", type=int, default=None, metavar="K",
+    parser.add_argument("--parallel", type=int, default=argparse.SUPPRESS, metavar="K",
                         help="llamacpp engine: sequences decoded together (continuous batching; each of a "
                              "request's n choices is one); more wait in the queue (default 8: see "
                              "docs/benchmarks.md); each holds n-ctx tokens of KV cache")
@@ -114,7 +114,7 @@ def make_engine(args: argparse.Namespace) -> Engine:
     from reference_server.engines.llamacpp import LlamaCppEngine
 
     kwargs: dict[str, Any] = {"model_name": args.model_name} if args.model_name else {}
-    if args.parallel is not None:
+    if "parallel" in args:  # else the engine's own default (DEFAULT_PARALLEL)
         kwargs["parallel"] = args.parallel
     return LlamaCppEngine(args.model_path, n_ctx=args.n_ctx, n_threads=args.threads,
                           reuse_prefix=not args.no_prompt_cache, **kwargs)
