@@ -492,6 +492,28 @@ def _error_streamed(call: Call, reply: Reply) -> Reply:
     return Reply(200, headers, b"", events=[envelope, DONE])
 
 
+def _drop_bans(call: Call) -> None:
+    bias = call.body.get("logit_bias") if isinstance(call.body, dict) else None
+    if isinstance(bias, dict):
+        call.body["logit_bias"] = {k: v for k, v in bias.items() if not (isinstance(v, int) and v < 0)}
+
+
+def _drop_field(name: str) -> RequestHook:
+    def drop(call: Call) -> None:
+        if isinstance(call.body, dict):
+            call.body.pop(name, None)
+
+    return drop
+
+
+def _accept_everything(call: Call, status: int, data: Any) -> tuple[int, Any]:
+    if status != 400:
+        return status, data
+    return 200, {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "mock",
+                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
 FAULTS: tuple[Fault, ...] = (
     Fault("no_done", ("streaming.done_once_last",),
           reasons=('the stream has no data: [DONE]',), on_stream=_no_done,
@@ -505,8 +527,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("usage_middle_chunk", ("usage.stream_last_chunk_only",),
           reasons=('not in the last one',), on_stream=_usage_middle_chunk,
           description="usage rides on a middle chunk; no final usage chunk"),
-    Fault("no_usage", ("usage.nonstream_present", "usage.stream_last_chunk_only"),
-          reasons=('body has no usage', 'no chunk of the stream carries usage'),
+    Fault("no_usage", ("usage.nonstream_present", "usage.stream_last_chunk_only", "schema.fuzz_positive"),
+          reasons=("body has no usage", "no chunk of the stream carries usage",
+                   'Response violates schema: "usage" is a required property'),
           on_json=_no_usage_json, on_stream=_no_usage_stream, description="usage is never sent"),
     Fault("stop_dropped", ("stop.contains_and_ends", "stop.stream"),
           reasons=('must contain and end with the stop sequence', 'must contain and end with the stop sequence'),
@@ -527,15 +550,16 @@ FAULTS: tuple[Fault, ...] = (
            "errors.missing_required"),
           reasons=("server error 500 on a client mistake",) * 4,
           on_reply=_five_hundred, description="client mistakes answer 500 instead of 400"),
-    Fault("out_of_range_accepted", ("ranges.temperature.above_max", "ranges.temperature.exclusive_max_end"),
-          reasons=('expected HTTP 400, got 200', 'expected HTTP 400, got 200'),
+    Fault("out_of_range_accepted", ("ranges.temperature.above_max", "ranges.temperature.exclusive_max_end",
+                                    "ranges.temperature.exclusive_min_end"),
+          reasons=("expected HTTP 400, got 200",) * 3,
           on_request=_clamp_temperature, description="an out-of-range temperature is clamped and accepted"),
     Fault("top_logprobs_wrong_length", ("logprobs.shape",),
           reasons=('2 top_logprobs, expected exactly 3',),
           on_json=each_choice(_top_short_choice), on_stream=each_chunk(_top_short_chunk),
           description="every top_logprobs list is one entry short"),
-    Fault("invalid_json_mode", ("json_mode.parsable",),
-          reasons=('the content is not valid JSON',),
+    Fault("invalid_json_mode", ("json_mode.parsable", "json_mode.schema_valid"),
+          reasons=("the content is not valid JSON", "JSON mode with a schema: the content is not valid JSON"),
           on_json=each_choice(_garbage_json_choice), on_stream=_garbage_json_stream,
           description="JSON mode content gets a stray '}' at the end"),
     Fault("no_auth", ("auth.missing_key",),
@@ -554,6 +578,19 @@ FAULTS: tuple[Fault, ...] = (
           reasons=('!= total_tokens',),
           on_json=_totals_wrong_json, on_stream=each_chunk(_totals_wrong_chunk),
           description="total_tokens is one more than prompt + completion"),
+    Fault("bans_dropped", ("logit_bias.ban",), reasons=("with logit_bias -100 on it, it must never appear",),
+          on_request=_drop_bans,
+          description="negative logit_bias entries are dropped (a ban is ignored)"),
+    Fault("top_k_ignored", ("sampling.top_k_within",), reasons=("is not among the 2 most likely",),
+          on_request=_drop_field("top_k"),
+          description="top_k is ignored"),
+    Fault("context_behavior_ignored", ("context.error_behavior",),
+          reasons=('context_length_exceeded_behavior "error": expected HTTP 400, got 200',),
+          on_request=_drop_field("context_length_exceeded_behavior"),
+          description="context_length_exceeded_behavior 'error' is ignored (the prompt is truncated)"),
+    Fault("invalid_accepted", ("schema.fuzz_negative",), reasons=("Schema-violating request accepted",),
+          on_json=_accept_everything,
+          description="every request the spec rejects is answered 200"),
     Fault("error_streamed", ("errors.error_before_stream",),
           reasons=('was answered 200 (text/event-stream) instead of a 400 error envelope',), on_reply=_error_streamed,
           description="a bad streamed request is answered 200 with an error event"),
