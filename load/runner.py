@@ -8,6 +8,7 @@ Imports Locust (gevent monkey-patching): used by `python -m load`, not by librar
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
+import gevent.event
 from locust.env import Environment
 
 from load.config import LoadConfig, StepSpec
@@ -190,40 +192,41 @@ def run_step(
     slo: dict[str, float],
     progress: Callable[[str], None] | None = None,
     server_exit: Callable[[], str | None] | None = None,
+    interrupt: gevent.event.Event | None = None,
 ) -> StepOutcome:
     """Run one step to its duration or request count, let in-flight requests finish, measure.
 
-    The step ends early, its outcome marked `aborted`, when the endpoint stops answering, or on
-    Ctrl-C (then also `interrupted`; requests in flight get INTERRUPT_DRAIN_S to finish).
+    The step ends early, its outcome marked `aborted`, when the endpoint stops answering, or when
+    `interrupt` is set (Ctrl-C: then also `interrupted`; requests in flight get INTERRUPT_DRAIN_S).
     """
+    interrupt = interrupt or gevent.event.Event()
     start = time.monotonic()
     backend.start_step(step)
     last_tokens, last_time = 0, start
     count_reached = False
     watch = GoneWatch(start, server_exit)
     aborted, interrupted = None, False
-    try:
-        while (elapsed := time.monotonic() - start) < step.duration_s:
-            gevent.sleep(min(1.0, step.duration_s - elapsed))
-            statuses = backend.status()
-            now = time.monotonic()
-            tokens = sum(s["tokens"] for s in statuses)
-            if progress:
-                rate = (tokens - last_tokens) / max(now - last_time, 1e-9)
-                progress(_progress_line(step, total_steps, now - start, statuses, rate))
-            last_tokens, last_time = tokens, now
-            gone = watch.update(statuses, now)
-            if gone is not None:
-                aborted = f"the endpoint stopped answering in step {step.label} after {now - start:.1f} s: {gone}"
+    while (elapsed := time.monotonic() - start) < step.duration_s:
+        if interrupt.wait(min(1.0, step.duration_s - elapsed)):
+            interrupted = True
+            aborted = f"interrupted (Ctrl-C) in step {step.label} after {time.monotonic() - start:.1f} s"
+            drain_s = min(drain_s, INTERRUPT_DRAIN_S)
+            break
+        statuses = backend.status()
+        now = time.monotonic()
+        tokens = sum(s["tokens"] for s in statuses)
+        if progress:
+            rate = (tokens - last_tokens) / max(now - last_time, 1e-9)
+            progress(_progress_line(step, total_steps, now - start, statuses, rate))
+        last_tokens, last_time = tokens, now
+        gone = watch.update(statuses, now)
+        if gone is not None:
+            aborted = f"the endpoint stopped answering in step {step.label} after {now - start:.1f} s: {gone}"
+            break
+        if step.max_requests is not None and sum(s["sent"] for s in statuses) >= step.max_requests:
+            if sum(s["inflight"] for s in statuses) == 0:
+                count_reached = True
                 break
-            if step.max_requests is not None and sum(s["sent"] for s in statuses) >= step.max_requests:
-                if sum(s["inflight"] for s in statuses) == 0:
-                    count_reached = True
-                    break
-    except KeyboardInterrupt:  # Ctrl-C: measure what was done and let the caller write a partial report
-        interrupted = True
-        aborted = f"interrupted (Ctrl-C) in step {step.label} after {time.monotonic() - start:.1f} s"
-        drain_s = min(drain_s, INTERRUPT_DRAIN_S)
     stop_ns = int((time.monotonic() - start) * 1e9)
     backend.stop_sending()
     deadline = time.monotonic() + drain_s
@@ -262,10 +265,14 @@ def run_load(
     backend: LocalBackend | DistributedBackend
     backend = DistributedBackend(config, workers) if workers > 1 else LocalBackend(config)
     outcomes = []
+    # Ctrl-C sets an event the step loop waits on. Left to Python's default handler, the
+    # KeyboardInterrupt would land in whichever greenlet runs (often a user's), not in this loop.
+    interrupt = gevent.event.Event()
+    on_sigint = gevent.signal_handler(signal.SIGINT, interrupt.set)
     try:
         for step in steps:
             outcome = run_step(backend, step, total_steps=len(steps), drain_s=config.timeout_s,
-                               slo=slo or {}, progress=progress, server_exit=server_exit)
+                               slo=slo or {}, progress=progress, server_exit=server_exit, interrupt=interrupt)
             outcomes.append(outcome)
             if progress:
                 for warning in outcome.warnings:
@@ -273,5 +280,6 @@ def run_load(
             if outcome.aborted:
                 break
     finally:
+        on_sigint.cancel()
         backend.close()
     return outcomes
