@@ -17,21 +17,8 @@ from reference_server.engines.base import SamplingParams
 from reference_server.engines.exllamav2_plan import plan_job
 
 pytest.importorskip("tokenizers")
-gguf = pytest.importorskip("gguf")
+pytest.importorskip("gguf")
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2's config and tokenizer files (no weights: the fake model needs none)."""
-    from reference_server.engines.llamacpp import default_model_path
-    from reference_server.models.gguf_to_hf import read_shape, write_model_json
-    from reference_server.models.tokenizer_files import read_vocab
-
-    reader = gguf.GGUFReader(str(default_model_path()))
-    vocab = read_vocab(reader)
-    out = tmp_path_factory.mktemp("smollm2-text")
-    write_model_json(out, read_shape(reader, vocab), vocab)
-    return out
 
 
 @pytest.fixture

@@ -29,23 +29,10 @@ from reference_server.engines.exllamav2_runtime import JobEvent, ReplicaPool
 from reference_server.engines.unavailable import EngineUnavailableError
 
 pytest.importorskip("tokenizers")
-gguf = pytest.importorskip("gguf")
+pytest.importorskip("gguf")
 
 CHAT = [{"role": "user", "content": "Say something."}]
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Config and tokenizer files of SmolLM2 (no weights: the fake backend needs none)."""
-    from reference_server.engines.llamacpp import default_model_path
-    from reference_server.models.gguf_to_hf import read_shape, write_model_json
-    from reference_server.models.tokenizer_files import read_vocab
-
-    reader = gguf.GGUFReader(str(default_model_path()))
-    vocab = read_vocab(reader)
-    out = tmp_path_factory.mktemp("smollm2-text")
-    write_model_json(out, read_shape(reader, vocab), vocab)
-    return out
 
 
 @pytest.fixture
