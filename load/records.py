@@ -45,8 +45,6 @@ class RequestRecord:
     error: str | None = None
     # What kind of failure `error` is (ERROR_KINDS), for counting; None while the request is fine.
     error_kind: str | None = None
-    # Nothing listened at the endpoint (connection refused): a run of these means it is gone.
-    connection_refused: bool = False
     retry_after: str | None = None  # the Retry-After header of a 429 (None: the server sent none)
     retried: bool = False  # sent twice: the first attempt met a stale keep-alive connection
     worker: int = 0
@@ -55,6 +53,11 @@ class RequestRecord:
         """Record the first failure of this request (later ones are consequences of it)."""
         if self.error is None:
             self.error, self.error_kind = message, kind
+
+    @property
+    def connection_refused(self) -> bool:
+        """Nothing listened at the endpoint: a run of these means it is gone."""
+        return self.error_kind == "connection_refused"
 
     @property
     def stale_connection(self) -> bool:

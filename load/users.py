@@ -181,7 +181,6 @@ class ChatUser(FastHttpUser):
                 self._attempt(payload, record)
         except Exception as exc:  # a transport error must become a record, never kill the user
             record.fail(transport_kind(exc), f"{type(exc).__name__}: {exc}")
-            record.connection_refused = record.connection_refused or isinstance(exc, ConnectionRefusedError)
             record.end_ns = record.end_ns or state.now_ns()
         finally:
             state.inflight -= 1
@@ -215,7 +214,6 @@ class ChatUser(FastHttpUser):
             error = getattr(response, "error", None)
             record.fail(transport_kind(error) if error is not None else "connection_closed",
                         f"no response: {error or 'connection failed'}")
-            record.connection_refused = isinstance(error, ConnectionRefusedError)
             record.end_ns = state.now_ns()
             return
         content_type = (response.headers or {}).get("content-type", "")

@@ -51,7 +51,6 @@ class Sequence:
     cancel: threading.Event
     # (batch row, token) -> (what to yield, whether the answer is complete, e.g. a closed JSON value)
     on_token: Callable[[int, int], tuple[GeneratedToken, bool]]
-    slot: int = -1
     pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill (all but the last)
     next_token: int = -1  # what the next decode step feeds: the prompt's last token, then each sampled one
     produced: int = 0
@@ -92,7 +91,6 @@ class BatchScheduler:
         self._ctx = ctx
         self._memory = llama_cpp.llama_get_memory(ctx)
         self._batch_owner = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self.parallel = parallel
         self.n_batch = n_batch
         self.context_length = context_length
         self.reuse_prefix = reuse_prefix
@@ -277,7 +275,6 @@ class BatchScheduler:
         slot.busy = sequence
         self._admissions += 1
         slot.admitted = self._admissions
-        sequence.slot = slot.seq_id
         sequence.pending = prompt[keep:-1]
         sequence.next_token = prompt[-1]
 
