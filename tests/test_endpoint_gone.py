@@ -59,6 +59,14 @@ def finish(process: subprocess.Popen[str], timeout: float = 120) -> tuple[int, s
     return process.returncode, out, err
 
 
+def kill_embedded_server(process: subprocess.Popen[str], after: str, sig: signal.Signals) -> tuple[int, str, str]:
+    """Once `after` shows in the tool's progress, kill the server it started with `sig`; how the tool ended."""
+    read_until(process.stderr, after)
+    (server_pid,) = child_pids(process.pid)
+    os.kill(server_pid, sig)
+    return finish(process)
+
+
 @pytest.fixture
 def crashing_mock() -> Iterator[RunningServer]:
     """A mock server that kills itself with SIGSEGV at its 30th generation (the start-up check is the 1st)."""
@@ -110,10 +118,7 @@ def test_conformance_stops_when_the_server_is_killed(tmp_path: Path) -> None:
 
 def test_conformance_names_how_the_embedded_server_ended(tmp_path: Path) -> None:
     process = start("conformance", "--embedded-server", "mock", "--report-dir", str(tmp_path))
-    read_until(process.stderr, "[  1/")
-    (server_pid,) = child_pids(process.pid)
-    os.kill(server_pid, signal.SIGSEGV)
-    code, out, err = finish(process)
+    code, out, err = kill_embedded_server(process, "[  1/", signal.SIGSEGV)
     assert code == 2, out + err
     assert "(embedded server exited with signal 11 (SIGSEGV))" in err.strip().splitlines()[-1]
     assert "embedded server exited with signal 11" in json.loads((tmp_path / "conformance.json").read_text())[
@@ -170,10 +175,7 @@ def test_load_stops_when_the_server_crashes_mid_step(crashing_mock: RunningServe
 def test_load_names_how_the_embedded_server_ended(tmp_path: Path) -> None:
     process = start("load", "--embedded-server", "mock", "--users", "2", "--duration", "60",
                     "--output-tokens", "8", "--report-dir", str(tmp_path))
-    read_until(process.stderr, "[step 1/1")
-    (server_pid,) = child_pids(process.pid)
-    os.kill(server_pid, signal.SIGKILL)
-    code, out, err = finish(process)
+    code, out, err = kill_embedded_server(process, "[step 1/1", signal.SIGKILL)
     assert code == 2, out + err
     assert "embedded server exited with signal 9 (SIGKILL)" in err.strip().splitlines()[-1]
     assert json.loads((tmp_path / "load.json").read_text())["aborted"].endswith(
