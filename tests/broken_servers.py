@@ -7,9 +7,12 @@ in-process (aiohttp, its own event loop on a background thread) and, per request
 * rewrite a non-streamed JSON response (`on_json`: status and parsed body),
 * rewrite a streamed response (`on_stream`: the list of SSE event payloads, raw bytes, read
   whole from upstream and written back one event per write so the framing stays realistic),
-* replace the reply altogether (`on_reply`).
+* replace the reply altogether (`on_reply`),
+* write a stream's bytes itself (`on_wire`: from the event payloads to the raw writes), for the
+  framing faults: stray fields, named events, odd line endings, bytes after `[DONE]`.
 
-With no fault the proxy is transparent: the reference's bytes pass through unchanged.
+With no fault the proxy is transparent: the reference's bytes pass through unchanged. Only a fault
+below HTTP (a connection reset instead of an answer) needs a raw socket instead of this proxy.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ RequestHook = Callable[[Call], None]
 JsonHook = Callable[[Call, int, Any], tuple[int, Any]]
 StreamHook = Callable[[Call, list[bytes]], list[bytes]]
 ReplyHook = Callable[[Call, Reply], Reply]
+WireHook = Callable[[Call, list[bytes]], list[bytes]]
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Fault:
     on_json: JsonHook | None = None
     on_stream: StreamHook | None = None
     on_reply: ReplyHook | None = None
+    on_wire: WireHook | None = None
     # Close the connection after each streamed reply without saying `Connection: close` (as
     # llama.cpp's llama-server does): a client's next request on it finds it dead.
     close_after_stream: bool = False
@@ -199,8 +204,12 @@ def broken_server(upstream: str, fault: Fault | None, api_key: str | None = None
             return web.Response(status=reply.status, body=reply.content, headers=reply.headers)
         response = web.StreamResponse(status=reply.status, headers=reply.headers)
         await response.prepare(request)
-        for payload in reply.events:
-            await response.write(encode_event(payload))
+        if fault is not None and fault.on_wire is not None:
+            writes = fault.on_wire(call, reply.events)
+        else:
+            writes = [encode_event(payload) for payload in reply.events]
+        for data in writes:
+            await response.write(data)
         await response.write_eof()
         if fault is not None and fault.close_after_stream and request.transport is not None:
             # A moment later, as llama-server does: a client that reuses the connection at once has
@@ -407,7 +416,7 @@ def _garbage_json_stream(call: Call, events: list[bytes]) -> list[bytes]:
 
 
 def _add_key(call: Call) -> None:
-    if "Authorization" not in call.headers and call.api_key:
+    if call.api_key:
         call.headers["Authorization"] = f"Bearer {call.api_key}"
 
 
@@ -507,11 +516,181 @@ def _drop_field(name: str) -> RequestHook:
 
 
 def _accept_everything(call: Call, status: int, data: Any) -> tuple[int, Any]:
-    if status != 400:
-        return status, data
-    return 200, {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "mock",
-                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    return (200, _canned_completion()) if status == 400 else (status, data)
+
+
+def _json_content_type(call: Call) -> None:
+    call.headers["Content-Type"] = "application/json"
+
+
+def _five_hundred_when(test: Callable[[Any], bool]) -> ReplyHook:
+    """A 400 becomes a 500, only for requests whose parsed body passes `test`."""
+
+    def hook(call: Call, reply: Reply) -> Reply:
+        if reply.status == 400 and test(call.body):
+            reply.status = 500
+        return reply
+
+    return hook
+
+
+def _canned_completion() -> dict[str, Any]:
+    return {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "mock",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+def _serve_unknown_model(call: Call, status: int, data: Any) -> tuple[int, Any]:
+    return (200, _canned_completion()) if status == 404 else (status, data)
+
+
+def _shrink_big_body(call: Call) -> None:
+    """A body over 1 MiB loses its long messages, so the upstream serves it (no size cap)."""
+    if isinstance(call.body, dict) and len(json.dumps(call.body)) > (1 << 20):
+        call.body["messages"] = [{"role": "user", "content": "Hello"}]
+
+
+def _default_max_tokens(call: Call) -> None:
+    if isinstance(call.body, dict) and "max_tokens" not in call.body:
+        call.body["max_tokens"] = 16
+
+
+def _unname_param(call: Call, status: int, data: Any) -> tuple[int, Any]:
+    error = data.get("error") if isinstance(data, dict) else None
+    if status == 400 and isinstance(error, dict):
+        error["param"] = None
+    return status, data
+
+
+def _stream_as_json_type(call: Call, reply: Reply) -> Reply:
+    if reply.events is not None:
+        reply.headers["Content-Type"] = "application/json; charset=utf-8"
+    return reply
+
+
+def _bad_created(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    chunks = [item for item in items if isinstance(item, dict)]
+    if len(chunks) > 1:
+        chunks[1]["created"] = "yesterday"
+    return encode(items)
+
+
+def _finish_positions(items: list[dict[str, Any] | bytes], index: int) -> list[int]:
+    return [position for position, item in enumerate(items)
+            if any(c.get("index") == index and c.get("finish_reason") is not None for c in _choices(item))]
+
+
+def _finish_twice(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    positions = _finish_positions(items, 0)
+    if positions:
+        item = items[positions[0]]
+        assert isinstance(item, dict)
+        twin = copy.deepcopy(item)
+        twin["choices"] = [{**c, "delta": {}} for c in _choices(twin) if c.get("index") == 0]
+        items.insert(positions[0] + 1, twin)
+    return encode(items)
+
+
+def _no_finish_for_choice_1(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    for position in _finish_positions(items, 1):
+        for choice in _choices(items[position]):
+            if choice.get("index") == 1:
+                choice["finish_reason"] = None
+    return encode(items)
+
+
+def _replacement_character(call: Call, events: list[bytes]) -> list[bytes]:
+    """The stream (only) gets U+FFFD for the first non-ASCII character of the content, or for the
+    first character of the second content delta when the text is all ASCII."""
+    items = decode(events)
+    deltas = _content_deltas(items).get(0, [])
+    for delta in deltas:
+        text = delta["content"]
+        at = next((i for i, char in enumerate(text) if not char.isascii()), None)
+        if at is not None:
+            delta["content"] = text[:at] + "\ufffd" + text[at + 1:]
+            return encode(items)
+    candidates = [delta for delta in deltas[1:] if delta["content"]]
+    if candidates:
+        candidates[0]["content"] = "\ufffd" + candidates[0]["content"][1:]
+    return encode(items)
+
+
+def _raise_small_max_tokens(call: Call) -> None:
+    value = call.body.get("max_tokens") if isinstance(call.body, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 8:
+        call.body["max_tokens"] = 8
+
+
+def _usage_everywhere(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    chunks = [item for item in items if isinstance(item, dict)]
+    usage = chunks[-1].get("usage") if chunks else None
+    if usage is not None:
+        for chunk in chunks:
+            chunk["usage"] = usage
+    return encode(items)
+
+
+def _usage_on_last_choice_chunk(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    chunks = [item for item in items if isinstance(item, dict)]
+    if len(chunks) > 1 and chunks[-1].get("usage") is not None and not chunks[-1].get("choices"):
+        items.remove(chunks[-1])
+        chunks[-2]["usage"] = chunks[-1]["usage"]
+    return encode(items)
+
+
+def _one_more_token(usage: Any) -> None:
+    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+        usage["completion_tokens"] += 1
+        if isinstance(usage.get("total_tokens"), int):
+            usage["total_tokens"] += 1
+
+
+def _off_by_one_json(call: Call, status: int, data: Any) -> tuple[int, Any]:
+    if status == 200 and isinstance(data, dict):
+        _one_more_token(data.get("usage"))
+    return status, data
+
+
+def _off_by_one_chunk(call: Call, chunk: dict[str, Any]) -> None:
+    _one_more_token(chunk.get("usage"))
+
+
+# -- framing faults: the proxy writes the stream's bytes itself
+
+
+def _framed(events: list[bytes], end: bytes = b"\n") -> list[bytes]:
+    return [b"data: " + payload + end * 2 for payload in events]
+
+
+def _trailing_half_event(call: Call, events: list[bytes]) -> list[bytes]:
+    return [*_framed(events), b'data: {"id": "chatcmpl-x", "choi']
+
+
+def _garbage_after_done(call: Call, events: list[bytes]) -> list[bytes]:
+    return [*_framed(events), b"oops\n"]
+
+
+def _insert_before_second(line: bytes) -> WireHook:
+    def hook(call: Call, events: list[bytes]) -> list[bytes]:
+        writes = _framed(events)
+        return [*writes[:1], line, *writes[1:]]
+
+    return hook
+
+
+def _first_event_crlf(call: Call, events: list[bytes]) -> list[bytes]:
+    writes = _framed(events)
+    return [*_framed(events[:1], b"\r\n"), *writes[1:]] if writes else writes
+
+
+def _cr_only(call: Call, events: list[bytes]) -> list[bytes]:
+    return _framed(events, b"\r")
 
 
 FAULTS: tuple[Fault, ...] = (
@@ -562,11 +741,11 @@ FAULTS: tuple[Fault, ...] = (
           reasons=("the content is not valid JSON", "JSON mode with a schema: the content is not valid JSON"),
           on_json=each_choice(_garbage_json_choice), on_stream=_garbage_json_stream,
           description="JSON mode content gets a stray '}' at the end"),
-    Fault("no_auth", ("auth.missing_key",),
-          reasons=('expected HTTP 401, got 200',), on_request=_add_key,
-          description="requests without a key are served (200)"),
-    Fault("utf8_split", ("streaming.utf8_split",),
-          reasons=('a character was split across events',), on_stream=_utf8_split,
+    Fault("no_auth", ("auth.missing_key", "auth.wrong_key"),
+          reasons=('expected HTTP 401, got 200',) * 2, on_request=_add_key,
+          description="requests without a key or with a wrong one are served (200)"),
+    Fault("utf8_split", ("streaming.utf8_split", "streaming.framing"),
+          reasons=('a character was split across events', "invalid UTF-8"), on_stream=_utf8_split,
           description="a multi-byte UTF-8 character is split across two events"),
     Fault("role_missing", ("streaming.role_first",),
           reasons=("has role None, expected 'assistant'",), on_stream=_drop_first_role,
@@ -594,4 +773,62 @@ FAULTS: tuple[Fault, ...] = (
     Fault("error_streamed", ("errors.error_before_stream",),
           reasons=('was answered 200 (text/event-stream) instead of a 400 error envelope',), on_reply=_error_streamed,
           description="a bad streamed request is answered 200 with an error event"),
+    # -- errors: each client mistake answered wrongly in its own way
+    Fault("bad_json_500", ("errors.malformed_json",), reasons=("server error 500",),
+          on_reply=_five_hundred_when(lambda body: body is None),
+          description="a body that is not JSON is answered 500"),
+    Fault("array_500", ("errors.non_object_body",), reasons=("server error 500",),
+          on_reply=_five_hundred_when(lambda body: isinstance(body, list)),
+          description="a JSON array body is answered 500"),
+    Fault("any_content_type", ("errors.wrong_content_type",), reasons=("got 200",),
+          on_request=_json_content_type, description="a body sent as text/plain is served"),
+    Fault("any_model", ("errors.unknown_model",), reasons=("got 200",), on_json=_serve_unknown_model,
+          description="an unknown model is served"),
+    Fault("no_size_cap", ("errors.oversized_body",), reasons=("got 200",), on_request=_shrink_big_body,
+          description="a 16 MiB body is served (no size cap)"),
+    Fault("missing_max_tokens_ok", ("errors.missing_required",), reasons=("request without max_tokens",),
+          on_request=_default_max_tokens, description="a request without max_tokens is served"),
+    Fault("unnamed_param", ("errors.missing_required",), reasons=("names param None",), on_json=_unname_param,
+          description="400 envelopes name no parameter"),
+    # -- streams: one broken rule each
+    Fault("json_stream_type", ("streaming.content_type",), reasons=("expected text/event-stream",),
+          on_reply=_stream_as_json_type, description="a stream is labelled application/json"),
+    Fault("bad_chunk", ("streaming.chunk_schema",), reasons=("breaks the spec",), on_stream=_bad_created,
+          description="one chunk's created is a string"),
+    Fault("two_finish", ("streaming.finish_reason_once",), reasons=("choice 0 got 2 finish_reasons",),
+          on_stream=_finish_twice, description="choice 0's finish_reason is sent twice"),
+    Fault("missing_finish_1", ("streaming.finish_reason_once",), reasons=("expected [0, 1]",),
+          on_stream=_no_finish_for_choice_1, description="choice 1 of n=2 never gets a finish_reason"),
+    Fault("fffd_stream", ("streaming.utf8_split",), reasons=("U+FFFD",), on_stream=_replacement_character,
+          description="a streamed character becomes U+FFFD (the non-stream text has it right)"),
+    Fault("trailing_half", ("streaming.framing", "streaming.done_once_last"),
+          reasons=("ends inside an event", "follow data: [DONE]"), on_wire=_trailing_half_event,
+          description="half an event follows data: [DONE] and the stream ends"),
+    Fault("garbage_after_done", ("streaming.framing", "streaming.done_once_last"),
+          reasons=("ends inside an event", "follow data: [DONE]"), on_wire=_garbage_after_done,
+          description="a stray line follows data: [DONE]"),
+    Fault("non_json_event", ("streaming.framing",), reasons=("neither JSON",),
+          on_wire=_insert_before_second(b"data: hello\n\n"), description="one event's data is not JSON"),
+    Fault("unknown_field", ("streaming.framing",), reasons=("SSE parser warnings: unknown field 'foo'",),
+          on_wire=_insert_before_second(b"foo: bar\n"), description="a line with an unknown SSE field"),
+    Fault("named_event", ("streaming.framing",), reasons=("type 'chunk'",),
+          on_wire=_insert_before_second(b"event: chunk\n"), description="one event is named 'chunk'"),
+    Fault("mixed_eol", ("streaming.line_endings",), reasons=("mixes line endings: CRLF, LF",),
+          on_wire=_first_event_crlf, description="the first event ends in CRLF, the rest in LF"),
+    # -- usage
+    Fault("ignores_max_tokens", ("usage.max_tokens_bound",), reasons=("> max_tokens 3",),
+          on_request=_raise_small_max_tokens, description="a max_tokens under 8 is raised to 8"),
+    Fault("usage_every_chunk", ("usage.stream_last_chunk_only",), reasons=("chunks carry usage",),
+          on_stream=_usage_everywhere, description="every chunk of a stream carries usage"),
+    Fault("usage_with_choices", ("usage.stream_last_chunk_only",), reasons=("expected []",),
+          on_stream=_usage_on_last_choice_chunk, description="usage rides on the last chunk with choices"),
+    Fault("stream_usage_off_by_one", ("usage.matches_stream_tokens",),
+          reasons=("logprob entries, usage says completion_tokens",), on_stream=each_chunk(_off_by_one_chunk),
+          description="a stream's usage counts one token more than it sent"),
+    Fault("json_usage_off_by_one", ("usage.matches_logprobs_nonstream",),
+          reasons=("logprob entries (choices[0].logprobs is set), usage says completion_tokens",),
+          on_json=_off_by_one_json, description="a non-stream usage counts one token more than it sent"),
 )
+
+# A correct stream in unusual framing: every line ends in a lone CR (valid SSE).
+CR_ONLY = Fault("cr_only", (), on_wire=_cr_only, description="every line ends in CR alone (valid)")

@@ -128,5 +128,5 @@ def matches_logprobs_nonstream(ctx: Context) -> None:
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
     count = len(content) if isinstance(content, list) else 0
     ctx.expect(count == usage["completion_tokens"],
-               f"{count} logprob entries (choices[0].logprobs is {'set' if logprobs else logprobs!r}), usage says "
+               f"{count} logprob entries (choices[0].logprobs is {'set' if logprobs else repr(logprobs)}), usage says "
                f"completion_tokens {usage['completion_tokens']}", exchange)
