@@ -13,8 +13,8 @@ import jsonschema
 
 import spec
 from conformance.registry import CheckFailed, NotSupported
-from conformance.sse import SSEParseResult, parse_sse
 from conformance.target import Client, Exchange, Target
+from spec.sse import SSEParseResult, parse_sse
 
 
 @functools.cache
@@ -112,6 +112,13 @@ class Context:
     def ok_json(self, body: dict[str, Any]) -> tuple[Exchange, dict[str, Any]]:
         """Send a non-stream request that must succeed with a schema-valid `chat.completion`."""
         exchange = self.chat({**body, "stream": False})
+        return exchange, self.completion(exchange)
+
+    def completion(self, exchange: Exchange) -> dict[str, Any]:
+        """What `ok_json` holds a sent exchange to: 200 application/json, a schema-valid body.
+
+        For a check that must look at the status first (e.g. a 400 it tolerates) before judging.
+        """
         self.expect(exchange.status == 200, f"expected 200, got {exchange.status}", exchange)
         self.expect(exchange.content_type == "application/json",
                     f"expected application/json, got {exchange.content_type!r}", exchange)
@@ -121,7 +128,7 @@ class Context:
             raise CheckFailed(f"body is not JSON: {exc}", exchange) from exc
         problems = schema_errors("ChatCompletion", data)
         self.expect(not problems, "chat.completion body breaks the spec: " + "; ".join(problems), exchange)
-        return exchange, data
+        return data
 
     def ok_stream(self, body: dict[str, Any]) -> StreamResult:
         """Send a streaming request that must answer 200 text/event-stream; parse it strictly."""

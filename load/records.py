@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from conformance.sse import SSEParser
+from spec.sse import SSEParser
 
 # Every kind of failed request, in the order a report lists them.
 ERROR_KINDS = ("connection_refused", "connection_closed", "timeout", "transport", "http_429", "http_4xx",

@@ -415,6 +415,12 @@ def _garbage_json_stream(call: Call, events: list[bytes]) -> list[bytes]:
     return encode(items)
 
 
+def _json_as_text(call: Call, reply: Reply) -> Reply:
+    if reply.status == 200 and reply.headers.get("Content-Type", "").startswith("application/json"):
+        reply.headers["Content-Type"] = "text/plain; charset=utf-8"
+    return reply
+
+
 def _add_key(call: Call) -> None:
     if call.api_key:
         call.headers["Authorization"] = f"Bearer {call.api_key}"
@@ -741,6 +747,9 @@ FAULTS: tuple[Fault, ...] = (
           reasons=("the content is not valid JSON", "JSON mode with a schema: the content is not valid JSON"),
           on_json=each_choice(_garbage_json_choice), on_stream=_garbage_json_stream,
           description="JSON mode content gets a stray '}' at the end"),
+    Fault("json_as_text", ("logit_bias.force", "seed.repeat_nonstream"),
+          reasons=("expected application/json, got 'text/plain'",) * 2, on_reply=_json_as_text,
+          description="a JSON answer is labelled text/plain"),
     Fault("no_auth", ("auth.missing_key", "auth.wrong_key"),
           reasons=('expected HTTP 401, got 200',) * 2, on_request=_add_key,
           description="requests without a key or with a wrong one are served (200)"),

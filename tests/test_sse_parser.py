@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conformance.sse import MAX_UTF8_ERRORS, SSEParser, parse_sse, parse_sse_chunks, split_utf8_events
+from spec.sse import MAX_UTF8_ERRORS, SSEParser, parse_sse, parse_sse_chunks, split_utf8_events
 
 
 @pytest.mark.parametrize("eol,kind", [(b"\n", "LF"), (b"\r\n", "CRLF"), (b"\r", "CR")])

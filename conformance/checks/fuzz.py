@@ -31,8 +31,8 @@ from schemathesis.specs.openapi.checks import (
 import spec
 from conformance.context import Context, schema_errors
 from conformance.registry import CheckFailed, check
-from conformance.sse import parse_sse
 from conformance.target import REDACTED, Exchange, Target
+from spec.sse import parse_sse
 
 FEATURE = "schema"
 MAX_TOKENS = 8

@@ -15,7 +15,7 @@ from typing import Any
 
 import jsonschema
 
-from conformance.context import Context, schema_errors
+from conformance.context import Context
 from conformance.registry import CheckFailed, check
 from conformance.target import Exchange
 
@@ -61,18 +61,6 @@ def _entries(data: dict[str, Any]) -> list[dict[str, Any]] | None:
 def _baseline(ctx: Context, seed: int) -> tuple[Exchange, dict[str, Any]]:
     """The non-streamed seeded story run for `seed`, sent once per run and shared by checks."""
     return ctx.memo(f"semantics.story.{seed}", lambda: ctx.ok_json(_story(ctx, seed)))
-
-
-def _ok(ctx: Context, exchange: Exchange) -> dict[str, Any]:
-    """What `ctx.ok_json` enforces, for an exchange already sent."""
-    ctx.expect(exchange.status == 200, f"expected 200, got {exchange.status}", exchange)
-    try:
-        data = exchange.json()
-    except ValueError as exc:
-        raise CheckFailed(f"body is not JSON: {exc}", exchange) from exc
-    problems = schema_errors("ChatCompletion", data)
-    ctx.expect(not problems, "chat.completion body breaks the spec: " + "; ".join(problems), exchange)
-    return data
 
 
 # ---- seed ----------------------------------------------------------------------------------
@@ -300,7 +288,7 @@ def _force(ctx: Context, token_id: int, logprobs: bool) -> Forced | None:
         ctx.expect(param.startswith("logit_bias"), f"logit_bias {{{token_id}: 100}} rejected naming {param!r}",
                    exchange)
         return None  # not in this vocabulary
-    data = _ok(ctx, exchange)
+    data = ctx.completion(exchange)
     text = _text(data)
     used = data["usage"]["completion_tokens"]
     if not text or used < 2:

@@ -10,7 +10,7 @@ from typing import Any
 
 from conformance.context import Context, StreamResult, schema_errors
 from conformance.registry import check
-from conformance.sse import split_utf8_events
+from spec.sse import split_utf8_events
 
 UNICODE_PROMPT = ("Write a few words in French, German and Japanese with accents and an emoji, "
                   "like café, über, 日本, 🙂.")

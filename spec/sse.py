@@ -1,4 +1,5 @@
-"""A strict server-sent-events parser (WHATWG "event stream interpretation") for conformance.
+"""A strict server-sent-events parser (WHATWG "event stream interpretation"): the stream's wire
+format, read the same way by the conformance checks and the load tool's token timing.
 
 SDK parsers are lenient; this one follows the WHATWG rules for what is dispatched and keeps
 everything a checker needs to fail a stream: parser warnings, invalid UTF-8 with byte positions,
