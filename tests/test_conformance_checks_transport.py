@@ -29,7 +29,8 @@ MODULES = ("conformance.checks.errors", "conformance.checks.streaming", "conform
 IDS = (
     "auth.missing_key", "auth.wrong_key",
     "errors.malformed_json", "errors.wrong_content_type", "errors.unknown_model", "errors.oversized_body",
-    "errors.missing_required", "errors.non_object_body", "errors.error_before_stream",
+    "errors.missing_required", "errors.non_object_body", "errors.error_before_stream", "errors.envelope",
+    "errors.status_400", "errors.status_404_model", "errors.status_413", "errors.status_415",
     "streaming.content_type", "streaming.framing", "streaming.chunk_schema", "streaming.constant_fields",
     "streaming.role_first", "streaming.finish_reason_once", "streaming.done_once_last", "streaming.utf8_split",
     "streaming.line_endings",
@@ -161,7 +162,7 @@ class FakeAPI:
 
         async def start() -> None:
             app = web.Application(client_max_size=64 * 1024 * 1024)
-            app.router.add_post("/v3/openai/chat/completions", self.handle)
+            app.router.add_post("/v3/openai/chat/completions", self.answer)
             self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
             await self._runner.setup()
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -173,6 +174,19 @@ class FakeAPI:
         self._loop.run_forever()
 
     # -- request handling
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        """`handle`'s answer, with the faults that bend every error applied."""
+        response = await self.handle(request)
+        if not isinstance(response, web.Response) or response.status < 400 or response.status == 401:
+            return response
+        if "status_422" in self.faults:  # every client mistake answered 422, as FastAPI servers do
+            response.set_status(422)
+        if "integer_code" in self.faults:
+            body = json.loads(response.body)
+            body["error"]["code"] = response.status
+            return web.json_response(body, status=response.status)
+        return response
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         faults = self.faults
         if "no_auth" not in faults and request.headers.get("Authorization") != f"Bearer {KEY}":
@@ -337,7 +351,12 @@ BROKEN = [
     ("any_model", "errors.unknown_model", "got 200"),
     ("no_size_cap", "errors.oversized_body", "got 200"),
     ("missing_max_tokens_ok", "errors.missing_required", "request without max_tokens"),
-    ("unnamed_param", "errors.missing_required", "names param None"),
+    ("unnamed_param", "errors.envelope", "no messages: the envelope's param is None, expected 'messages'"),
+    ("integer_code", "errors.envelope", "error/code: 400 is not of type 'string', 'null'"),
+    ("status_422", "errors.status_400", "got 422 for malformed JSON; 422 for a JSON array body"),
+    ("status_422", "errors.status_404_model", "unknown model: expected HTTP 404, got 422"),
+    ("status_422", "errors.status_413", "expected HTTP 413, got 422"),
+    ("status_422", "errors.status_415", "Content-Type text/plain: expected HTTP 415, got 422"),
     ("array_500", "errors.non_object_body", "server error 500"),
     ("error_streamed", "errors.error_before_stream", "answered 200"),
     ("json_stream_ct", "streaming.content_type", "expected text/event-stream"),
