@@ -113,8 +113,19 @@ def endpoint_gone(
     a refused TCP connection to the base URL's host and port is the sign; a slow or unresolvable
     host is not (those are the checks' own findings). With `known_good` (the smallest valid
     request got a 200 before the run), that request is sent again: when it times out, gets no
-    answer or no 200, twice, the endpoint is wedged or unhealthy, and that is the reason.
+    answer or no 200, twice, the endpoint is wedged or unhealthy, and that is the reason (unless
+    by then it is gone after all: a dying server may still take a connection or two).
     """
+    gone = _gone(target, server_exit)
+    if gone is not None or not known_good:
+        return gone
+    unhealthy = _unhealthy(target)
+    if unhealthy is None:
+        return None
+    return _gone(target, server_exit) or unhealthy
+
+
+def _gone(target: Target, server_exit: Callable[[], str | None] | None) -> str | None:
     if server_exit is not None and (status := server_exit()) is not None:
         return f"embedded server exited with {status}"
     url = urlsplit(target.base_url)
@@ -127,7 +138,7 @@ def endpoint_gone(
     except OSError:
         return None
     else:
-        return _unhealthy(target) if known_good else None
+        return None
     if server_exit is not None:
         # A dying process closes its sockets before its exit status can be read: wait for it.
         deadline = time.monotonic() + EXIT_STATUS_WAIT_S
