@@ -22,31 +22,34 @@ OVERSIZED_BYTES = 16 * 1024 * 1024
 WRONG_KEY = "chatspec-wrong-key-0000"
 
 
+def _sent(ctx: Context, key: str, send: Callable[[], Exchange]) -> Exchange:
+    """The exchange `send` makes, sent once per run and shared by the checks that judge it."""
+    return ctx.memo(f"errors.{key}", send)
+
+
 def _needs_key(ctx: Context) -> None:
     if not ctx.target.api_key:
         raise Skipped("no API key given")
 
 
+def _no_key(ctx: Context) -> Exchange:
+    return _sent(ctx, "no_key", lambda: ctx.chat(ctx.body(), auth=False))
+
+
 @check("auth.missing_key", "auth", "error")
 def missing_key(ctx: Context) -> None:
-    """No Authorization header: 401 in the error envelope."""
+    """No Authorization header: 401 (its envelope is judged by errors.envelope)."""
     _needs_key(ctx)
-    exchange = ctx.chat(ctx.body(), auth=False)
-    ctx.expect_error(exchange, [401], exact=True, what="request without an Authorization header")
+    ctx.expect_error(_no_key(ctx), [401], exact=True, what="request without an Authorization header")
 
 
 @check("auth.wrong_key", "auth", "error")
 def wrong_key(ctx: Context) -> None:
-    """A wrong bearer key: 401 in the error envelope."""
+    """A wrong bearer key: 401."""
     _needs_key(ctx)
     key = WRONG_KEY if ctx.target.api_key != WRONG_KEY else WRONG_KEY + "-1"
     exchange = ctx.chat(ctx.body(), headers={"Authorization": f"Bearer {key}"})
     ctx.expect_error(exchange, [401], exact=True, what="request with a wrong bearer key")
-
-
-def _sent(ctx: Context, key: str, send: Callable[[], Exchange]) -> Exchange:
-    """The exchange `send` makes, sent once per run and shared by the checks that judge it."""
-    return ctx.memo(f"errors.{key}", send)
 
 
 def _malformed(ctx: Context) -> Exchange:
@@ -155,11 +158,10 @@ def envelope(ctx: Context) -> None:
     if found is not None:
         samples.append((f"{found[0]}={found[1]!r}", found[2], found[0]))
     if ctx.target.api_key:
-        samples.append(("no Authorization header", _sent(ctx, "no_key", lambda: ctx.chat(ctx.body(), auth=False)),
-                        None))
+        samples.append(("no Authorization header", _no_key(ctx), None))
     for what, exchange, param in samples:
-        if exchange.status < 400:
-            continue  # accepted: the check of that rule says so; there is no envelope to judge
+        if not 400 <= exchange.status < 500:
+            continue  # accepted, or a server error: the must check of that rule says so
         try:
             data = exchange.json()
         except ValueError:
