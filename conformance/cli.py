@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--report-dir", type=Path, default=None,
                      help="write junit.xml, conformance.json and conformance.html here")
     how.add_argument("-k", dest="keyword", default=None,
-                     help="only checks whose id/feature/category match this expression "
+                     help="only checks whose id/feature/category/severity match this expression "
                      "(substrings with and/or/not, like pytest -k)")
     how.add_argument("--max-examples", type=int, default=25,
                      help="schema-generated examples per fuzzing mode (positive, negative)")
