@@ -160,3 +160,15 @@ def test_pytest_plugin_xfails_should_checks_unless_told(mock: RunningServer, tmp
     assert "should-level, not gating" in lenient.stdout
     assert strict.returncode == 1 and "1 failed, 1 passed" in strict.stdout, strict.stdout + strict.stderr
     assert "[should] [failed] Content-Type text/plain: expected HTTP 415, got 422" in strict.stdout
+
+
+def test_list_shows_severities_with_the_wedging_checks_last() -> None:
+    out = _cli("--embedded-server", "mock", "--list", "-k", "errors")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    assert [row[0] for row in rows[-2:]] == ["errors.oversized_body", "errors.status_413"]
+    severity = {row[0]: row[3] for row in rows}
+    assert severity["errors.malformed_json"] == "must" and severity["errors.status_400"] == "should"
+    should = _cli("--embedded-server", "mock", "--list", "-k", "should")
+    assert "ranges.temperature.exclusive_min_end" in should.stdout
+    assert "ranges.temperature.above_max" not in should.stdout
