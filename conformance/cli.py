@@ -1,7 +1,9 @@
 """`python -m conformance`: gate an endpoint against the spec; the exit code is the verdict.
 
-0: every required check passed; 1: a check failed; 2: could not run (one-line reason), or the
-endpoint stopped answering mid-run (the reports say at which check and how the server ended).
+0: no must-level check failed (should-level failures are reported, and fail the run only with
+`--fail-on should` / `--strict`); 1: a check of a failing severity failed; 2: could not run
+(one-line reason), or the endpoint stopped answering mid-run (the reports say at which check and
+how the server ended).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from conformance.registry import FEATURES, collect
 from conformance.runner import Unreachable, preflight, run_checks, summary_line
 from conformance.target import Target
+from reports.model import SEVERITIES
 
 API_KEY_ENV = "CHATSPEC_API_KEY"
 
@@ -26,9 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Check a chat-completions endpoint against spec/openapi.yaml: schema-generated "
             "requests, parameter ranges, strict SSE framing, usage, and model-agnostic semantics "
-            "(seed, stop, n, logprobs, logit_bias, JSON mode, context handling). Exit status: "
-            "0 all required checks passed, 1 a check failed, 2 could not run or the endpoint stopped "
-            "answering mid-run (the run stops there; the reports name the check)."
+            "(seed, stop, n, logprobs, logit_bias, JSON mode, context handling). Every check has a "
+            "severity, as RFC 2119 words it: 'must' (an absolute requirement, e.g. an invalid value is "
+            "rejected with a 4xx, never accepted or answered 5xx) or 'should' (a recommendation, e.g. "
+            "exactly 400 rather than 422); every report shows it. Checks that may wedge the endpoint "
+            "(a 16 MiB body) run last. Exit status: 0 no must-level check failed, 1 a check of a failing "
+            "severity failed (must; should too with --fail-on should), 2 could not run, or the endpoint "
+            "stopped answering mid-run: exited, refused connections, or a minimal request that succeeded "
+            "before the run times out or fails after a check (the run stops there; the reports name the "
+            "check and list those not run)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -47,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--report-dir", type=Path, default=None,
                      help="write junit.xml, conformance.json and conformance.html here")
     how.add_argument("-k", dest="keyword", default=None,
-                     help="only checks whose id/feature/category match this expression "
+                     help="only checks whose id/feature/category/severity match this expression "
                      "(substrings with and/or/not, like pytest -k)")
     how.add_argument("--max-examples", type=int, default=25,
                      help="schema-generated examples per fuzzing mode (positive, negative)")
@@ -56,8 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--skip-feature", action="append", default=[], choices=FEATURES, metavar="NAME",
                      help=f"declare a feature unsupported (reported as 'not supported', never passed); "
                      f"repeatable; one of: {', '.join(FEATURES)}")
+    how.add_argument("--fail-on", choices=SEVERITIES, default="must",
+                     help="the least severity whose failures fail the run (exit 1): must, or should to "
+                     "hold the endpoint to the recommendations too")
+    how.add_argument("--strict", dest="fail_on", action="store_const", const="should",
+                     help="the same as --fail-on should")
     how.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    how.add_argument("--list", action="store_true", help="list the checks that would run, then exit")
+    how.add_argument("--list", action="store_true",
+                     help="list the checks that would run (id, feature, category, severity), in order, then exit")
     how.add_argument("--quiet", action="store_true", help="no per-check progress lines")
     return parser
 
@@ -102,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(str(exc))
             if args.list:
                 for item in checks:
-                    print(f"{item.id}\t{item.feature}\t{item.category}")
+                    print(f"{item.id}\t{item.feature}\t{item.category}\t{item.severity}")
                 return 0
             if not checks:
                 print("error: no check matches -k " + repr(args.keyword), file=sys.stderr)
@@ -111,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running {len(checks)} checks against {target.base_url} (model {target.model!r}, "
                   f"profile {target.profile})", file=sys.stderr, flush=True)
             report = run_checks(target, checks, progress=None if args.quiet else sys.stderr,
-                                server_exit=server_exit)
+                                server_exit=server_exit, fail_on=args.fail_on)
     except Unreachable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

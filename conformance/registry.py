@@ -2,6 +2,10 @@
 
 Static checks register with `@check`; checks generated from the spec (one per parameter and
 boundary) come from functions registered with `@check_factory`, called with the target.
+
+Every check has a severity in RFC 2119's words: "must" (an absolute requirement: a failure makes
+the run fail) or "should" (a recommendation, e.g. exactly 400 rather than another 4xx: reported,
+and gating only with `--fail-on should`). Checks that may wedge an endpoint run after all others.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from reports.model import SEVERITIES
 
 if TYPE_CHECKING:
     from conformance.context import Context
@@ -58,9 +64,17 @@ class Check:
     run: Callable[[Context], None]
     description: str = ""
     spec_note: str | None = None
+    severity: str = "must"
+    # The check may leave the endpoint busy or broken (e.g. a 16 MiB body it spends minutes on):
+    # it runs after every other check, so it cannot spoil their results.
+    may_wedge: bool = False
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.severity!r} for check {self.id!r}; expected one of {SEVERITIES}")
 
     def haystack(self) -> str:
-        return f"{self.id} {self.feature} {self.category}"
+        return f"{self.id} {self.feature} {self.category} {self.severity}"
 
 
 _STATIC: list[Check] = []
@@ -68,14 +82,16 @@ _FACTORIES: list[Callable[[Target], Iterable[Check]]] = []
 
 
 def check(
-    id: str, feature: str, category: str, description: str = ""
+    id: str, feature: str, category: str, description: str = "", *, severity: str = "must",
+    may_wedge: bool = False,
 ) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
-    """Register the decorated function as check `id`."""
+    """Register the decorated function as check `id` (`severity`: "must" or "should")."""
     if feature not in FEATURES:
         raise ValueError(f"unknown feature {feature!r} for check {id!r}")
 
     def register(fn: Callable[[Context], None]) -> Callable[[Context], None]:
-        _STATIC.append(Check(id, feature, category, fn, description or (fn.__doc__ or "").strip()))
+        _STATIC.append(Check(id, feature, category, fn, description or (fn.__doc__ or "").strip(),
+                             severity=severity, may_wedge=may_wedge))
         return fn
 
     return register
@@ -88,7 +104,8 @@ def check_factory(fn: Callable[[Target], Iterable[Check]]) -> Callable[[Target],
 
 
 def collect(target: Target, keyword: str | None = None, modules: Iterable[str] = CHECK_MODULES) -> list[Check]:
-    """The checks of `modules` for `target`, in a stable order, filtered by a `-k` style expression."""
+    """The checks of `modules` for `target`, in a stable order (those that may wedge the endpoint
+    last), filtered by a `-k` style expression (which also matches the severity)."""
     wanted = tuple(modules)
     for module in wanted:
         importlib.import_module(module)
@@ -104,7 +121,7 @@ def collect(target: Target, keyword: str | None = None, modules: Iterable[str] =
     if keyword:
         matcher = keyword_matcher(keyword)
         checks = [item for item in checks if matcher(item.haystack())]
-    return checks
+    return sorted(checks, key=lambda item: item.may_wedge)
 
 
 _TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")

@@ -7,9 +7,9 @@ from pathlib import Path
 from reports.html import write_html
 from reports.json_report import write_json
 from reports.junit import write_junit
-from reports.model import OUTCOMES, CheckResult, RunReport
+from reports.model import OUTCOMES, SEVERITIES, CheckResult, RunReport
 
-__all__ = ["OUTCOMES", "CheckResult", "RunReport", "write_all", "write_html", "write_json", "write_junit"]
+__all__ = ["OUTCOMES", "SEVERITIES", "CheckResult", "RunReport", "write_all", "write_html", "write_json", "write_junit"]
 
 
 def write_all(report: RunReport, directory: Path | str) -> dict[str, Path]:

@@ -42,9 +42,19 @@ summary { cursor: pointer; } pre { background: #fafafa; padding: .5rem; overflow
 {% endif %}{% endfor %}<br>started {{ report.started_at }}, {{ '%.1f' % report.duration_s }} s</p>
 <p><span class="verdict" id="verdict">{{ verdict }}</span>
 {% for o in outcomes %} <span class="tag {{ o }}">{{ counts[o] }} {{ labels[o] }}</span>{% endfor %}</p>
+<p class="muted" id="severity">Severities as RFC 2119 words them: a <b>must</b> check is an absolute requirement,
+a <b>should</b> check a recommendation. This run fails on {{ 'must-level failures only' if report.fail_on == 'must'
+else 'must- and should-level failures' }}.{% if tolerated %}
+{{ tolerated|length }} should-level check(s) failed without failing it: {{ tolerated|map(attribute='id')|join(', ') }}.
+{% endif %}</p>
 {% if report.aborted %}<p class="aborted" id="aborted"><b>The run stopped early:</b> {{ report.aborted }}.
 {{ report.not_run|length }} check(s) did not run{% if report.not_run %}: {{ report.not_run|join(', ') }}{% endif %}.</p>
 {% endif %}
+<h2>By severity</h2>
+<table id="severities"><tr><th>severity</th>{% for o in outcomes %}<th>{{ labels[o] }}</th>{% endfor %}</tr>
+{% for severity, row in by_severity.items() %}<tr><th>{{ severity }}</th>
+{% for o in outcomes %}<td class="n {{ o }}{{ ' nz' if row[o] else '' }}">{{ row[o] }}</td>{% endfor %}</tr>
+{% endfor %}</table>
 <h2>By feature</h2>
 <table id="features"><tr><th>feature</th>{% for o in outcomes %}<th>{{ labels[o] }}</th>{% endfor %}</tr>
 {% for feature, row in by_feature.items() %}<tr><th>{{ feature }}</th>
@@ -64,7 +74,7 @@ checks hold endpoints to it.</p>
 
 {% if failures %}<h2>Failures ({{ failures|length }})</h2>
 {% for r in failures %}<details><summary><span class="tag {{ r.outcome }}">{{ labels[r.outcome] }}</span>
-<b>{{ r.id }}</b> — {{ r.message }}</summary>
+<b>{{ r.id }}</b> <span class="sev">[{{ r.severity }}]</span> — {{ r.message }}</summary>
 {% if r.spec_note %}<p class="muted">spec: {{ r.spec_note }}</p>{% endif %}
 {% if r.request is not none %}<p>Request</p><pre>{{ r.request | tojson_pretty }}</pre>{% endif %}
 {% if r.response_excerpt %}<p>Response</p><pre>{{ r.response_excerpt }}</pre>{% endif %}
@@ -72,8 +82,10 @@ checks hold endpoints to it.</p>
 </details>{% endfor %}{% endif %}
 
 <h2>All checks ({{ report.results|length }})</h2>
-<table id="checks"><tr><th>check</th><th>feature</th><th>category</th><th>outcome</th><th>s</th><th>note</th></tr>
+<table id="checks"><tr><th>check</th><th>feature</th><th>category</th><th>severity</th><th>outcome</th><th>s</th>
+<th>note</th></tr>
 {% for r in report.results %}<tr><td>{{ r.id }}</td><td>{{ r.feature }}</td><td>{{ r.category }}</td>
+<td>{{ r.severity }}</td>
 <td class="tag {{ r.outcome }}">{{ labels[r.outcome] }}</td><td class="n">{{ '%.2f' % r.duration_s }}</td>
 <td>{{ r.message }}</td></tr>{% endfor %}</table>
 </body></html>
@@ -112,7 +124,8 @@ def render_html(report: RunReport) -> str:
     return env.from_string(TEMPLATE).render(
         report=report, verdict={"PASSED": "PASS", "FAILED": "FAIL"}.get(report.verdict(), report.verdict()),
         failed=failed, outcomes=OUTCOMES, labels=LABELS,
-        colors=COLORS, counts=report.counts(), by_feature=report.by_feature(),
+        colors=COLORS, counts=report.counts(), by_feature=report.by_feature(), by_severity=report.by_severity(),
+        tolerated=report.tolerated(),
         failures=[r for r in report.results if r.outcome in ("failed", "error")], chart=_chart_png(report),
     )
 

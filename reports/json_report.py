@@ -15,7 +15,8 @@ def report_json(report: RunReport) -> dict[str, Any]:
     for result in report.results:
         item: dict[str, Any] = {
             "id": result.id, "feature": result.feature, "category": result.category,
-            "outcome": result.outcome, "duration_s": result.duration_s, "message": result.message,
+            "severity": result.severity, "outcome": result.outcome, "duration_s": result.duration_s,
+            "message": result.message,
         }
         if result.spec_note:
             item["spec_note"] = result.spec_note
@@ -25,8 +26,9 @@ def report_json(report: RunReport) -> dict[str, Any]:
     return {
         "title": report.title, "target": report.target, "started_at": report.started_at,
         "duration_s": report.duration_s, "verdict": report.verdict().lower(),
-        "aborted": report.aborted, "not_run": report.not_run,
-        "summary": report.counts(), "by_feature": report.by_feature(), "notes": report.notes, "checks": checks,
+        "fail_on": report.fail_on, "aborted": report.aborted, "not_run": report.not_run,
+        "summary": report.counts(), "by_severity": report.by_severity(), "by_feature": report.by_feature(),
+        "notes": report.notes, "checks": checks,
     }
 
 

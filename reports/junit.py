@@ -1,8 +1,11 @@
 """JUnit XML for CI systems: one testsuite per feature, one testcase per check.
 
 `not_supported` becomes `<skipped message="not supported: ...">`, so CI tools never count it as
-a pass. Text from responses can hold characters XML 1.0 cannot carry (control characters, lone
-surrogates); they are written as visible escapes so the file always parses.
+a pass. Each testcase carries its severity (a `severity` property, and the failure's `type`:
+must or should); a should-level failure is a `<failure>` too, whether or not it fails the run
+(the exit code and the `fail_on` property of `<testsuites>` say which do). Text from responses
+can hold characters XML 1.0 cannot carry (control characters, lone surrogates); they are
+written as visible escapes so the file always parses.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def build_junit(report: RunReport) -> ET.Element:
     root = ET.Element("testsuites", name=xml_safe(report.title), tests=str(len(report.results)),
                       failures=str(counts["failed"]), errors=str(counts["error"]),
                       skipped=str(counts["skipped"] + counts["not_supported"]), time=f"{report.duration_s:.3f}")
+    ET.SubElement(ET.SubElement(root, "properties"), "property", name="fail_on", value=report.fail_on)
     suites: dict[str, ET.Element] = {}
     for feature, row in report.by_feature().items():
         suites[feature] = ET.SubElement(
@@ -54,11 +58,13 @@ def build_junit(report: RunReport) -> ET.Element:
     for result in report.results:
         case = ET.SubElement(suites[result.feature], "testcase", classname=xml_safe(result.feature),
                              name=xml_safe(result.id), time=f"{result.duration_s:.3f}")
+        ET.SubElement(ET.SubElement(case, "properties"), "property", name="severity", value=result.severity)
         message = xml_safe(result.message[:MESSAGE_LIMIT])
+        marked = xml_safe(f"[{result.severity}] {result.message}"[:MESSAGE_LIMIT])
         if result.outcome == "failed":
-            ET.SubElement(case, "failure", message=message, type="failed").text = _details(result)
+            ET.SubElement(case, "failure", message=marked, type=result.severity).text = _details(result)
         elif result.outcome == "error":
-            ET.SubElement(case, "error", message=message, type="error").text = _details(result)
+            ET.SubElement(case, "error", message=marked, type=result.severity).text = _details(result)
         elif result.outcome == "not_supported":
             ET.SubElement(case, "skipped", message=f"not supported: {message}")
         elif result.outcome == "skipped":

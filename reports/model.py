@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OUTCOMES = ("passed", "failed", "error", "not_supported", "skipped")  # also the report column order
+SEVERITIES = ("must", "should")  # RFC 2119 levels of the checks, strictest first
 
 
 @dataclass
@@ -24,10 +25,18 @@ class CheckResult:
     response_excerpt: str | None = None
     curl: str | None = None
     spec_note: str | None = None
+    severity: str = "must"
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {self.outcome!r}; expected one of {OUTCOMES}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.severity!r}; expected one of {SEVERITIES}")
+
+    @property
+    def broken(self) -> bool:
+        """Whether the check failed or could not be run to its end."""
+        return self.outcome in ("failed", "error")
 
 
 @dataclass
@@ -44,6 +53,8 @@ class RunReport:
     # the checks that never ran. An aborted run is never a pass.
     aborted: str | None = None
     not_run: list[str] = field(default_factory=list)
+    # The least severity whose failures fail the run: "must" (default) or "should" (strict).
+    fail_on: str = "must"
 
     def counts(self) -> dict[str, int]:
         """Results per outcome (every outcome present, zero when none)."""
@@ -58,9 +69,24 @@ class RunReport:
             row[result.outcome] += 1
         return table
 
+    def by_severity(self) -> dict[str, dict[str, int]]:
+        """Results per severity and outcome (both severities present)."""
+        table = {severity: dict.fromkeys(OUTCOMES, 0) for severity in SEVERITIES}
+        for result in self.results:
+            table[result.severity][result.outcome] += 1
+        return table
+
+    def gating(self, result: CheckResult) -> bool:
+        """Whether `result`'s severity is one whose failures fail this run."""
+        return SEVERITIES.index(result.severity) <= SEVERITIES.index(self.fail_on)
+
     def failed(self) -> bool:
-        """Whether any check failed or could not be run, or the run was cut short."""
-        return self.aborted is not None or any(result.outcome in ("failed", "error") for result in self.results)
+        """Whether a check of a gating severity failed or could not be run, or the run was cut short."""
+        return self.aborted is not None or any(result.broken and self.gating(result) for result in self.results)
+
+    def tolerated(self) -> list[CheckResult]:
+        """The failures that do not fail the run (should-level ones, unless it fails on should)."""
+        return [result for result in self.results if result.broken and not self.gating(result)]
 
     def verdict(self) -> str:
         """PASSED, FAILED, or ABORTED when the run stopped before its last check."""
@@ -78,4 +104,5 @@ class RunReport:
         results = [CheckResult(**item) for item in data.get("results", [])]
         return cls(title=data["title"], target=data["target"], started_at=data["started_at"],
                    duration_s=data["duration_s"], results=results, notes=list(data.get("notes", [])),
-                   aborted=data.get("aborted"), not_run=list(data.get("not_run", [])))
+                   aborted=data.get("aborted"), not_run=list(data.get("not_run", [])),
+                   fail_on=data.get("fail_on", "must"))

@@ -9,7 +9,8 @@ in-process (aiohttp, its own event loop on a background thread) and, per request
   whole from upstream and written back one event per write so the framing stays realistic),
 * replace the reply altogether (`on_reply`),
 * write a stream's bytes itself (`on_wire`: from the event payloads to the raw writes), for the
-  framing faults: stray fields, named events, odd line endings, bytes after `[DONE]`.
+  framing faults: stray fields, named events, odd line endings, bytes after `[DONE]`,
+* hold a request before forwarding it (`stall`: seconds, e.g. an endpoint busy for minutes).
 
 With no fault the proxy is transparent: the reference's bytes pass through unchanged. Only a fault
 below HTTP (a connection reset instead of an answer) needs a raw socket instead of this proxy.
@@ -77,6 +78,9 @@ class Fault:
     # For each check in `catches`, a fragment its failure message must hold: the check fails for
     # this fault's reason, not for any other (a proxy that crashes would fail it too).
     reasons: tuple[str, ...] = ()
+    # A -k expression of checks that must NOT fail under this fault (besides `catches`): one
+    # deviation, one failure (e.g. an integer error code fails the envelope check, no range check).
+    spares: str = ""
     on_request: RequestHook | None = None
     on_json: JsonHook | None = None
     on_stream: StreamHook | None = None
@@ -85,6 +89,7 @@ class Fault:
     # Close the connection after each streamed reply without saying `Connection: close` (as
     # llama.cpp's llama-server does): a client's next request on it finds it dead.
     close_after_stream: bool = False
+    stall: Callable[[Call], float] | None = None
     description: str = field(default="", compare=False)
 
 
@@ -178,6 +183,8 @@ def broken_server(upstream: str, fault: Fault | None, api_key: str | None = None
             fault.on_request(call)
             if json.dumps(call.body) != before:
                 raw = json.dumps(call.body).encode("utf-8")
+        if fault is not None and fault.stall is not None:
+            await asyncio.sleep(fault.stall(call))
         async with state["session"].request(call.method, upstream + call.path, data=raw if raw else None,
                                             headers=call.headers, allow_redirects=False) as answer:
             content = await answer.read()
@@ -419,6 +426,33 @@ def _json_as_text(call: Call, reply: Reply) -> Reply:
     if reply.status == 200 and reply.headers.get("Content-Type", "").startswith("application/json"):
         reply.headers["Content-Type"] = "text/plain; charset=utf-8"
     return reply
+
+
+def _integer_code(call: Call, status: int, data: Any) -> tuple[int, Any]:
+    if status >= 400 and isinstance(data, dict) and isinstance(data.get("error"), dict):
+        data["error"]["code"] = status
+    return status, data
+
+
+def _status_422(call: Call, reply: Reply) -> Reply:
+    if reply.status in (400, 404, 413, 415):
+        reply.status = 422
+    return reply
+
+
+def wedged_by_big_body(threshold: int = 1 << 20, stall_s: float = 3600.0) -> Fault:
+    """A fault (state of its own, so not in FAULTS) that stalls every request, from the first body
+    over `threshold` bytes on: the endpoint still takes connections, but answers nothing (as
+    `transformers serve` did for minutes after the 16 MiB body)."""
+    wedged: list[bool] = [False]
+
+    def stall(call: Call) -> float:
+        if not wedged[0] and len(json.dumps(call.body)) > threshold:
+            wedged[0] = True
+        return stall_s if wedged[0] else 0.0
+
+    return Fault("wedged_by_big_body", ("errors.oversized_body",), reasons=("transport error",), stall=stall,
+                 description="a body over 1 MiB wedges the endpoint: every request from then on stalls")
 
 
 def _add_key(call: Call) -> None:
@@ -730,6 +764,14 @@ FAULTS: tuple[Fault, ...] = (
     Fault("n_ignored", ("n.choices_indices",),
           reasons=('choice indices [0], expected 0, 1, 2',), on_request=_force_n1,
           description="n is ignored (always 1)"),
+    Fault("integer_code", ("errors.envelope",), reasons=("error/code: 400 is not of type 'string', 'null'",),
+          spares="ranges or errors or context", on_json=_integer_code,
+          description="every error envelope carries the HTTP status as an integer code"),
+    Fault("status_422", ("errors.status_400", "errors.status_404_model", "errors.status_415", "errors.status_413"),
+          reasons=("got 422 for malformed JSON", "expected HTTP 404, got 422", "expected HTTP 415, got 422",
+                   "expected HTTP 413, got 422"),
+          spares="must", on_reply=_status_422,
+          description="every client mistake is answered 422 (as FastAPI servers do), not 400/404/413/415"),
     Fault("five_hundred_on_bad_param",
           ("ranges.temperature.above_max", "ranges.n.below_min", "ranges.max_tokens.wrong_type",
            "errors.missing_required"),
@@ -797,7 +839,8 @@ FAULTS: tuple[Fault, ...] = (
           description="a 16 MiB body is served (no size cap)"),
     Fault("missing_max_tokens_ok", ("errors.missing_required",), reasons=("request without max_tokens",),
           on_request=_default_max_tokens, description="a request without max_tokens is served"),
-    Fault("unnamed_param", ("errors.missing_required",), reasons=("names param None",), on_json=_unname_param,
+    Fault("unnamed_param", ("errors.envelope",), reasons=("the envelope's param is None, expected",),
+          on_json=_unname_param,
           description="400 envelopes name no parameter"),
     # -- streams: one broken rule each
     Fault("json_stream_type", ("streaming.content_type",), reasons=("expected text/event-stream",),

@@ -78,3 +78,19 @@ def test_a_broken_server_is_caught(server: RunningServer, fault: Fault) -> None:
         assert result.curl and url in result.curl, f"{fault.name}: {check_id} has no curl line through the proxy"
         assert result.response_excerpt and result.response_excerpt.startswith("HTTP "), (
             f"{fault.name}: {check_id} has no response excerpt")
+
+
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f.spares], ids=[f.name for f in FAULTS if f.spares])
+def test_one_deviation_is_one_failure(server: RunningServer, fault: Fault) -> None:
+    """Under the fault, every check its `spares` expression selects passes, except its catchers."""
+    with broken_server(server.base_url, fault, server.api_key) as url:
+        target = target_at(server, url)
+        checks = registry.collect(target, fault.spares)
+        ctx = Context(target)
+        try:
+            results = [run_one(item, ctx) for item in checks]
+        finally:
+            ctx.client.close()
+    assert len(results) > 50 and sum(r.id.startswith("ranges.") for r in results) > 40
+    failed = {r.id: r.message for r in results if r.outcome in ("failed", "error")}
+    assert set(failed) == set(fault.catches) & {r.id for r in results}, failed

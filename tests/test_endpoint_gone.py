@@ -125,6 +125,21 @@ def test_conformance_names_how_the_embedded_server_ended(tmp_path: Path) -> None
         "aborted"]
 
 
+def test_conformance_stops_when_the_server_turns_unhealthy(tmp_path: Path) -> None:
+    # From its 30th generation on, every generation raises: the server answers 500 to everything.
+    with running_server("--ttft-ms", "0", "--itl-ms", "0", "--mock-fault", "raise", "--mock-fault-at", "30",
+                        engine="mock") as server:
+        process = start("conformance", *target_args(server), "--report-dir", str(tmp_path))
+        code, out, err = finish(process)
+    assert code == 2, out + err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: the endpoint stopped answering at check ")
+    assert last.endswith("(a minimal request that succeeded before the run was answered HTTP 500, again)")
+    data = json.loads((tmp_path / "conformance.json").read_text())
+    assert data["verdict"] == "aborted" and len(data["not_run"]) > 50
+    assert sum(c["outcome"] in ("failed", "error") for c in data["checks"]) == 1, "one check fails, none after it"
+
+
 def test_endpoint_gone_tells_refused_from_listening() -> None:
     port = free_port()
     target = Target(base_url=f"http://127.0.0.1:{port}", api_key=None, model="m", timeout_s=5)
@@ -135,6 +150,17 @@ def test_endpoint_gone_tells_refused_from_listening() -> None:
         assert endpoint_gone(target) is None
         assert endpoint_gone(target, lambda: None) is None
         assert endpoint_gone(target, lambda: "exit code 3") == "embedded server exited with exit code 3"
+
+
+def test_endpoint_gone_tells_a_wedged_endpoint_when_a_request_was_known_good() -> None:
+    port = free_port()
+    target = Target(base_url=f"http://127.0.0.1:{port}", api_key=None, model="m", timeout_s=1)
+    with socket.socket() as listener:  # takes connections (the kernel's backlog), never answers
+        listener.bind(("127.0.0.1", port))
+        listener.listen(8)
+        assert endpoint_gone(target) is None  # without a known-good request, a slow answer is the check's finding
+        assert endpoint_gone(target, known_good=True) == (
+            "a minimal request that succeeded before the run timed out after 1 s, again")
 
 
 def test_aborted_report_round_trips_and_is_never_a_pass(tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def test_junit(tmp_path: Path) -> None:
     case = root.find(".//testcase[@name='usage.totals_add_up']")
     assert case is not None and case.get("classname") == "usage" and case.get("time") == "0.200"
     failure = case.find("failure")
-    assert failure is not None and failure.get("message") == "2 + 3 != 6"
+    assert failure is not None and failure.get("message") == "[must] 2 + 3 != 6" and failure.get("type") == "must"
     assert EVIL in (failure.text or "") and "curl -sS" in (failure.text or "") and "HTTP 200" in (failure.text or "")
     error = root.find(".//testcase[@name='seed.repeat_nonstream']/error")
     assert error is not None and "KeyError" in error.get("message", "")
@@ -120,7 +120,7 @@ def test_junit(tmp_path: Path) -> None:
     skipped = root.find(".//testcase[@name='auth.missing_key']/skipped")
     assert skipped is not None and skipped.get("message") == "no API key given"
     passed = root.find(".//testcase[@name='streaming.done_once_last']")
-    assert passed is not None and len(passed) == 0
+    assert passed is not None and [child.tag for child in passed] == ["properties"]  # the severity only
 
 
 def test_json(tmp_path: Path) -> None:
@@ -224,3 +224,46 @@ def test_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,1600", html.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000  # something was painted
+
+
+def _should_only() -> RunReport:
+    """A run whose only failure is should-level (422 where 400 is recommended)."""
+    return RunReport("t", {}, "now", 0.1, [
+        CheckResult("ranges.temperature.above_max", "ranges", "outside", "passed", 0.1),
+        CheckResult("errors.status_400", "errors", "status", "failed", 0.1, message="got 422", severity="should"),
+    ])
+
+
+def test_severity_decides_the_verdict_and_every_report_shows_it(tmp_path: Path) -> None:
+    report = _should_only()
+    assert not report.failed() and report.verdict() == "PASSED"
+    assert [r.id for r in report.tolerated()] == ["errors.status_400"]
+    assert report.by_severity()["should"]["failed"] == 1 and report.by_severity()["must"]["passed"] == 1
+    paths = write_all(report, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["verdict"] == "passed" and data["fail_on"] == "must"
+    assert {c["id"]: c["severity"] for c in data["checks"]} == {
+        "ranges.temperature.above_max": "must", "errors.status_400": "should"}
+    assert data["by_severity"]["should"]["failed"] == 1
+    root = ET.parse(paths["junit"]).getroot()
+    assert root.find("./properties/property[@name='fail_on']").get("value") == "must"
+    failure = root.find(".//testcase[@name='errors.status_400']/failure")
+    assert failure.get("type") == "should" and failure.get("message") == "[should] got 422"
+    case = root.find(".//testcase[@name='ranges.temperature.above_max']")
+    assert case.find("./properties/property[@name='severity']").get("value") == "must"
+    html = paths["html"].read_text()
+    assert 'id="verdict">PASS<' in html
+    assert "1 should-level check(s) failed without failing it: errors.status_400" in html
+    parser = _Tables()
+    parser.feed(html)
+    assert parser.tables["severities"][2][:3] == ["should", "0", "1"]
+    assert [row[3] for row in parser.tables["checks"][1:]] == ["must", "should"]
+
+
+def test_failing_on_should_fails_the_run_and_round_trips() -> None:
+    report = _should_only()
+    report.fail_on = "should"
+    assert report.failed() and report.verdict() == "FAILED" and not report.tolerated()
+    assert RunReport.from_dict(report.to_dict()) == report
+    with pytest.raises(ValueError, match="unknown severity"):
+        CheckResult("x", "f", "c", "passed", 0.0, severity="may")

@@ -3,6 +3,8 @@ each end are rejected with a 400 envelope naming the parameter, exclusive ends a
 inclusive ends accepted, a wrong type is rejected and null is accepted exactly when nullable.
 
 No range is written here: every value is derived from `spec.parameter_ranges(target.profile)`.
+Rejecting a value is a must; that it is exactly 400, and the envelope's shape, are judged once by
+the errors checks. Rejecting an exclusive end that OpenAI's API accepts (temperature 0) is a should.
 """
 
 from __future__ import annotations
@@ -95,6 +97,18 @@ def _spec_note(rng: spec.ParamRange, profile: str) -> str | None:
     return "; ".join(parts) or None
 
 
+def _openai_includes(rng: spec.ParamRange, profile: str, value: float) -> bool:
+    """Whether the documented profile excludes `value`, an end of `rng`, where OpenAI's API accepts it.
+
+    Rejecting it is then what the documented API recommends, not what every compatible endpoint
+    must do: a should-level rule.
+    """
+    if profile != "documented":
+        return False
+    openai = spec.parameter_ranges("openai").get(rng.path)
+    return openai is not None and openai.contains(value)
+
+
 def _accepts(path: str, value: Any, relies: tuple[str, ...]) -> Callable[[Context], None]:
     def run(ctx: Context) -> None:
         if relies:
@@ -127,9 +141,10 @@ def _checks_for(rng: spec.ParamRange, profile: str) -> Iterator[Check]:
     note = _spec_note(rng, profile)
     shown = f"{path} ({rng.describe()}, profile {profile})"
 
-    def make(suffix: str, category: str, run: Callable[[Context], None], description: str) -> Check:
+    def make(suffix: str, category: str, run: Callable[[Context], None], description: str,
+             severity: str = "must") -> Check:
         return Check(id=f"ranges.{path}.{suffix}", feature=FEATURE, category=category, run=run,
-                     description=description, spec_note=note)
+                     description=description, spec_note=note, severity=severity)
 
     inside = _inside(rng)
     yield make("inside", "inside", _accepts(path, inside, relies),
@@ -148,9 +163,12 @@ def _checks_for(rng: spec.ParamRange, profile: str) -> Iterator[Check]:
                                        ("max", rng.maximum, rng.exclusive_maximum)):
         if exclusive is not None:
             value = _num(exclusive, rng.kind)
+            openai = _openai_includes(rng, profile, value)
             yield make(f"exclusive_{side}_end", "exclusive-end",
                        _rejects(path, value, relies, f"{_param(path)}={value!r} (exclusive end)"),
-                       f"{shown}: the exclusive end {value!r} is rejected (400)")
+                       f"{shown}: the exclusive end {value!r} is rejected (400)"
+                       + (" (should: OpenAI's API accepts it)" if openai else ""),
+                       severity="should" if openai else "must")
         if inclusive is not None:
             value = _num(inclusive, rng.kind)
             yield make(f"inclusive_{side}_end", "inclusive-end", _accepts(path, value, relies),

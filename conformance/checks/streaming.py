@@ -172,9 +172,10 @@ def utf8_split(ctx: Context) -> None:
                  f"{text[cut:cut + 1]!r}: a character was cut between chunks", result.exchange)
 
 
-@check("streaming.line_endings", "streaming", "framing")
+@check("streaming.line_endings", "streaming", "framing", severity="should")
 def line_endings(ctx: Context) -> None:
-    """The stream's lines all end the same way (LF, CRLF or CR), and it carries events."""
+    """The stream's lines all end the same way (LF, CRLF or CR), and it carries events. A should:
+    the SSE format allows mixing them, but a careless client may not."""
     result = _stream_n1(ctx)
     kinds = sorted(result.parsed.line_endings)
     ctx.expect(result.parsed.events, "the parser found no events in the stream", result.exchange)
