@@ -18,8 +18,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from load.config import API_PATH, LoadConfig, StepSpec
+from load.lengths import fixed_length
 from load.prompts import DatasetError, calibrate_prompt, load_dataset, post_json, usage_counter
 from load.slo import parse_slo
+from load.workloads import from_wire as workload_from_wire
+from load.workloads.dataset import DatasetWorkload
+from load.workloads.synthetic import SyntheticWorkload
 
 API_KEY_ENV = "CHATSPEC_API_KEY"
 MOCK_EOS_BAN = {"logit_bias": {"0": -100}}  # the mock engine's end-of-sequence token is id 0
@@ -194,10 +198,12 @@ def make_config(args: argparse.Namespace, base_url: str, api_key: str | None, mo
                                      "messages": [{"role": "user", "content": "ping"}]})
     except (RuntimeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    output = fixed_length(args.output_tokens)
+    workload = (DatasetWorkload(dataset, output, args.dataset) if dataset
+                else SyntheticWorkload(output, words=words))
     return LoadConfig(base_url=base_url, model=model, api_key=api_key, stream=args.stream, path=args.path,
-                      output_tokens=args.output_tokens, prompt_words=words, dataset=dataset,
-                      extra_body=extra_body, timeout_s=args.timeout, seed=args.seed, gamma_shape=args.gamma_shape,
-                      honor_retry_after=not args.ignore_retry_after)
+                      workload=workload.to_wire(), extra_body=extra_body, timeout_s=args.timeout, seed=args.seed,
+                      gamma_shape=args.gamma_shape, honor_retry_after=not args.ignore_retry_after)
 
 
 def print_summary(doc: dict[str, Any]) -> None:
@@ -249,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     if args.calibrate:
         calibration = {"ttft_ms": args.mock_ttft_ms, "itl_ms": args.mock_itl_ms,
                        "errors": calibration_errors(step_docs, args.mock_ttft_ms, args.mock_itl_ms)}
-    settings = {"stream": config.stream, "output_tokens": config.output_tokens, "prompt_words": config.prompt_words,
+    settings = {"stream": config.stream, **workload_from_wire(config.workload).describe(),
                 "prompt_tokens_target": args.prompt_tokens, "dataset": args.dataset, "workers": args.workers,
                 "arrival": args.arrival if args.rate is not None else "closed loop", "duration_s": args.duration,
                 "warmup_s": steps[0].warmup_s, "max_requests": args.max_requests, "slo": slo,

@@ -20,9 +20,10 @@ class LoadConfig:
     api_key: str | None = None
     stream: bool = True
     path: str = API_PATH
-    output_tokens: int = 64
-    prompt_words: int = 32
-    dataset: list[dict[str, Any]] | None = None
+    # What is sent: a workload's wire form (load.workloads.from_wire); default 32-word prompts, 64 tokens.
+    workload: dict[str, Any] = field(default_factory=lambda: {
+        "kind": "synthetic", "words": 32, "prompt_tokens": None, "scale": None,
+        "output_tokens": {"kind": "fixed", "params": [64], "values": []}})
     extra_body: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 120.0
     seed: int = 0

@@ -12,7 +12,7 @@ import json
 import random
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,39 @@ class PromptPlan:
 
     def messages(self, rng: random.Random) -> list[dict[str, str]]:
         """A fresh random prompt (distinct text per request, so no server cache makes it cheap)."""
-        text = " ".join(rng.choice(WORDS) for _ in range(self.words))
-        return [{"role": "user", "content": f"Continue this list: {text}"}]
+        return [{"role": "user", "content": f"Continue this list: {random_words(rng, self.words)}"}]
+
+
+def random_words(rng: random.Random, count: int) -> str:
+    """`count` words drawn from WORDS (text whose token count grows linearly with `count`)."""
+    return " ".join(rng.choice(WORDS) for _ in range(count))
+
+
+@dataclass(frozen=True)
+class TokenScale:
+    """How the endpoint counts synthetic prompts: one of `w` words has `overhead + per_word * w` tokens.
+
+    Fitted once from usage.prompt_tokens, so a workload can aim each request at its own length
+    (a distribution, a prefix block) without one calibration request per length.
+    """
+
+    overhead: float
+    per_word: float
+
+    def words(self, tokens: int) -> int:
+        """Words of a whole synthetic prompt of about `tokens` tokens."""
+        return max(1, round((tokens - self.overhead) / self.per_word))
+
+    def text_words(self, tokens: int) -> int:
+        """Words of a piece of text of about `tokens` tokens inside a prompt (no template overhead)."""
+        return max(1, round(tokens / self.per_word))
+
+
+def fit_token_scale(count_tokens: Callable[[int], int], low_words: int = 4, high_words: int = 128) -> TokenScale:
+    """The line through the token counts of two synthetic prompts (see `usage_counter`)."""
+    low, high = count_tokens(low_words), count_tokens(high_words)
+    per_word = max((high - low) / (high_words - low_words), 1e-6)
+    return TokenScale(overhead=low - per_word * low_words, per_word=per_word)
 
 
 def load_dataset(path: Path | str) -> list[dict[str, Any]]:
@@ -68,34 +99,6 @@ def load_dataset(path: Path | str) -> list[dict[str, Any]]:
     if not entries:
         raise DatasetError(f"{path}: no requests in the file")
     return entries
-
-
-def body_source(
-    *,
-    model: str,
-    stream: bool,
-    output_tokens: int,
-    plan: PromptPlan | None,
-    dataset: list[dict[str, Any]] | None,
-    extra_body: dict[str, Any],
-    seed: int,
-) -> Iterator[dict[str, Any]]:
-    """Endless request bodies: the dataset in order (cycled), else synthetic prompts."""
-    rng = random.Random(seed)
-    index = 0
-    while True:
-        if dataset:
-            entry = dataset[index % len(dataset)]
-            index += 1
-            messages, max_tokens = entry["messages"], entry.get("max_tokens", output_tokens)
-        else:
-            assert plan is not None
-            messages, max_tokens = plan.messages(rng), output_tokens
-        body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": stream}
-        if stream:
-            body["stream_options"] = {"include_usage": True}
-        body.update(extra_body)
-        yield body
 
 
 def post_json(url: str, api_key: str | None, body: dict[str, Any], timeout_s: float = 60.0) -> dict[str, Any]:
