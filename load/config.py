@@ -55,9 +55,12 @@ class StepSpec:
     rate: float | None = None
     arrival: str = "poisson"
     max_requests: int | None = None
+    name: str | None = None  # a label of its own (a trace replay is neither a rate nor a concurrency)
 
     @property
     def label(self) -> str:
+        if self.name:
+            return self.name
         return f"rate {self.rate:g}/s" if self.rate is not None else f"{self.users} users"
 
     @property

@@ -46,6 +46,12 @@ def random_words(rng: random.Random, count: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(count))
 
 
+def block_text(block_id: str, count: int) -> str:
+    """The first `count` words of the text named `block_id`: the same id always starts with the
+    same words, so prompts built from the same ids share that prefix (what prefix caches reuse)."""
+    return random_words(random.Random(block_id), count)
+
+
 @dataclass(frozen=True)
 class TokenScale:
     """How the endpoint counts synthetic prompts: one of `w` words has `overhead + per_word * w` tokens.
@@ -143,18 +149,25 @@ def calibrate_prompt(
     return PromptPlan(words=words, prompt_tokens=measured)
 
 
+def message_counter(
+    url: str, api_key: str | None, model: str, extra_body: dict[str, Any]
+) -> Callable[[list[dict[str, Any]]], int]:
+    """usage.prompt_tokens of a list of messages, as the endpoint counts them (one request, max_tokens 1)."""
+
+    def count(messages: list[dict[str, Any]]) -> int:
+        body = {"model": model, "max_tokens": 1, "stream": False, **extra_body, "messages": messages}
+        usage = post_json(url, api_key, body).get("usage") or {}
+        if not isinstance(usage.get("prompt_tokens"), int):
+            raise RuntimeError("the endpoint returned no usage.prompt_tokens, so lengths in tokens cannot be "
+                               "counted; use --dataset, or --prompt-words to set the prompt size in words")
+        return usage["prompt_tokens"]
+
+    return count
+
+
 def usage_counter(
     url: str, api_key: str | None, model: str, extra_body: dict[str, Any], seed: int = 0
 ) -> Callable[[int], int]:
     """A `count_tokens` for `calibrate_prompt` that asks the endpoint itself."""
-
-    def count(words: int) -> int:
-        body = {"model": model, "max_tokens": 1, "stream": False, **extra_body,
-                "messages": PromptPlan(words).messages(random.Random(seed))}
-        usage = post_json(url, api_key, body).get("usage") or {}
-        if not isinstance(usage.get("prompt_tokens"), int):
-            raise RuntimeError("the endpoint returned no usage.prompt_tokens; use --dataset, or "
-                               "--prompt-words to set the prompt size without calibration")
-        return usage["prompt_tokens"]
-
-    return count
+    count_messages = message_counter(url, api_key, model, extra_body)
+    return lambda words: count_messages(PromptPlan(words).messages(random.Random(seed)))

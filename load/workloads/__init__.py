@@ -9,9 +9,14 @@ from typing import Any
 
 from load.workloads.base import PlannedRequest, Session, Workload, request_body
 from load.workloads.dataset import DatasetWorkload
+from load.workloads.multi_turn import MultiTurnWorkload
+from load.workloads.shared_prefix import SharedPrefixWorkload
+from load.workloads.sharegpt import ShareGPTWorkload
 from load.workloads.synthetic import SyntheticWorkload
+from load.workloads.trace import TraceWorkload
 
-WORKLOAD_TYPES: dict[str, Any] = {cls.kind: cls for cls in (SyntheticWorkload, DatasetWorkload)}
+WORKLOAD_TYPES: dict[str, Any] = {cls.kind: cls for cls in (
+    SyntheticWorkload, DatasetWorkload, ShareGPTWorkload, SharedPrefixWorkload, MultiTurnWorkload, TraceWorkload)}
 
 __all__ = ["PlannedRequest", "Session", "Workload", "from_wire", "request_body", "WORKLOAD_TYPES"]
 
