@@ -20,10 +20,10 @@ FORMULAS: dict[str, str] = {
                "and usage.completion_tokens of the answer; per successful request sent in the window",
     "output_short": "output short = successful requests whose usage.completion_tokens < their max_tokens "
                     "(the model stopped early, or the server cut the output)",
-    "prefix_sharing_ratio": "prefix-sharing ratio = prompt tokens of shared-prefix blocks an earlier request of the "
-                            "step (warm-up included, in send order) had already sent / all prompt tokens "
-                            "(usage.prompt_tokens) of the requests sent in the window: what a perfect prefix cache "
-                            "could skip",
+    "prefix_sharing_ratio": "prefix-sharing ratio = prompt tokens of leading shared-prefix blocks that an earlier "
+                            "request of the step (warm-up included, in send order) had already sent, up to the first "
+                            "block it had not (or had sent shorter) / all prompt tokens (usage.prompt_tokens) of the "
+                            "requests sent in the window: what a perfect prefix cache could skip",
     "per_turn": "per turn = the latency summaries of the successful requests of each conversation turn",
 }
 
@@ -53,7 +53,7 @@ def prefix_sharing(records: Sequence[RequestRecord], window: Window) -> dict[str
     """Tokens a prefix cache could reuse, over all prompt tokens (None: no request carried a prefix)."""
     if not any(r.prefix_blocks for r in records):
         return None
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # block id -> the most of its tokens any earlier request sent
     reusable = total = 0
     for record in sorted(records, key=lambda r: r.send_ns):
         measured = window.start_ns <= record.send_ns < window.end_ns and record.ok
@@ -61,10 +61,12 @@ def prefix_sharing(records: Sequence[RequestRecord], window: Window) -> dict[str
         if measured and prompt:
             total += prompt
             for block_id, tokens in record.prefix_blocks:
-                if block_id not in seen:
+                sent_before = seen.get(block_id, 0)
+                reusable += min(tokens, sent_before)
+                if sent_before < tokens:  # the shared prefix ends inside (or before) this block
                     break
-                reusable += tokens
-        seen.update(block_id for block_id, _ in record.prefix_blocks)
+        for block_id, tokens in record.prefix_blocks:
+            seen[block_id] = max(seen.get(block_id, 0), tokens)
     return {"reusable_prompt_tokens": reusable, "prompt_tokens": total,
             "ratio": reusable / total if total else None}
 

@@ -40,7 +40,7 @@ class Conversation:
 
     def answered(self, text: str | None) -> None:
         if text is None or self._turn >= self._workload.turns:
-            self._turn = 0  # the next request starts a new conversation, without thinking first
+            self._turn, self._think = 0, 0.0  # the next request starts a new conversation, at once
             return
         self._history.append({"role": "assistant", "content": text})
         self._think = self._workload.think_s
