@@ -1,9 +1,9 @@
-"""Request bodies for load runs: synthetic prompts of a target token length, or a JSONL dataset.
+"""Prompt text for load runs: synthetic prompts of a target token length, prefix blocks, a JSONL dataset.
 
 The endpoint's tokenizer is unknown, so the length is calibrated from what the server itself
 reports: a few requests with `max_tokens: 1` give usage.prompt_tokens for two word counts, a
-line through them (chat-template overhead + tokens per word) gives the word count to use, and
-one more request confirms it.
+line through them (chat-template overhead + tokens per word, a `TokenScale`) gives the word count
+to use, and for one fixed length a few more requests nudge it onto the target.
 """
 
 from __future__ import annotations

@@ -140,6 +140,11 @@ class TestShareGPT:
         planned = ShareGPTWorkload(entries).session(random.Random(0)).next_request(None)
         assert planned.max_tokens == 5 and planned.requested_prompt_tokens == 6
         assert ShareGPTWorkload(entries, fixed_length(9)).session(random.Random(0)).next_request(None).max_tokens == 9
+        asked = []
+        prompts_only = count_lengths([{"prompt": "x y", "answer": "a b"}], lambda m: asked.append(m) or 5,
+                                     answers=False)
+        assert prompts_only == [{"messages": [{"role": "user", "content": "x y"}], "prompt_tokens": 5}]
+        assert len(asked) == 1  # --output-tokens given: the answers are not counted
 
 
 class TestTrace:

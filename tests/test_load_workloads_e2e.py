@@ -162,3 +162,15 @@ def test_shared_prefix_and_multi_turn_over_workers(mock_server, tmp_path):
     assert turns.returncode == 0, turns.stderr
     per_turn = step_of(tmp_path / "t")["workload"]["per_turn"]
     assert [(t["turn"], t["requests"]) for t in per_turn] == [(1, 4), (2, 4)]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--prompt-tokens", "uniform:9,1"), "--prompt-tokens: 'uniform:9,1': uniform needs"),
+    (("--workload", "trace"), "--workload trace needs --trace FILE"),
+    (("--workload", "trace", "--trace", str(DATA / "mooncake_trace_sample.jsonl"), "--rate", "2"), "no --rate"),
+    (("--workload", "sharegpt", "--dataset", str(DATA / "mooncake_trace_sample.jsonl")), "ShareGPT layout"),
+])
+def test_a_workload_that_cannot_run_exits_2_with_one_line(mock_server, tmp_path, args, message):
+    result = run_load(mock_server, *args, "--report-dir", str(tmp_path), timeout=60)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "load.json").exists()

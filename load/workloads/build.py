@@ -97,8 +97,8 @@ def build_workload(args: argparse.Namespace, count: CountMessages) -> Workload:
         if kind == "sharegpt":
             if args.dataset_limit < 1:
                 raise WorkloadError("--dataset-limit must be >= 1")
-            entries = count_lengths(read_sharegpt(args.dataset, args.dataset_limit), count)
             explicit = _length("--output-tokens", args.output_tokens, None)
+            entries = count_lengths(read_sharegpt(args.dataset, args.dataset_limit), count, answers=explicit is None)
             return ShareGPTWorkload(entries, explicit, args.dataset)
         if kind == "trace":
             if args.trace_speed <= 0 or args.trace_block_tokens < 1:

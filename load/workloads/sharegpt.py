@@ -49,20 +49,23 @@ def read_sharegpt(path: str | Path, limit: int | None = None) -> list[dict[str, 
 
 
 def count_lengths(
-    pairs: list[dict[str, str]], count_tokens: Callable[[list[dict[str, Any]]], int], threads: int = 4
+    pairs: list[dict[str, str]], count_tokens: Callable[[list[dict[str, Any]]], int], *, answers: bool = True,
+    threads: int = 4,
 ) -> list[dict[str, Any]]:
-    """Each pair's prompt tokens (the prompt as sent) and answer tokens (the answer as a user message,
-    less an empty message's template tokens), both from the endpoint's usage.prompt_tokens."""
+    """Each pair's prompt tokens (the prompt as sent) and, with `answers`, answer tokens (the answer as
+    a user message, less an empty message's template tokens), both from the endpoint's usage."""
 
     def user(text: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": text}]
 
-    empty = count_tokens(user(""))
     with ThreadPoolExecutor(threads) as pool:
         prompts = list(pool.map(lambda p: count_tokens(user(p["prompt"])), pairs))
-        answers = list(pool.map(lambda p: count_tokens(user(p["answer"])), pairs))
+        if not answers:
+            return [{"messages": user(p["prompt"]), "prompt_tokens": n} for p, n in zip(pairs, prompts, strict=True)]
+        empty = count_tokens(user(""))
+        lengths = list(pool.map(lambda p: count_tokens(user(p["answer"])), pairs))
     return [{"messages": user(p["prompt"]), "prompt_tokens": prompt, "max_tokens": max(1, answer - empty)}
-            for p, prompt, answer in zip(pairs, prompts, answers, strict=True)]
+            for p, prompt, answer in zip(pairs, prompts, lengths, strict=True)]
 
 
 class ShareGPTSession:
