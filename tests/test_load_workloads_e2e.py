@@ -36,13 +36,16 @@ def mock_server():
         yield server
 
 
-def test_length_distributions_are_served_as_asked(mock_server, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_length_distributions_are_served_as_asked(mock_server, tmp_path, workers):
     lengths = tmp_path / "outputs.txt"
     lengths.write_text("3 5 9\n")
     result = run_load(mock_server, *EXACT, "--users", "3", "--max-requests", "30", "--prompt-tokens",
-                      "uniform:20,120", "--output-tokens", f"file:{lengths}", "--report-dir", str(tmp_path / "r"))
+                      "uniform:20,120", "--output-tokens", f"file:{lengths}", "--workers", str(workers),
+                      "--report-dir", str(tmp_path / "r"))
     assert result.returncode == 0, result.stderr
     step = step_of(tmp_path / "r")
+    assert step["client"]["workers"] == workers
     workload = step["workload"]
     assert step["metrics"]["requests_ok"] == 30 and workload["output_short"] == 0
     prompt, output = workload["input_tokens"], workload["output_tokens"]
