@@ -67,7 +67,6 @@ class ProcessState:
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
 
-
     def begin_step(self, step: StepSpec) -> None:
         """Start a step now: fresh records, this process's share of the count and the rate."""
         assert self.config is not None and self.workload is not None, "configure() first"
@@ -109,7 +108,6 @@ class ProcessState:
                 "done": len(self.records), "failed": sum(1 for r in self.records if not r.ok),
                 "tokens": sum(r.output_tokens for r in self.records if r.ok), "sending": self.sending,
                 "refused": sum(1 for r in self.records if r.connection_refused)}
-
 
 
 def retry_after_seconds(header: str | None) -> float:
