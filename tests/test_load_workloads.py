@@ -225,6 +225,17 @@ class TestBuild:
         assert isinstance(sharegpt, ShareGPTWorkload) and len(sharegpt.entries) == 2
         assert sharegpt.entries[0]["max_tokens"] == 12  # "The capital of France is Paris, ..." in words
 
+    def test_sharegpt_without_usage_needs_output_tokens(self):
+        def no_usage(messages: list[dict]) -> int:
+            raise RuntimeError("the endpoint returned no usage.prompt_tokens")
+
+        argv = ("--workload", "sharegpt", "--dataset", str(DATA / "sharegpt_sample.json"))
+        with pytest.raises(WorkloadError, match="give --output-tokens"):
+            build_workload(self.args(*argv), no_usage)
+        built = build_workload(self.args(*argv, "--output-tokens", "7"), no_usage)
+        planned = built.session(random.Random(0)).next_request(None)
+        assert planned.max_tokens == 7 and planned.requested_prompt_tokens is None
+
     @pytest.mark.parametrize(("argv", "message"), [
         (("--workload", "trace"), "needs --trace"),
         (("--trace", "t.jsonl"), "--trace goes with --workload trace"),

@@ -98,7 +98,13 @@ def build_workload(args: argparse.Namespace, count: CountMessages) -> Workload:
             if args.dataset_limit < 1:
                 raise WorkloadError("--dataset-limit must be >= 1")
             explicit = _length("--output-tokens", args.output_tokens, None)
-            entries = count_lengths(read_sharegpt(args.dataset, args.dataset_limit), count, answers=explicit is None)
+            pairs = read_sharegpt(args.dataset, args.dataset_limit)
+            try:
+                entries = count_lengths(pairs, count, answers=explicit is None)
+            except RuntimeError as exc:  # the endpoint answers (the preflight passed) but reports no usage
+                if explicit is None:
+                    raise WorkloadError(f"cannot count the answers' lengths ({exc}); give --output-tokens") from None
+                entries = [{"messages": [{"role": "user", "content": p["prompt"]}]} for p in pairs]
             return ShareGPTWorkload(entries, explicit, args.dataset)
         if kind == "trace":
             if args.trace_speed <= 0 or args.trace_block_tokens < 1:
