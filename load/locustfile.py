@@ -2,7 +2,9 @@
 
 Locust's UI shows its own (rounded) statistics: "chat stream"/"chat" rows are end-to-end times and
 "first token" rows TTFT. For exact percentiles, ITL, TPOT, goodput and the HTML report use
-`python -m load`, which drives these same users.
+`python -m load`, which drives these same users. Here the workload is synthetic (--prompt-words,
+--output-tokens) or --dataset; the other workloads (which plan lengths in the endpoint's tokens
+before the run) are `python -m load --workload ...` only.
 """
 
 from __future__ import annotations
