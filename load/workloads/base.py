@@ -10,7 +10,7 @@ set what was asked beside what the server served.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -67,7 +67,7 @@ class Workload(Protocol):
 class IndependentSession:
     """A session whose requests do not depend on each other: each is drawn fresh."""
 
-    def __init__(self, draw: Any, rng: random.Random) -> None:
+    def __init__(self, draw: Callable[[random.Random], PlannedRequest], rng: random.Random) -> None:
         self._draw, self._rng = draw, rng
 
     def wait_s(self) -> float:
