@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -18,8 +19,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from load.config import API_PATH, LoadConfig, StepSpec
-from load.prompts import DatasetError, calibrate_prompt, load_dataset, post_json, usage_counter
+from load.lengths import SPEC_HELP
+from load.prompts import message_counter, post_json
 from load.slo import parse_slo
+from load.workloads import from_wire as workload_from_wire
+from load.workloads.build import DEFAULT_OUTPUT_TOKENS, add_workload_arguments, build_workload
+from load.workloads.trace import TraceWorkload
 
 API_KEY_ENV = "CHATSPEC_API_KEY"
 MOCK_EOS_BAN = {"logit_bias": {"0": -100}}  # the mock engine's end-of-sequence token is id 0
@@ -78,13 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Locust worker processes (master/worker mode, one per core) instead of one process")
 
     body = parser.add_argument_group("requests")
-    body.add_argument("--prompt-tokens", type=int, default=None,
-                      help="synthetic prompts of about this many tokens (calibrated from usage.prompt_tokens)")
+    body.add_argument("--prompt-tokens", default=None, metavar="SPEC",
+                      help="synthetic prompt length in tokens, a fixed number (calibrated from usage.prompt_tokens) "
+                           f"or a distribution: {SPEC_HELP}; shared-prefix: the unique suffix (default 32); "
+                           "multi-turn: each user message")
     body.add_argument("--prompt-words", type=int, default=32,
                       help="synthetic prompt length in words, when --prompt-tokens is not given")
-    body.add_argument("--output-tokens", type=int, default=64, help="max_tokens of every request")
+    body.add_argument("--output-tokens", default=None, metavar="SPEC",
+                      help=f"max_tokens of each request: a number or a distribution (default {DEFAULT_OUTPUT_TOKENS}; "
+                           "sharegpt: the dataset answer's length)")
     body.add_argument("--dataset", default=None,
-                      help="JSONL file: one request per line, a list of messages or {messages, max_tokens}")
+                      help="JSONL file: one request per line, a list of messages or {messages, max_tokens}; "
+                           "with --workload sharegpt, a ShareGPT JSON/JSONL file")
     body.add_argument("--extra-body", default=None,
                       help='JSON object merged into every request, e.g. \'{"temperature": 0}\'')
     body.add_argument("--timeout", type=float, default=120.0, help="seconds before a request is abandoned")
@@ -92,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="closed loop: send the next request right after a 429 (default: wait the answer's "
                            "Retry-After, at most 5 s, as a real client does)")
     body.add_argument("--seed", type=int, default=0, help="seed of prompts and arrival schedules")
+
+    add_workload_arguments(parser)
 
     out = parser.add_argument_group("results")
     out.add_argument("--slo", default=None,
@@ -166,9 +178,7 @@ def target_server(
 
 
 def make_config(args: argparse.Namespace, base_url: str, api_key: str | None, model: str) -> LoadConfig:
-    """Settings for every request; calibrates the prompt length against the endpoint if asked."""
-    if args.output_tokens < 1:
-        raise UsageError("--output-tokens must be >= 1")
+    """Settings for every request; the workload is planned against the endpoint (lengths in its tokens)."""
     try:
         extra_body = json.loads(args.extra_body) if args.extra_body else {}
     except ValueError as exc:
@@ -177,27 +187,30 @@ def make_config(args: argparse.Namespace, base_url: str, api_key: str | None, mo
         raise UsageError("--extra-body must be a JSON object")
     if args.calibrate:
         extra_body = {**MOCK_EOS_BAN, **extra_body}  # every answer exactly --output-tokens long
-    dataset = None
-    if args.dataset:
-        try:
-            dataset = load_dataset(args.dataset)
-        except (OSError, DatasetError) as exc:
-            raise UsageError(str(exc)) from None
     url = base_url + args.path
-    words = args.prompt_words
     try:
-        if args.prompt_tokens is not None and not dataset:
-            plan = calibrate_prompt(args.prompt_tokens, usage_counter(url, api_key, model, extra_body, args.seed))
-            words = plan.words
-        else:  # one small request: fail now, with the server's own words, if the endpoint is unusable
-            post_json(url, api_key, {"model": model, "max_tokens": 1, **extra_body,
-                                     "messages": [{"role": "user", "content": "ping"}]})
-    except (RuntimeError, ValueError) as exc:
+        # One small request first: fail now, with the server's own words, if the endpoint is unusable.
+        post_json(url, api_key, {"model": model, "max_tokens": 1, **extra_body,
+                                 "messages": [{"role": "user", "content": "ping"}]})
+        workload = build_workload(args, message_counter(url, api_key, model, extra_body))
+    except (RuntimeError, ValueError) as exc:  # WorkloadError is a ValueError
         raise UsageError(str(exc)) from None
     return LoadConfig(base_url=base_url, model=model, api_key=api_key, stream=args.stream, path=args.path,
-                      output_tokens=args.output_tokens, prompt_words=words, dataset=dataset,
-                      extra_body=extra_body, timeout_s=args.timeout, seed=args.seed, gamma_shape=args.gamma_shape,
-                      honor_retry_after=not args.ignore_retry_after)
+                      workload=workload.to_wire(), extra_body=extra_body, timeout_s=args.timeout, seed=args.seed,
+                      gamma_shape=args.gamma_shape, honor_retry_after=not args.ignore_retry_after)
+
+
+def trace_steps(args: argparse.Namespace, steps: list[StepSpec], workload: TraceWorkload) -> list[StepSpec]:
+    """A trace replay is one open-loop step at the trace's own times: at most its rows, labelled by speed."""
+    if args.rate is not None or args.sweep:
+        raise UsageError("--workload trace sends at the trace's times: no --rate or --sweep (use --trace-speed)")
+    rows = len(workload.rows)
+    count = rows if args.max_requests is None else min(rows, args.max_requests)
+    if workload.span_s > steps[0].duration_s:
+        print(f"note: the trace spans {workload.span_s:.1f} s at speed {workload.speed:g}; --duration "
+              f"{steps[0].duration_s:g} s ends the replay before its end", file=sys.stderr)
+    return [dataclasses.replace(steps[0], users=args.users or 256, max_requests=count,
+                                name=f"trace x{workload.speed:g}")]
 
 
 def print_summary(doc: dict[str, Any]) -> None:
@@ -218,11 +231,32 @@ def print_summary(doc: dict[str, Any]) -> None:
         if m.get("errors_by_kind"):
             kinds = ", ".join(f"{kind} {count}" for kind, count in m["errors_by_kind"].items())
             print(f"{'':<16}errors by kind: {kinds}")
+        for line in workload_lines(step.get("workload") or {}):
+            print(f"{'':<16}{line}")
     if doc.get("calibration"):
         for row in doc["calibration"]["errors"]:
             if row["error_ms"] is not None:
                 print(f"calibration {row['step']}: {row['metric']} {row['percentile']} measured "
                       f"{row['measured_ms']:.3f} ms, truth {row['truth_ms']:g} ms, error {row['error_ms']:+.3f} ms")
+
+
+def workload_lines(workload: dict[str, Any]) -> list[str]:
+    """The workload's own findings for the summary: lengths served short, prefix sharing, turns."""
+    lines = []
+    out = workload.get("output_tokens") or {}
+    if out.get("served", {}).get("count"):
+        lines.append(f"output tokens: asked mean {out['requested']['mean']:.1f}, served mean "
+                     f"{out['served']['mean']:.1f}; {workload['output_short']} requests served fewer than asked")
+    sharing = workload.get("prefix_sharing")
+    if sharing and sharing["ratio"] is not None:
+        lines.append(f"prefix-sharing ratio {sharing['ratio']:.3f} ({sharing['reusable_prompt_tokens']} of "
+                     f"{sharing['prompt_tokens']} prompt tokens repeat a prefix sent before)")
+    for turn in workload.get("per_turn") or []:
+        ttft, prompt = turn["ttft_ms"]["p50"], turn["prompt_tokens_mean"]
+        lines.append(f"turn {turn['turn']}: {turn['requests']} requests, TTFT p50 "
+                     f"{'-' if ttft is None else f'{ttft:.1f}'} ms, prompt tokens mean "
+                     f"{'-' if prompt is None else f'{prompt:.0f}'}")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,6 +272,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     with target_server(args) as (base_url, api_key, model, server_exit):
         config = make_config(args, base_url, api_key, model)
+        workload = workload_from_wire(config.workload)
+        if isinstance(workload, TraceWorkload):
+            steps = trace_steps(args, steps, workload)
         # Locust (and its gevent monkey-patching) only now, after the plain-HTTP preflight.
         from load.runner import run_load
         from load.summary import build_document, calibration_errors, step_document
@@ -249,9 +286,10 @@ def run(args: argparse.Namespace) -> int:
     if args.calibrate:
         calibration = {"ttft_ms": args.mock_ttft_ms, "itl_ms": args.mock_itl_ms,
                        "errors": calibration_errors(step_docs, args.mock_ttft_ms, args.mock_itl_ms)}
-    settings = {"stream": config.stream, "output_tokens": config.output_tokens, "prompt_words": config.prompt_words,
+    settings = {"stream": config.stream, **workload.describe(),
                 "prompt_tokens_target": args.prompt_tokens, "dataset": args.dataset, "workers": args.workers,
-                "arrival": args.arrival if args.rate is not None else "closed loop", "duration_s": args.duration,
+                "arrival": (f"trace x{args.trace_speed:g}" if isinstance(workload, TraceWorkload)
+                            else args.arrival if args.rate is not None else "closed loop"), "duration_s": args.duration,
                 "warmup_s": steps[0].warmup_s, "max_requests": args.max_requests, "slo": slo,
                 "extra_body": json.dumps(config.extra_body), "seed": args.seed}
     target = {"base_url": base_url if not (args.calibrate or args.embedded_server) else "embedded reference server",

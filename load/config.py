@@ -20,9 +20,10 @@ class LoadConfig:
     api_key: str | None = None
     stream: bool = True
     path: str = API_PATH
-    output_tokens: int = 64
-    prompt_words: int = 32
-    dataset: list[dict[str, Any]] | None = None
+    # What is sent: a workload's wire form (load.workloads.from_wire); default 32-word prompts, 64 tokens.
+    workload: dict[str, Any] = field(default_factory=lambda: {
+        "kind": "synthetic", "words": 32, "prompt_tokens": None, "scale": None,
+        "output_tokens": {"kind": "fixed", "params": [64], "values": []}})
     extra_body: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 120.0
     seed: int = 0
@@ -54,9 +55,12 @@ class StepSpec:
     rate: float | None = None
     arrival: str = "poisson"
     max_requests: int | None = None
+    name: str | None = None  # a label of its own (a trace replay is neither a rate nor a concurrency)
 
     @property
     def label(self) -> str:
+        if self.name:
+            return self.name
         return f"rate {self.rate:g}/s" if self.rate is not None else f"{self.users} users"
 
     @property

@@ -2,7 +2,9 @@
 
 Locust's UI shows its own (rounded) statistics: "chat stream"/"chat" rows are end-to-end times and
 "first token" rows TTFT. For exact percentiles, ITL, TPOT, goodput and the HTML report use
-`python -m load`, which drives these same users.
+`python -m load`, which drives these same users. Here the workload is synthetic (--prompt-words,
+--output-tokens) or --dataset; the other workloads (which plan lengths in the endpoint's tokens
+before the run) are `python -m load --workload ...` only.
 """
 
 from __future__ import annotations
@@ -13,9 +15,16 @@ import gevent
 from locust import events
 
 from load.config import API_PATH, LoadConfig, StepSpec
+from load.lengths import fixed_length
 from load.prompts import load_dataset
-from load.users import STATE, ChatUser, probe_loop_lag
+from load.users import ProcessState, bound_user_class, probe_loop_lag
+from load.workloads.dataset import DatasetWorkload
+from load.workloads.synthetic import SyntheticWorkload
 
+# Locust finds the user class at module level; it is bound to this process's state (Locust runs
+# one locustfile per process, so here, and only here, the state lives as long as the module).
+PROCESS = ProcessState()
+ChatUser = bound_user_class(PROCESS)
 __all__ = ["ChatUser"]
 
 
@@ -33,12 +42,14 @@ def _arguments(parser) -> None:
 @events.test_start.add_listener
 def _start(environment, **_kw) -> None:
     options = environment.parsed_options
-    if options is None:  # driven by `python -m load`, which configures STATE itself
+    if options is None:  # driven by `python -m load`, which makes its own processes' state
         return
+    output = fixed_length(options.output_tokens)
+    workload = (DatasetWorkload(load_dataset(options.dataset), output, options.dataset) if options.dataset
+                else SyntheticWorkload(output, words=options.prompt_words))
     config = LoadConfig(base_url=(environment.host or "").rstrip("/"), model=options.model,
                         api_key=options.api_key or None, stream=not options.no_stream, path=options.api_path,
-                        output_tokens=options.output_tokens, prompt_words=options.prompt_words,
-                        dataset=load_dataset(options.dataset) if options.dataset else None)
-    STATE.configure(config)
-    STATE.begin_step(StepSpec(index=0, users=options.num_users or 1, duration_s=float("inf"), warmup_s=0.0))
-    gevent.spawn(probe_loop_lag)
+                        workload=workload.to_wire())
+    PROCESS.configure(config)
+    PROCESS.begin_step(StepSpec(index=0, users=options.num_users or 1, duration_s=float("inf"), warmup_s=0.0))
+    gevent.spawn(probe_loop_lag, PROCESS)

@@ -1,9 +1,9 @@
-"""Request bodies for load runs: synthetic prompts of a target token length, or a JSONL dataset.
+"""Prompt text for load runs: synthetic prompts of a target token length, prefix blocks, a JSONL dataset.
 
 The endpoint's tokenizer is unknown, so the length is calibrated from what the server itself
 reports: a few requests with `max_tokens: 1` give usage.prompt_tokens for two word counts, a
-line through them (chat-template overhead + tokens per word) gives the word count to use, and
-one more request confirms it.
+line through them (chat-template overhead + tokens per word, a `TokenScale`) gives the word count
+to use, and for one fixed length a few more requests nudge it onto the target.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import random
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,45 @@ class PromptPlan:
 
     def messages(self, rng: random.Random) -> list[dict[str, str]]:
         """A fresh random prompt (distinct text per request, so no server cache makes it cheap)."""
-        text = " ".join(rng.choice(WORDS) for _ in range(self.words))
-        return [{"role": "user", "content": f"Continue this list: {text}"}]
+        return [{"role": "user", "content": f"Continue this list: {random_words(rng, self.words)}"}]
+
+
+def random_words(rng: random.Random, count: int) -> str:
+    """`count` words drawn from WORDS (text whose token count grows linearly with `count`)."""
+    return " ".join(rng.choice(WORDS) for _ in range(count))
+
+
+def block_text(block_id: str, count: int) -> str:
+    """The first `count` words of the text named `block_id`: the same id always starts with the
+    same words, so prompts built from the same ids share that prefix (what prefix caches reuse)."""
+    return random_words(random.Random(block_id), count)
+
+
+@dataclass(frozen=True)
+class TokenScale:
+    """How the endpoint counts synthetic prompts: one of `w` words has `overhead + per_word * w` tokens.
+
+    Fitted once from usage.prompt_tokens, so a workload can aim each request at its own length
+    (a distribution, a prefix block) without one calibration request per length.
+    """
+
+    overhead: float
+    per_word: float
+
+    def words(self, tokens: int) -> int:
+        """Words of a whole synthetic prompt of about `tokens` tokens."""
+        return max(1, round((tokens - self.overhead) / self.per_word))
+
+    def text_words(self, tokens: int) -> int:
+        """Words of a piece of text of about `tokens` tokens inside a prompt (no template overhead)."""
+        return max(1, round(tokens / self.per_word))
+
+
+def fit_token_scale(count_tokens: Callable[[int], int], low_words: int = 4, high_words: int = 128) -> TokenScale:
+    """The line through the token counts of two synthetic prompts (see `usage_counter`)."""
+    low, high = count_tokens(low_words), count_tokens(high_words)
+    per_word = max((high - low) / (high_words - low_words), 1e-6)
+    return TokenScale(overhead=low - per_word * low_words, per_word=per_word)
 
 
 def load_dataset(path: Path | str) -> list[dict[str, Any]]:
@@ -68,34 +105,6 @@ def load_dataset(path: Path | str) -> list[dict[str, Any]]:
     if not entries:
         raise DatasetError(f"{path}: no requests in the file")
     return entries
-
-
-def body_source(
-    *,
-    model: str,
-    stream: bool,
-    output_tokens: int,
-    plan: PromptPlan | None,
-    dataset: list[dict[str, Any]] | None,
-    extra_body: dict[str, Any],
-    seed: int,
-) -> Iterator[dict[str, Any]]:
-    """Endless request bodies: the dataset in order (cycled), else synthetic prompts."""
-    rng = random.Random(seed)
-    index = 0
-    while True:
-        if dataset:
-            entry = dataset[index % len(dataset)]
-            index += 1
-            messages, max_tokens = entry["messages"], entry.get("max_tokens", output_tokens)
-        else:
-            assert plan is not None
-            messages, max_tokens = plan.messages(rng), output_tokens
-        body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": stream}
-        if stream:
-            body["stream_options"] = {"include_usage": True}
-        body.update(extra_body)
-        yield body
 
 
 def post_json(url: str, api_key: str | None, body: dict[str, Any], timeout_s: float = 60.0) -> dict[str, Any]:
@@ -140,18 +149,25 @@ def calibrate_prompt(
     return PromptPlan(words=words, prompt_tokens=measured)
 
 
+def message_counter(
+    url: str, api_key: str | None, model: str, extra_body: dict[str, Any]
+) -> Callable[[list[dict[str, Any]]], int]:
+    """usage.prompt_tokens of a list of messages, as the endpoint counts them (one request, max_tokens 1)."""
+
+    def count(messages: list[dict[str, Any]]) -> int:
+        body = {"model": model, "max_tokens": 1, "stream": False, **extra_body, "messages": messages}
+        usage = post_json(url, api_key, body).get("usage") or {}
+        if not isinstance(usage.get("prompt_tokens"), int):
+            raise RuntimeError("the endpoint returned no usage.prompt_tokens, so lengths in tokens cannot be "
+                               "counted; use --dataset, or --prompt-words to set the prompt size in words")
+        return usage["prompt_tokens"]
+
+    return count
+
+
 def usage_counter(
     url: str, api_key: str | None, model: str, extra_body: dict[str, Any], seed: int = 0
 ) -> Callable[[int], int]:
     """A `count_tokens` for `calibrate_prompt` that asks the endpoint itself."""
-
-    def count(words: int) -> int:
-        body = {"model": model, "max_tokens": 1, "stream": False, **extra_body,
-                "messages": PromptPlan(words).messages(random.Random(seed))}
-        usage = post_json(url, api_key, body).get("usage") or {}
-        if not isinstance(usage.get("prompt_tokens"), int):
-            raise RuntimeError("the endpoint returned no usage.prompt_tokens; use --dataset, or "
-                               "--prompt-words to set the prompt size without calibration")
-        return usage["prompt_tokens"]
-
-    return count
+    count_messages = message_counter(url, api_key, model, extra_body)
+    return lambda words: count_messages(PromptPlan(words).messages(random.Random(seed)))

@@ -48,6 +48,11 @@ class RequestRecord:
     retry_after: str | None = None  # the Retry-After header of a 429 (None: the server sent none)
     retried: bool = False  # sent twice: the first attempt met a stale keep-alive connection
     worker: int = 0
+    # What the workload asked for (load.workloads.PlannedRequest), beside what the server served:
+    max_tokens: int | None = None
+    requested_prompt_tokens: int | None = None
+    prefix_blocks: list[list[Any]] = field(default_factory=list)  # [id, tokens] of shared prefix blocks
+    turn: int | None = None
 
     def fail(self, kind: str, message: str) -> None:
         """Record the first failure of this request (later ones are consequences of it)."""
@@ -99,6 +104,12 @@ class StreamTimer:
         self.record = record
         self.parser = SSEParser()
         self.done = False
+        self.pieces: list[str] = []  # the first choice's content, for workloads that carry it on
+
+    @property
+    def text(self) -> str:
+        """The answer's text so far (choice 0)."""
+        return "".join(self.pieces)
 
     def feed(self, data: bytes, now_ns: int) -> None:
         """Bytes just received (any split), with the time they arrived."""
@@ -136,6 +147,8 @@ class StreamTimer:
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if delta.get("content"):
+                if choice.get("index", 0) == 0:
+                    self.pieces.append(delta["content"])
                 record.chunk_tokens += 1
                 record.token_ns.append(now_ns)
                 if record.first_token_ns is None:
@@ -147,8 +160,9 @@ class StreamTimer:
             record.usage_completion = usage.get("completion_tokens")
 
 
-def read_json_body(record: RequestRecord, body: bytes, now_ns: int) -> None:
-    """Finish a non-streamed record from its JSON body (usage and an error envelope)."""
+def read_json_body(record: RequestRecord, body: bytes, now_ns: int) -> str | None:
+    """Finish a non-streamed record from its JSON body (usage and an error envelope); the answer's
+    text (choice 0) when there is one."""
     record.end_ns = now_ns
     status = record.status or 0
     try:
@@ -156,13 +170,17 @@ def read_json_body(record: RequestRecord, body: bytes, now_ns: int) -> None:
     except ValueError:
         kind = "protocol" if status == 200 else http_error_kind(status)
         record.fail(kind, f"HTTP {status}, body is not JSON: {body[:80]!r}")
-        return
+        return None
     if not isinstance(payload, dict):
         record.fail("protocol" if status == 200 else http_error_kind(status), "body is not a JSON object")
-        return
+        return None
     if status != 200:
         record.fail(http_error_kind(status), f"HTTP {status}: {json.dumps(payload.get('error', payload))[:200]}")
-        return
+        return None
     usage = payload.get("usage") or {}
     record.usage_prompt = usage.get("prompt_tokens")
     record.usage_completion = usage.get("completion_tokens")
+    choices = payload.get("choices") or [{}]
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, str) else None

@@ -25,7 +25,7 @@ from load.health import GoneWatch, client_warnings, data_warnings
 from load.metrics import Window, step_metrics
 from load.records import RequestRecord
 from load.slo import judge
-from load.users import STATE, ChatUser, probe_loop_lag
+from load.users import ProcessState, bound_user_class, probe_loop_lag
 
 log = logging.getLogger("load")
 INTERRUPT_DRAIN_S = 2.0  # after Ctrl-C, how long requests in flight may still finish
@@ -60,28 +60,29 @@ class LocalBackend:
     workers = 1
 
     def __init__(self, config: LoadConfig) -> None:
-        self.environment = Environment(user_classes=[ChatUser])
+        self.process = ProcessState()
+        self.process.configure(config)
+        self.environment = Environment(user_classes=[bound_user_class(self.process)])
         self.runner = self.environment.create_local_runner()
-        STATE.configure(config)
-        self._probe = gevent.spawn(probe_loop_lag)
+        self._probe = gevent.spawn(probe_loop_lag, self.process)
 
     def start_step(self, step: StepSpec) -> None:
-        STATE.begin_step(step)
+        self.process.begin_step(step)
         self.runner.start(step.users, spawn_rate=max(step.users, 1) * 20, wait=False)
 
     def status(self) -> list[dict[str, Any]]:
-        return [STATE.status()]
+        return [self.process.status()]
 
     def stop_sending(self) -> None:
-        STATE.sending = False
+        self.process.sending = False
 
     def drained(self) -> bool:
-        return STATE.inflight == 0
+        return self.process.inflight == 0
 
     def finish(self) -> tuple[list[RequestRecord], list[dict[str, Any]]]:
-        health = STATE.health()
+        health = self.process.health()
         self.runner.stop()
-        return list(STATE.records), [health]
+        return list(self.process.records), [health]
 
     def close(self) -> None:
         self._probe.kill()
@@ -95,7 +96,8 @@ class DistributedBackend:
         from reference_server.launcher import free_port
 
         self.workers = workers
-        self.environment = Environment(user_classes=[ChatUser])
+        # The master runs no users; the class is there for Locust to match the workers' by name.
+        self.environment = Environment(user_classes=[bound_user_class(ProcessState())])
         port = free_port()
         self.runner = self.environment.create_master_runner("127.0.0.1", port)
         self.statuses: dict[int, dict[str, Any]] = {}

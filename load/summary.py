@@ -8,6 +8,8 @@ from typing import Any
 
 from load.health import loop_lag_summary
 from load.metrics import FORMULAS, cdf_points, pooled_itls, request_e2e, request_ttft, sent_in
+from load.workload_metrics import FORMULAS as WORKLOAD_FORMULAS
+from load.workload_metrics import workload_metrics
 
 
 def step_document(outcome: Any) -> dict[str, Any]:
@@ -23,6 +25,7 @@ def step_document(outcome: Any) -> dict[str, Any]:
         "label": outcome.spec.label,
         "level": outcome.spec.level,
         "metrics": outcome.metrics,
+        "workload": workload_metrics(outcome.records, outcome.window),
         "slo": outcome.slo,
         "slo_met": all(v["met"] for v in outcome.slo),
         "warnings": outcome.warnings,
@@ -75,7 +78,7 @@ def build_document(
         "duration_s": duration_s,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine()},
-        "formulas": FORMULAS,
+        "formulas": {**FORMULAS, **WORKLOAD_FORMULAS},
         "steps": list(steps),
         "slo_met": all(step["slo_met"] for step in steps),
         "client_limited": any(w.startswith("client-limited") for step in steps for w in step["warnings"]),

@@ -1,4 +1,11 @@
-"""The Locust user that sends chat requests and times every token, and the per-process state.
+"""The Locust user that sends chat requests and times every token, and the process it belongs to.
+
+One request, top to bottom: `ChatUser.chat` asks its workload session for the next planned request
+(load.workloads), waits for its turn (closed loop, or its slot in the arrival schedule), `send`s it
+and times every byte into a RequestRecord (load.records) that carries what the plan asked for; the
+record joins its process's records, and the answer goes back to the session (multi-turn carries it
+into the next turn). Each process (the only one, or a worker) owns one `ProcessState`, and its user
+class is bound to it by `bound_user_class`: no module-level state.
 
 Importing this module imports Locust, which monkey-patches the process for gevent: only the
 load runner, its workers and `locustfile.py` import it.
@@ -12,18 +19,19 @@ otherwise takes whatever one `recv` brings; each line is stamped when it is hand
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import gevent
 from locust import FastHttpUser, constant, task
 
 from load.arrivals import intended_offsets_s
 from load.config import MAX_RETRY_AFTER_S, LoadConfig, StepSpec, share
-from load.prompts import PromptPlan, body_source
 from load.records import RequestRecord, StreamTimer, read_json_body
+from load.workloads import PlannedRequest, Session, Workload, from_wire, request_body
 
 LAG_PROBE_S = 0.005  # how often the event-loop probe wakes up
 
@@ -44,43 +52,50 @@ class ProcessState:
     records: list[RequestRecord] = field(default_factory=list)
     loop_lag_ns: list[int] = field(default_factory=list)
     cpu_start_s: float = 0.0
-    bodies: Iterator[dict[str, Any]] | None = None
-    schedule: Iterator[float] | None = None
+    workload: Workload | None = None
+    # (intended send time in ns, the workload's slot or None) of each request, in open loop
+    schedule: Iterator[tuple[int, int | None]] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    sessions: int = 0  # sessions made so far in this step (seeds each user's own)
 
     def configure(self, config: LoadConfig, worker_index: int = 0, workers: int = 1) -> None:
         """Take the run's settings (once per run)."""
         self.config, self.worker_index, self.workers = config, worker_index, workers
-        ChatUser.host = config.base_url
-        ChatUser.network_timeout = config.timeout_s
-        ChatUser.connection_timeout = min(config.timeout_s, 30.0)
+        self.workload = from_wire(config.workload)
         self.headers = {"Content-Type": "application/json", "Accept-Encoding": "identity",
                         "Accept": "text/event-stream" if config.stream else "application/json"}
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
-        plan = None if config.dataset else PromptPlan(config.prompt_words)
-        self.bodies = body_source(model=config.model, stream=config.stream, output_tokens=config.output_tokens,
-                                  plan=plan, dataset=config.dataset, extra_body=config.extra_body,
-                                  seed=config.seed * 1000 + worker_index)
 
     def begin_step(self, step: StepSpec) -> None:
         """Start a step now: fresh records, this process's share of the count and the rate."""
-        assert self.config is not None, "configure() first"
+        assert self.config is not None and self.workload is not None, "configure() first"
         self.step = step
         self.records, self.loop_lag_ns = [], []
-        self.sent, self.inflight = 0, 0
+        self.sent, self.inflight, self.sessions = 0, 0, 0
         self.quota = None if step.max_requests is None else share(step.max_requests, self.workers, self.worker_index)
-        self.schedule = None
-        if step.rate is not None:
+        self.schedule = self.workload.schedule(self.worker_index, self.workers)
+        if self.schedule is None and step.rate is not None:
             offsets = intended_offsets_s(step.rate / self.workers, step.arrival, gamma_shape=self.config.gamma_shape,
                                          seed=self.config.seed * 1000 + step.index * 37 + self.worker_index)
-            self.schedule = (int(s * 1e9) for s in offsets)
+            self.schedule = ((int(s * 1e9), None) for s in offsets)
         self.cpu_start_s = time.process_time()
         self.origin_ns = time.perf_counter_ns()
         self.sending = True
 
     def now_ns(self) -> int:
         return time.perf_counter_ns() - self.origin_ns
+
+    def new_session(self) -> Session:
+        """A fresh workload session for a user starting now, with its own reproducible random stream."""
+        assert self.config is not None and self.workload is not None and self.step is not None
+        self.sessions += 1
+        seed = f"{self.config.seed}/{self.step.index}/{self.worker_index}/{self.sessions}"
+        return self.workload.session(random.Random(seed))
+
+    def may_send(self) -> bool:
+        """Sending, and this process's share of the step's request count not used up."""
+        return self.sending and self.step is not None and (self.quota is None or self.sent < self.quota)
 
     def health(self) -> dict[str, Any]:
         """This process's CPU use (fraction of one core) and event-loop lag samples so far."""
@@ -93,9 +108,6 @@ class ProcessState:
                 "done": len(self.records), "failed": sum(1 for r in self.records if not r.ok),
                 "tokens": sum(r.output_tokens for r in self.records if r.ok), "sending": self.sending,
                 "refused": sum(1 for r in self.records if r.connection_refused)}
-
-
-STATE = ProcessState()
 
 
 def retry_after_seconds(header: str | None) -> float:
@@ -118,59 +130,83 @@ def transport_kind(exc: BaseException) -> str:
     return "transport"
 
 
-def probe_loop_lag() -> None:
+def probe_loop_lag(process: ProcessState) -> None:
     """Forever: sleep LAG_PROBE_S and record how late the wake-up came (the client's own delay)."""
     while True:
         before = time.perf_counter_ns()
         gevent.sleep(LAG_PROBE_S)
-        if STATE.sending:
-            STATE.loop_lag_ns.append(max(0, time.perf_counter_ns() - before - int(LAG_PROBE_S * 1e9)))
+        if process.sending:
+            process.loop_lag_ns.append(max(0, time.perf_counter_ns() - before - int(LAG_PROBE_S * 1e9)))
 
 
 class ChatUser(FastHttpUser):
-    """Sends one chat request after another (closed loop), or at its turn in the arrival schedule."""
+    """Sends one chat request after another (closed loop), or at its turn in the arrival schedule.
 
+    Abstract: `bound_user_class` makes the concrete class of one process, bound to its ProcessState.
+    """
+
+    abstract = True
+    process: ClassVar[ProcessState]
     wait_time = constant(0)
-    host = "http://127.0.0.1"
-    network_timeout = 120.0
-    connection_timeout = 30.0
+
+    def __init__(self, environment: Any) -> None:
+        config = self.process.config
+        if config is None:
+            raise RuntimeError("ChatUser started before its process was configured")
+        self.host = config.base_url
+        self.network_timeout = config.timeout_s
+        self.connection_timeout = min(config.timeout_s, 30.0)
+        super().__init__(environment)
+        self.session: Session = self.process.new_session()
 
     @task
     def chat(self) -> None:
-        state = STATE
-        if not state.sending or state.step is None or state.bodies is None:
+        process = self.process
+        think = self.session.wait_s()
+        if think > 0:
+            gevent.sleep(think)
+        if not process.may_send():
             gevent.sleep(0.02)
             return
-        if state.quota is not None and state.sent >= state.quota:
-            gevent.sleep(0.02)
-            return
-        state.sent += 1
-        intended = None
-        if state.schedule is not None:
-            intended = next(state.schedule)
-            delay = (intended - state.now_ns()) / 1e9
+        process.sent += 1
+        intended, slot = None, None
+        if process.schedule is not None:
+            due = next(process.schedule, None)
+            if due is None:  # the workload's own schedule (a trace) has no more requests
+                process.sent -= 1
+                gevent.sleep(0.02)
+                return
+            intended, slot = due
+            delay = (intended - process.now_ns()) / 1e9
             if delay > 0:
                 gevent.sleep(delay)
-            if not state.sending:
-                state.sent -= 1
+            if not process.sending:
+                process.sent -= 1
                 return
-        self.send(next(state.bodies), intended)
-        record = state.records[-1] if state.records else None
-        if (record is not None and record.status == 429 and state.schedule is None
-                and state.config is not None and state.config.honor_retry_after):
+        planned = self.session.next_request(slot)
+        record, answer = self.send(planned, intended)
+        self.session.answered(answer if record.ok else None)
+        if (record.status == 429 and process.schedule is None
+                and process.config is not None and process.config.honor_retry_after):
             gevent.sleep(retry_after_seconds(record.retry_after))
 
-    def send(self, body: dict[str, Any], intended_ns: int | None) -> None:
-        """One request, timed end to end; its record goes to STATE.records."""
-        state = STATE
-        assert state.config is not None
+    def send(self, planned: PlannedRequest, intended_ns: int | None) -> tuple[RequestRecord, str | None]:
+        """One request, timed end to end; its record goes to the process's records. Returns the
+        record and the answer's text (choice 0; None when there is none)."""
+        process = self.process
+        config = process.config
+        assert config is not None
+        body = request_body(planned, model=config.model, stream=config.stream, extra_body=config.extra_body)
         payload = json.dumps(body).encode()
         stream = bool(body.get("stream"))
-        state.inflight += 1
-        record = RequestRecord(send_ns=state.now_ns(), stream=stream, intended_ns=intended_ns,
-                               worker=state.worker_index)
+        process.inflight += 1
+        record = RequestRecord(send_ns=process.now_ns(), stream=stream, intended_ns=intended_ns,
+                               worker=process.worker_index, max_tokens=body.get("max_tokens"),
+                               requested_prompt_tokens=planned.requested_prompt_tokens,
+                               prefix_blocks=[list(block) for block in planned.prefix_blocks], turn=planned.turn)
+        answer = None
         try:
-            self._attempt(payload, record)
+            answer = self._attempt(payload, record)
             if record.stale_connection:
                 # The connection closed before any byte of the answer: a keep-alive connection the
                 # server had already closed (llama-server does so without `Connection: close`), not
@@ -178,44 +214,46 @@ class ChatUser(FastHttpUser):
                 # first attempt, as the user waited through both.
                 record.retried = True
                 record.error = record.error_kind = None
-                self._attempt(payload, record)
+                answer = self._attempt(payload, record)
         except Exception as exc:  # a transport error must become a record, never kill the user
             record.fail(transport_kind(exc), f"{type(exc).__name__}: {exc}")
-            record.end_ns = record.end_ns or state.now_ns()
+            record.end_ns = record.end_ns or process.now_ns()
         finally:
-            state.inflight -= 1
-            state.records.append(record)
+            process.inflight -= 1
+            process.records.append(record)
         if record.first_token_ns is not None and record.ok:
             self.environment.events.request.fire(
                 request_type="TTFT", name="first token", response_time=(record.first_token_ns - record.send_ns) / 1e6,
                 response_length=0, exception=None, context={})
+        return record, answer
 
-    def _attempt(self, payload: bytes, record: RequestRecord) -> None:
-        """Send the request once and read the answer into `record`."""
-        state = STATE
-        assert state.config is not None
-        with self.client.request("POST", state.config.path, data=payload, headers=state.headers,
+    def _attempt(self, payload: bytes, record: RequestRecord) -> str | None:
+        """Send the request once and read the answer into `record`; the answer's text."""
+        process = self.process
+        assert process.config is not None
+        with self.client.request("POST", process.config.path, data=payload, headers=process.headers,
                                  stream=True, catch_response=True,
                                  name="chat stream" if record.stream else "chat") as response:
-            self._read(response, record)
+            answer = self._read(response, record)
             if record.end_ns is not None:
                 response.request_meta["response_time"] = (record.end_ns - record.send_ns) / 1e6
             if record.ok:
                 response.success()
             else:
                 response.failure(record.error or f"HTTP {record.status}")
+        return answer
 
-    def _read(self, response: Any, record: RequestRecord) -> None:
-        state = STATE
-        record.first_byte_ns = state.now_ns()
+    def _read(self, response: Any, record: RequestRecord) -> str | None:
+        process = self.process
+        record.first_byte_ns = process.now_ns()
         record.status = response.status_code or None
         raw = getattr(response, "_response", None)
         if raw is None or not record.status:
             error = getattr(response, "error", None)
             record.fail(transport_kind(error) if error is not None else "connection_closed",
                         f"no response: {error or 'connection failed'}")
-            record.end_ns = state.now_ns()
-            return
+            record.end_ns = process.now_ns()
+            return None
         content_type = (response.headers or {}).get("content-type", "")
         if record.status == 429:
             record.retry_after = (response.headers or {}).get("retry-after")
@@ -223,14 +261,19 @@ class ChatUser(FastHttpUser):
             timer = StreamTimer(record)
             while True:
                 line = raw.readline(b"\n")
-                now = state.now_ns()
+                now = process.now_ns()
                 if not line:
                     timer.close(now)
-                    return
+                    return timer.text
                 timer.feed(line, now)
         if record.status == 200 and record.stream:
             record.fail("protocol", f"expected text/event-stream, got {content_type or 'no Content-Type'}")
         body = raw.read()
         if not body and record.status != 200:  # Locust read an error answer's body already
             body = getattr(response, "content", None) or b""
-        read_json_body(record, body, state.now_ns())
+        return read_json_body(record, body, process.now_ns())
+
+
+def bound_user_class(process: ProcessState) -> type[ChatUser]:
+    """The ChatUser class of one process: its users send that process's workload and keep its records."""
+    return type("ChatUser", (ChatUser,), {"process": process, "__module__": __name__})

@@ -15,33 +15,33 @@ from locust.env import Environment
 
 from load.config import LoadConfig, StepSpec
 from load.records import RequestRecord
-from load.users import STATE, ChatUser, probe_loop_lag
+from load.users import ProcessState, bound_user_class, probe_loop_lag
 
 
 def _send(environment: Environment, kind: str, data: dict) -> None:
     environment.runner.send_message(kind, data)
 
 
-def register_handlers(environment: Environment, workers: int) -> None:
-    """Wire the chatspec messages to this process's STATE."""
+def register_handlers(environment: Environment, process: ProcessState, workers: int) -> None:
+    """Wire the chatspec messages to this worker's process state."""
     runner = environment.runner
 
     def on_config(environment: Environment, msg, **_kw) -> None:
-        STATE.configure(LoadConfig.from_wire(msg.data), worker_index=runner.worker_index, workers=workers)
+        process.configure(LoadConfig.from_wire(msg.data), worker_index=runner.worker_index, workers=workers)
         _send(environment, "chatspec_ack", {"worker": runner.worker_index})
 
     def on_step(environment: Environment, msg, **_kw) -> None:
-        STATE.begin_step(StepSpec.from_wire(msg.data))
+        process.begin_step(StepSpec.from_wire(msg.data))
 
     def on_stop(environment: Environment, msg, **_kw) -> None:
-        STATE.sending = False
+        process.sending = False
 
     def on_poll(environment: Environment, msg, **_kw) -> None:
-        _send(environment, "chatspec_status", STATE.status())
+        _send(environment, "chatspec_status", process.status())
 
     def on_collect(environment: Environment, msg, **_kw) -> None:
-        records: list[RequestRecord] = STATE.records
-        _send(environment, "chatspec_records", {"worker": runner.worker_index, "health": STATE.health(),
+        records: list[RequestRecord] = process.records
+        _send(environment, "chatspec_records", {"worker": runner.worker_index, "health": process.health(),
                                                 "records": [r.to_wire() for r in records]})
 
     runner.register_message("chatspec_config", on_config)
@@ -57,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--master-port", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True, help="how many workers the run has")
     args = parser.parse_args(argv)
-    environment = Environment(user_classes=[ChatUser])
+    process = ProcessState()
+    environment = Environment(user_classes=[bound_user_class(process)])
     environment.create_worker_runner(args.master_host, args.master_port)
-    register_handlers(environment, args.workers)
-    gevent.spawn(probe_loop_lag)
+    register_handlers(environment, process, args.workers)
+    gevent.spawn(probe_loop_lag, process)
     environment.runner.greenlet.join()
     return 0
 

@@ -13,6 +13,7 @@ from typing import Any
 import jinja2
 
 from reports.charts import new_figure, png_base64
+from reports.load_workload import WORKLOAD_TEMPLATE, length_charts, workload_rows
 
 
 def _latency(metric: str, stat: str) -> Callable[[Mapping[str, Any]], Any]:
@@ -32,6 +33,8 @@ CSV_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
     ("goodput_per_s", lambda s: s["metrics"]["goodput_per_s"]),
     *((f"{m}_{p}_ms", _latency(m, p)) for m in ("ttft", "itl", "tpot", "e2e") for p in ("mean", "p50", "p90", "p99")),
     ("send_lag_p99_ms", lambda s: (s["metrics"]["send_lag_ms"] or {}).get("p99")),
+    ("prefix_sharing_ratio", lambda s: ((s.get("workload") or {}).get("prefix_sharing") or {}).get("ratio")),
+    ("output_short", lambda s: (s.get("workload") or {}).get("output_short")),
     ("client_cpu_max", lambda s: max(s["client"]["cpu_fraction"], default=None)),
     ("slo_met", lambda s: s["slo_met"]),
     ("warnings", lambda s: " | ".join(s["warnings"])),
@@ -81,6 +84,7 @@ The step's numbers cover the time until then{% if doc.steps_not_run %}; steps no
 <td class="n">{{ s.client.cpu_fraction | map('round', 2) | join(', ') }}</td></tr>
 {% endfor %}</table>
 <p class="muted">Latencies in milliseconds; percentiles are exact over every raw sample of every worker.</p>
+{% include "workload" %}
 
 {% if error_rows %}<h2>Errors by kind</h2>
 <table id="errors"><tr><th>step</th><th>kind</th><th>requests</th><th>share of sent</th><th>example</th></tr>
@@ -163,7 +167,8 @@ def _charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def render_load_html(doc: Mapping[str, Any]) -> str:
     """The self-contained HTML page for one load report document."""
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
+                             loader=jinja2.DictLoader({"workload": WORKLOAD_TEMPLATE}))
     verdict = "SLO MISSED" if not doc["slo_met"] else ("CLIENT-LIMITED" if doc["client_limited"] else "OK")
     sent = sum(s["metrics"]["requests_sent"] for s in doc["steps"])
     failed = sum(s["metrics"]["requests_failed"] for s in doc["steps"])
@@ -176,7 +181,7 @@ def render_load_html(doc: Mapping[str, Any]) -> str:
                   for s in doc["steps"] for kind, count in s["metrics"].get("errors_by_kind", {}).items()]
     slo_rows = [(s["label"], v) for s in doc["steps"] for v in s["slo"]]
     return env.from_string(TEMPLATE).render(doc=doc, verdict=verdict, slo_rows=slo_rows, error_rows=error_rows,
-                                            charts=_charts(doc), f=_fmt)
+                                            charts=_charts(doc) + length_charts(doc), f=_fmt, **workload_rows(doc))
 
 
 def write_load_reports(doc: Mapping[str, Any], directory: Path | str) -> dict[str, Path]:

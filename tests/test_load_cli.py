@@ -26,8 +26,9 @@ def run_load(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[st
 
 
 def target(server) -> tuple[str, ...]:
-    """The CLI arguments that point a run at a launched server."""
-    return ("--base-url", server.base_url, "--api-key", server.api_key, "--model", server.model)
+    """The CLI arguments that point a run at a launched server (`--api-key=KEY`: a random key may
+    begin with '-', which argparse would take for an option)."""
+    return ("--base-url", server.base_url, f"--api-key={server.api_key}", "--model", server.model)
 
 
 def report(directory: Path) -> dict:

@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load(server: RunningServer, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "load", "--quiet", "--base-url", server.base_url, "--api-key",
-                           server.api_key or "", "--model", server.model, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "load", "--quiet", "--base-url", server.base_url,
+                           f"--api-key={server.api_key or ''}", "--model", server.model, *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def report(directory: Path) -> dict:

@@ -13,11 +13,16 @@ import pytest
 from load.arrivals import intended_offsets_s
 from load.config import StepSpec, share
 from load.health import client_warnings, data_warnings
+from load.lengths import fixed_length
 from load.metrics import Window, meets_slo, step_metrics, summarize_ms
-from load.prompts import DatasetError, PromptPlan, body_source, calibrate_prompt, load_dataset
+from load.prompts import DatasetError, PromptPlan, calibrate_prompt, load_dataset
 from load.records import RequestRecord, StreamTimer, read_json_body
 from load.slo import judge, parse_slo
 from load.summary import build_document, calibration_errors
+from load.workloads import from_wire as workload_from_wire
+from load.workloads import request_body
+from load.workloads.dataset import DatasetWorkload
+from load.workloads.synthetic import SyntheticWorkload
 from reports.load_report import render_load_html, write_load_reports
 
 MS = 1_000_000
@@ -203,15 +208,23 @@ class TestPrompts:
         assert a != b and len(a[0]["content"].split()) == len(b[0]["content"].split()) == 23
 
     def test_bodies(self):
-        bodies = body_source(model="m", stream=True, output_tokens=7, plan=PromptPlan(3), dataset=None,
-                             extra_body={"temperature": 0}, seed=1)
-        body = next(bodies)
+        synthetic = SyntheticWorkload(fixed_length(7), words=3)
+        planned = synthetic.session(random.Random(1)).next_request(None)
+        body = request_body(planned, model="m", stream=True, extra_body={"temperature": 0})
         assert body["max_tokens"] == 7 and body["stream_options"] == {"include_usage": True}
         assert body["temperature"] == 0 and body["model"] == "m"
+        assert len(body["messages"][0]["content"].split()) == 3 + 3
         data = [{"messages": [{"role": "user", "content": "x"}], "max_tokens": 3},
                 {"messages": [{"role": "user", "content": "y"}]}]
-        cycle = body_source(model="m", stream=False, output_tokens=9, plan=None, dataset=data, extra_body={}, seed=0)
-        assert [next(cycle)["max_tokens"] for _ in range(3)] == [3, 9, 3]
+        session = DatasetWorkload(data, fixed_length(9)).session(random.Random(0))
+        tokens = [session.next_request(None).max_tokens for _ in range(3)]
+        assert tokens in ([3, 9, 3], [9, 3, 9])  # the file in order, from a per-user start
+
+    def test_workloads_survive_the_wire(self):
+        for workload in (SyntheticWorkload(fixed_length(7), words=3),
+                         DatasetWorkload([{"messages": [{"role": "user", "content": "x"}]}], fixed_length(2), "f")):
+            wire = json.loads(json.dumps(workload.to_wire()))
+            assert workload_from_wire(wire) == workload
 
     def test_dataset_lines(self, tmp_path):
         good = tmp_path / "good.jsonl"

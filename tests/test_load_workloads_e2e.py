@@ -1,0 +1,180 @@
+"""Every workload end to end: `python -m load` against the mock engine (known TTFT and ITL, one token
+a word), in one process and over workers. Request counts, lengths and timing are checked against what
+was asked; runs are short and bounded (tens of requests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reference_server.launcher import running_server
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+EXACT = ("--extra-body", '{"logit_bias": {"0": -100}}')  # the mock never ends early: served = max_tokens
+MOCK_TTFT_MS = 30.0
+
+
+def run_load(server, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "load", "--quiet", "--base-url", server.base_url,
+                           f"--api-key={server.api_key}", "--model", server.model, "--warmup", "0", "--duration", "60",
+                           *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def step_of(directory: Path) -> dict:
+    return json.loads((directory / "load.json").read_text())["steps"][0]
+
+
+@pytest.fixture(scope="module")
+def mock_server():
+    with running_server("--ttft-ms", str(MOCK_TTFT_MS), "--itl-ms", "2", "--max-queue", "1000",
+                        engine="mock") as server:
+        yield server
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_length_distributions_are_served_as_asked(mock_server, tmp_path, workers):
+    lengths = tmp_path / "outputs.txt"
+    lengths.write_text("3 5 9\n")
+    result = run_load(mock_server, *EXACT, "--users", "3", "--max-requests", "30", "--prompt-tokens",
+                      "uniform:20,120", "--output-tokens", f"file:{lengths}", "--workers", str(workers),
+                      "--report-dir", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    step = step_of(tmp_path / "r")
+    assert step["client"]["workers"] == workers
+    workload = step["workload"]
+    assert step["metrics"]["requests_ok"] == 30 and workload["output_short"] == 0
+    prompt, output = workload["input_tokens"], workload["output_tokens"]
+    assert prompt["requested_counts"] == prompt["served_counts"] and prompt["served"]["count"] == 30
+    assert 20 <= prompt["served"]["min"] and prompt["served"]["max"] <= 120 and prompt["served"]["max"] > 60
+    assert output["requested_counts"] == output["served_counts"]
+    assert {output["served"]["min"], output["served"]["max"]} <= {3, 5, 9}
+    assert "0 requests served fewer than asked" in result.stdout
+    html = (tmp_path / "r" / "load.html").read_text()
+    assert 'id="lengths"' in html and 'alt="lengths 3 users"' in html
+
+
+def test_a_server_that_cuts_outputs_short_is_visible(tmp_path):
+    """A 64-token context: prompt + max_tokens over it and the server lowers max_tokens (documented)."""
+    with running_server("--n-ctx", "64", engine="mock") as server:
+        result = run_load(server, *EXACT, "--users", "2", "--max-requests", "10", "--prompt-tokens", "30",
+                          "--output-tokens", "uniform:40,60", "--report-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    workload = step_of(tmp_path)["workload"]
+    assert workload["output_short"] == 10
+    assert workload["output_tokens"]["requested"]["min"] >= 40 and workload["output_tokens"]["served"]["max"] <= 34
+
+
+def test_shared_prefix_reports_its_sharing_ratio(mock_server, tmp_path):
+    result = run_load(mock_server, *EXACT, "--workload", "shared-prefix", "--groups", "1", "--prefix-tokens", "50",
+                      "--prompt-tokens", "10", "--output-tokens", "3", "--users", "1", "--max-requests", "12",
+                      "--report-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    step = step_of(tmp_path)
+    sharing = step["workload"]["prefix_sharing"]
+    served = step["workload"]["input_tokens"]["served"]
+    assert step["metrics"]["requests_ok"] == 12 and served["min"] == served["max"]  # every prompt the same size
+    assert sharing["reusable_prompt_tokens"] == 11 * 50  # the first request of the group had nothing to reuse
+    assert sharing["prompt_tokens"] == 12 * served["max"]
+    assert sharing["ratio"] == pytest.approx(550 / (12 * served["max"]))
+    assert "prefix-sharing ratio" in result.stdout
+
+
+def test_multi_turn_carries_the_history_and_reports_each_turn(mock_server, tmp_path):
+    think = 0.3
+    result = run_load(mock_server, *EXACT, "--workload", "multi-turn", "--turns", "3", "--think-time", str(think),
+                      "--prompt-tokens", "20", "--output-tokens", "5", "--users", "1", "--max-requests", "6",
+                      "--report-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    step = step_of(tmp_path)
+    turns = step["workload"]["per_turn"]
+    assert [(t["turn"], t["requests"]) for t in turns] == [(1, 2), (2, 2), (3, 2)]
+    prompts = [t["prompt_tokens_mean"] for t in turns]
+    assert prompts[0] == 20 and prompts[1] >= prompts[0] + 5 + 19 and prompts[2] >= prompts[1] + 5 + 19
+    assert all(t["ttft_ms"]["min"] >= MOCK_TTFT_MS for t in turns)
+    # two conversations of three turns: four think times between turns, none between conversations
+    assert step["metrics"]["window_s"] >= 4 * think
+    assert "turn 3: 2 requests" in result.stdout
+    assert 'id="turns"' in (tmp_path / "load.html").read_text()
+
+
+def test_sharegpt_asks_for_each_answers_length(mock_server, tmp_path):
+    result = run_load(mock_server, *EXACT, "--workload", "sharegpt", "--dataset", str(DATA / "sharegpt_sample.json"),
+                      "--users", "1", "--max-requests", "8", "--report-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    workload = step_of(tmp_path)["workload"]
+    output, prompt = workload["output_tokens"], workload["input_tokens"]
+    # the four usable conversations, twice: answers of 12, 17, 35 and 1 words (the mock: a token a word)
+    assert output["requested"]["count"] == 8 and output["requested"]["mean"] == pytest.approx((12 + 17 + 35 + 1) / 4)
+    assert output["served_counts"] == output["requested_counts"]
+    assert prompt["requested_counts"] == prompt["served_counts"] and prompt["requested"]["count"] == 8
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_trace_replay_keeps_the_recorded_times_and_shares_prefixes(mock_server, tmp_path, workers):
+    trace = [json.loads(line) for line in (DATA / "mooncake_trace_sample.jsonl").read_text().splitlines()]
+    speed, block = 2.0, 16
+    result = run_load(mock_server, *EXACT, "--workload", "trace", "--trace", str(DATA / "mooncake_trace_sample.jsonl"),
+                      "--trace-speed", str(speed), "--trace-block-tokens", str(block), "--workers", str(workers),
+                      "--report-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    step = step_of(tmp_path)
+    metrics, workload = step["metrics"], step["workload"]
+    assert step["label"] == "trace x2" and metrics["requests_ok"] == len(trace) == metrics["requests_total"]
+    assert step["client"]["workers"] == workers
+    # every request has its intended time from the trace, and went out near it (rows are 75 ms apart)
+    assert metrics["send_lag_ms"]["count"] == len(trace) and metrics["send_lag_ms"]["p50"] < 25
+    assert metrics["window_s"] >= trace[-1]["timestamp"] / 1000 / speed  # the last request went at its time
+    assert sorted(workload["input_tokens"]["served_counts"]) == sorted(workload["input_tokens"]["requested_counts"])
+    assert workload["input_tokens"]["served"]["mean"] == pytest.approx(sum(r["input_length"] for r in trace) / 12)
+    assert workload["output_tokens"]["served"]["mean"] == pytest.approx(sum(r["output_length"] for r in trace) / 12)
+    # The ratio, independently: leading blocks (16 tokens, the last cut by the 6 template tokens) seen before.
+    # A block sent shorter before (cut at its prompt's end) shares only that much.
+    seen: dict[int, int] = {}
+    reusable = 0
+    for row in trace:
+        budget, covered, shared = row["input_length"] - 6, 0, True
+        for hash_id in row["hash_ids"]:
+            tokens = min(block, budget - covered)
+            if tokens < 1:
+                break
+            if shared:
+                reusable += min(tokens, seen.get(hash_id, 0))
+                shared = seen.get(hash_id, 0) >= tokens
+            seen[hash_id] = max(seen.get(hash_id, 0), tokens)
+            covered += tokens
+    sharing = workload["prefix_sharing"]
+    assert sharing["reusable_prompt_tokens"] == reusable > 0
+    assert sharing["prompt_tokens"] == sum(r["input_length"] for r in trace)
+
+
+def test_shared_prefix_and_multi_turn_over_workers(mock_server, tmp_path):
+    shared = run_load(mock_server, *EXACT, "--workers", "2", "--workload", "shared-prefix", "--groups", "2",
+                      "--prefix-tokens", "40", "--prompt-tokens", "uniform:5,15", "--output-tokens", "4",
+                      "--users", "4", "--max-requests", "20", "--report-dir", str(tmp_path / "s"))
+    assert shared.returncode == 0, shared.stderr
+    step = step_of(tmp_path / "s")
+    assert step["client"]["workers"] == 2 and step["metrics"]["requests_ok"] == 20
+    assert step["workload"]["prefix_sharing"]["reusable_prompt_tokens"] >= (20 - 2) * 40
+    turns = run_load(mock_server, *EXACT, "--workers", "2", "--workload", "multi-turn", "--turns", "2",
+                     "--think-time", "0", "--output-tokens", "3", "--users", "2", "--max-requests", "8",
+                     "--report-dir", str(tmp_path / "t"))
+    assert turns.returncode == 0, turns.stderr
+    per_turn = step_of(tmp_path / "t")["workload"]["per_turn"]
+    assert [(t["turn"], t["requests"]) for t in per_turn] == [(1, 4), (2, 4)]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--prompt-tokens", "uniform:9,1"), "--prompt-tokens: 'uniform:9,1': uniform needs"),
+    (("--workload", "trace"), "--workload trace needs --trace FILE"),
+    (("--workload", "trace", "--trace", str(DATA / "mooncake_trace_sample.jsonl"), "--rate", "2"), "no --rate"),
+    (("--workload", "sharegpt", "--dataset", str(DATA / "mooncake_trace_sample.jsonl")), "ShareGPT layout"),
+])
+def test_a_workload_that_cannot_run_exits_2_with_one_line(mock_server, tmp_path, args, message):
+    result = run_load(mock_server, *args, "--report-dir", str(tmp_path), timeout=60)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "load.json").exists()
