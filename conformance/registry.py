@@ -22,6 +22,7 @@ CHECK_MODULES = (
     "conformance.checks.usage",
     "conformance.checks.ranges",
     "conformance.checks.semantics",
+    "conformance.checks.effects",
     "conformance.checks.fuzz",
 )
 
