@@ -113,6 +113,39 @@ def temperature_effect(ctx: Context) -> None:
                f"({_distinct(hot)} distinct): temperature is ignored")
 
 
+FIRST_SAMPLES = 8  # seeds whose first token is compared
+FIRST_HOT = 1.9  # the first token spreads most at a temperature near the top of every profile's range
+TOP_K = 2  # the smallest top_k the documented range allows (1 < top_k)
+
+
+def _first_tokens(ctx: Context, tested: str | None, **params: Any) -> list[str]:
+    """The one-token answers of FIRST_SAMPLES seeded runs of PROMPT (memoized per parameter set)."""
+    key = "effects.first." + repr(sorted(params.items()))
+
+    def run() -> list[str]:
+        seeds = [ctx.target.seed + SEED_OFFSET + i for i in range(FIRST_SAMPLES)]
+        return [_text(_refused_as_unsupported(
+            ctx, ctx.body(messages=[{"role": "user", "content": PROMPT}], max_tokens=1, seed=seed,
+                          temperature=FIRST_HOT, **params), tested)) for seed in seeds]
+
+    return ctx.memo(key, run)
+
+
+@check("sampling.top_k_effect", "sampling", "effect")
+def top_k_effect(ctx: Context) -> None:
+    """top_k 2 at a high temperature: the first token of FIRST_SAMPLES seeded answers is one of at
+    most 2 tokens (so at most 2 texts), where without top_k it takes more."""
+    free = _first_tokens(ctx, None)
+    if _distinct(free) <= TOP_K:
+        raise Skipped(f"cannot judge top_k: {FIRST_SAMPLES} seeds at temperature {FIRST_HOT} began with only "
+                      f"{_distinct(free)} distinct token(s) ({sorted(set(free))}), no more than top_k {TOP_K} allows")
+    kept = _first_tokens(ctx, "top_k", top_k=TOP_K)
+    ctx.expect(_distinct(kept) <= TOP_K,
+               f"top_k {TOP_K} at temperature {FIRST_HOT}: {FIRST_SAMPLES} seeds began with {_distinct(kept)} "
+               f"different tokens {sorted(set(kept))}, but only the {TOP_K} most likely may be sampled "
+               f"(without top_k: {_distinct(free)} distinct): top_k is ignored")
+
+
 # ---- penalties -----------------------------------------------------------------------------------
 
 _WORDS = re.compile(r"\w+")

@@ -1,5 +1,5 @@
-"""Model-agnostic semantics: seed, stop, max_tokens, n, logprobs, logit_bias, JSON mode, context
-handling and top_k sampling.
+"""Model-agnostic semantics: seed, stop, max_tokens, n, logprobs, logit_bias, JSON mode and context
+handling (the sampling parameters' effects are conformance.checks.effects's).
 
 Every expectation is derived from the endpoint's own seeded outputs (never from what a given
 model happens to say), and every choice a check makes (seeds, stop strings, token ids) is
@@ -463,6 +463,32 @@ def logit_bias_ban(ctx: Context) -> None:
                   f"tokens tell (first tokens: {seen})")
 
 
+# A key that is no token id, and an id past any vocabulary (the spec's key pattern allows 10 digits).
+NON_INTEGER_KEY = "cat"
+UNKNOWN_TOKEN_ID = "2000000000"
+
+
+def _expect_key_named(ctx: Context, key: str, what: str) -> None:
+    exchange = ctx.chat(ctx.body(logit_bias={key: 5}, max_tokens=4))
+    data = ctx.expect_error(exchange, [400], param="logit_bias", what=what)
+    message = data["error"].get("message") or ""
+    named = data["error"].get("param") or ""
+    ctx.expect(key in message or key in named,
+               f"{what}: the error must name the key {key!r}, got message {message!r} (param {named!r})", exchange)
+
+
+@check("logit_bias.non_integer_key", "logit_bias", "logit_bias")
+def logit_bias_non_integer_key(ctx: Context) -> None:
+    """logit_bias with a key that is not a token id: 400 naming logit_bias and the key."""
+    _expect_key_named(ctx, NON_INTEGER_KEY, f"logit_bias key {NON_INTEGER_KEY!r}")
+
+
+@check("logit_bias.unknown_token", "logit_bias", "logit_bias")
+def logit_bias_unknown_token(ctx: Context) -> None:
+    """logit_bias naming a token id past the vocabulary: 400 naming logit_bias and the id."""
+    _expect_key_named(ctx, UNKNOWN_TOKEN_ID, f"logit_bias token id {UNKNOWN_TOKEN_ID}")
+
+
 # ---- JSON mode -----------------------------------------------------------------------------
 
 _JSON_SYSTEM = "You are an API that answers with one JSON object and nothing else."
@@ -514,6 +540,19 @@ def json_mode_schema_valid(ctx: Context) -> None:
                + "; ".join(errors), exchange)
 
 
+# Not a JSON Schema: "type" must name a JSON type.
+INVALID_SCHEMA = {"type": "no-such-type"}
+
+
+@check("json_mode.invalid_schema", "json_mode", "json_mode")
+def json_mode_invalid_schema(ctx: Context) -> None:
+    """response_format json_object with a schema that is not a valid JSON Schema: 400 naming
+    response_format (not a 5xx, not an answer that no schema constrains)."""
+    exchange = ctx.chat(_json_body(ctx, "Give a JSON object.", 8, {"type": "json_object", "schema": INVALID_SCHEMA}))
+    ctx.expect_error(exchange, [400], param="response_format",
+                     what=f"response_format schema {json.dumps(INVALID_SCHEMA)}")
+
+
 # ---- context -------------------------------------------------------------------------------
 
 HUGE_MAX_TOKENS = 10_000_000
@@ -541,24 +580,3 @@ def context_error_behavior(ctx: Context) -> None:
     param = data["error"].get("param")
     ctx.expect(param in ("max_tokens", "messages"),
                f"the error names param {param!r}, expected 'max_tokens' or 'messages'", exchange)
-
-
-# ---- sampling ------------------------------------------------------------------------------
-
-
-@check("sampling.top_k_within", "sampling", "sampling")
-def sampling_top_k_within(ctx: Context) -> None:
-    """top_k 2 at temperature 1.5: every sampled token is one of the 2 most likely at its position."""
-    ctx.uses("logprobs")
-    body = _story(ctx, ctx.target.seed, temperature=1.5, top_k=2, logprobs=True, top_logprobs=5)
-    exchange, data = ctx.ok_json(body)
-    entries = _entries(data)
-    if not entries:
-        raise NotSupported("relies on logprobs: logprobs: true was accepted but no logprobs.content came back")
-    for position, entry in enumerate(entries):
-        top = entry["top_logprobs"]
-        ctx.expect(len(top) >= 2, f"logprobs.content[{position}]: {len(top)} top_logprobs, expected 5", exchange)
-        best = {alt["token"] for alt in top[:2]}
-        ctx.expect(entry["token"] in best or entry["logprob"] >= top[1]["logprob"] - EPS,
-                   f"top_k 2: token {position} {entry['token']!r} (logprob {entry['logprob']:.4f}) is not among "
-                   f"the 2 most likely: {[(alt['token'], round(alt['logprob'], 4)) for alt in top]}", exchange)

@@ -14,6 +14,7 @@ from conformance.sse import split_utf8_events
 
 UNICODE_PROMPT = ("Write a few words in French, German and Japanese with accents and an emoji, "
                   "like café, über, 日本, 🙂.")
+EMOJI_PROMPT = "Reply with only these emoji: 🙂🐱🎉"
 MULTI_N = 2
 
 
@@ -156,25 +157,36 @@ def done_once_last(ctx: Context) -> None:
 
 @check("streaming.utf8_split", "streaming", "framing")
 def utf8_split(ctx: Context) -> None:
-    """No UTF-8 character is split across events, and streaming adds no U+FFFD that the same
-    seeded non-stream text lacks."""
+    """No UTF-8 character is split across events: each event's data is valid UTF-8 on its own."""
     body = ctx.body(messages=[{"role": "user", "content": UNICODE_PROMPT}], max_tokens=64,
                     seed=ctx.target.seed)
     result = ctx.ok_stream(body)
     split = split_utf8_events(result.parsed.events)
     ctx.expect(not split, f"the data of event(s) {split[:5]} is not valid UTF-8 on its own: a character was "
                "split across events", result.exchange)
-    streamed = result.texts().get(0, "")
-    if "\ufffd" not in streamed or "seed" in ctx.target.skip_features:
-        return
-    _, whole = ctx.ok_json(body)
-    text = whole["choices"][0]["message"]["content"] or ""
-    cut = streamed.index("\ufffd")
-    # Only judge when the seeded texts agree up to the replacement character: otherwise the
-    # endpoint's seed is not reproducible enough to tell a cut character from a different text.
-    if "\ufffd" not in text and text[:cut] == streamed[:cut] and len(text) > cut:
-        ctx.fail(f"the streamed text has U+FFFD at character {cut} where the same seeded non-stream text has "
-                 f"{text[cut:cut + 1]!r}: a character was cut between chunks", result.exchange)
+
+
+@check("streaming.no_replacement_char", "streaming", "framing")
+def no_replacement_char(ctx: Context) -> None:
+    """A character made of several tokens (an emoji is several byte tokens in most vocabularies) is
+    streamed whole: the streamed text has no U+FFFD where the same seeded non-stream text has a
+    character."""
+    ctx.uses("seed")
+    for prompt in (EMOJI_PROMPT, UNICODE_PROMPT):
+        body = ctx.body(messages=[{"role": "user", "content": prompt}], max_tokens=24, seed=ctx.target.seed)
+        result = ctx.ok_stream(body)
+        streamed = result.texts().get(0, "")
+        if "\ufffd" not in streamed:
+            continue
+        _, whole = ctx.ok_json(body)
+        text = whole["choices"][0]["message"]["content"] or ""
+        cut = streamed.index("\ufffd")
+        # Judged only where the seeded texts agree up to the replacement character: otherwise the
+        # seed does not repeat across modes closely enough to tell a cut character from another text.
+        if text[:cut] == streamed[:cut] and len(text) > cut and text[cut] != "\ufffd":
+            ctx.fail(f"the streamed text has U+FFFD at character {cut} where the same seeded non-stream text has "
+                     f"{text[cut:cut + 1]!r}: a character made of several tokens was sent in pieces, each "
+                     "replaced", result.exchange)
 
 
 @check("streaming.line_endings", "streaming", "framing")
