@@ -514,6 +514,80 @@ def _accept_everything(call: Call, status: int, data: Any) -> tuple[int, Any]:
                  "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
 
+def _byte_level(logprobs: Any) -> None:
+    for entry in (logprobs or {}).get("content") or []:
+        for item in (entry, *(entry.get("top_logprobs") or [])):
+            item["token"] = item["token"].replace(" ", "\u0120")
+            if item.get("bytes") is not None:
+                item["bytes"] = list(item["token"].encode("utf-8"))
+
+
+def _byte_level_choice(call: Call, choice: dict[str, Any]) -> None:
+    _byte_level(choice.get("logprobs"))
+
+
+def _byte_level_chunk(call: Call, chunk: dict[str, Any]) -> None:
+    for choice in _choices(chunk):
+        _byte_level(choice.get("logprobs"))
+
+
+def _one_finish(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    indices = {choice.get("index") for item in items for choice in _choices(item)}
+    for item in items:
+        for choice in _choices(item):
+            if len(indices) > 1 and choice.get("index") != max(indices):
+                choice["finish_reason"] = None
+    return encode(items)
+
+
+def _one_index(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    for item in items:
+        for choice in _choices(item):
+            choice["index"] = 0
+    return encode(items)
+
+
+def _usage_also_first(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    chunks = [item for item in items if isinstance(item, dict)]
+    if len(chunks) > 1 and chunks[-1].get("usage") is not None:
+        chunks[0]["usage"] = chunks[-1]["usage"]
+    return encode(items)
+
+
+def _drop_bad_bias_keys(call: Call) -> None:
+    bias = call.body.get("logit_bias") if isinstance(call.body, dict) else None
+    if isinstance(bias, dict):
+        call.body["logit_bias"] = {k: v for k, v in bias.items() if k.isdigit() and int(k) < 1000}
+
+
+def _vague_bias_error(call: Call, status: int, data: Any) -> tuple[int, Any]:
+    error = data.get("error") if isinstance(data, dict) else None
+    if status == 400 and isinstance(error, dict) and str(error.get("param")).startswith("logit_bias"):
+        error["message"] = "Invalid logit_bias."
+        error["param"] = "logit_bias"
+    return status, data
+
+
+def _drop_schema(call: Call) -> None:
+    fmt = call.body.get("response_format") if isinstance(call.body, dict) else None
+    if isinstance(fmt, dict):
+        fmt.pop("schema", None)
+
+
+def _replace_non_ascii(call: Call, chunk: dict[str, Any]) -> None:
+    for choice in _choices(chunk):
+        delta = choice.get("delta") or {}
+        if isinstance(delta.get("content"), str):
+            delta["content"] = "".join(c if c.isascii() else "\ufffd" for c in delta["content"])
+
+
+def _usage_null(call: Call, chunk: dict[str, Any]) -> None:
+    chunk.setdefault("usage", None)
+
+
 FAULTS: tuple[Fault, ...] = (
     Fault("no_done", ("streaming.done_once_last",),
           reasons=('the stream has no data: [DONE]',), on_stream=_no_done,
@@ -578,10 +652,10 @@ FAULTS: tuple[Fault, ...] = (
           reasons=('!= total_tokens',),
           on_json=_totals_wrong_json, on_stream=each_chunk(_totals_wrong_chunk),
           description="total_tokens is one more than prompt + completion"),
-    Fault("bans_dropped", ("logit_bias.ban",), reasons=("with logit_bias -100 on it, it must never appear",),
+    Fault("bans_dropped", ("logit_bias.ban",), reasons=("it must begin otherwise",),
           on_request=_drop_bans,
           description="negative logit_bias entries are dropped (a ban is ignored)"),
-    Fault("top_k_ignored", ("sampling.top_k_within",), reasons=("is not among the 2 most likely",),
+    Fault("top_k_ignored", ("sampling.top_k_effect",), reasons=("top_k is ignored",),
           on_request=_drop_field("top_k"),
           description="top_k is ignored"),
     Fault("context_behavior_ignored", ("context.error_behavior",),
@@ -594,4 +668,42 @@ FAULTS: tuple[Fault, ...] = (
     Fault("error_streamed", ("errors.error_before_stream",),
           reasons=('was answered 200 (text/event-stream) instead of a 400 error envelope',), on_reply=_error_streamed,
           description="a bad streamed request is answered 200 with an error event"),
+    *(Fault(f"{name}_ignored", (f"sampling.{name}_effect",), reasons=(f"{name} is ignored",),
+            on_request=_drop_field(name), description=f"{name} is accepted and dropped")
+      for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty",
+                   "repetition_penalty")),
+    Fault("logprob_tokens_misspelled", ("logprobs.spell_content", "logprobs.spell_content_stream"),
+          reasons=("the logprob tokens spell", "the logprob tokens spell"),
+          on_json=each_choice(_byte_level_choice), on_stream=each_chunk(_byte_level_chunk),
+          description="logprob tokens show the tokenizer's byte-level form ('Ġ' for a space), not the text"),
+    Fault("n_stream_one_finish", ("streaming.finish_reason_once",),
+          reasons=("finish_reasons came for choice indices [1], expected [0, 1]",), on_stream=_one_finish,
+          description="an n>1 stream gives a finish_reason to its last choice only"),
+    Fault("n_stream_one_index", ("streaming.finish_reason_once",),
+          reasons=("choice 0 got 2 finish_reasons",), on_stream=_one_index,
+          description="an n>1 stream sends every choice under index 0"),
+    Fault("usage_early_chunk", ("usage.stream_last_chunk_only",),
+          reasons=("2 chunks carry usage",), on_stream=_usage_also_first,
+          description="the stream's usage is sent on its first chunk as well as the last"),
+    Fault("bad_bias_keys_ignored", ("logit_bias.non_integer_key", "logit_bias.unknown_token"),
+          reasons=("expected HTTP 400, got 200",) * 2, on_request=_drop_bad_bias_keys,
+          description="logit_bias keys that are no token id of the vocabulary are silently dropped"),
+    Fault("bias_key_unnamed", ("logit_bias.non_integer_key", "logit_bias.unknown_token"),
+          reasons=("must name the key",) * 2, on_json=_vague_bias_error,
+          description="a logit_bias error does not say which key is wrong"),
+    Fault("invalid_schema_accepted", ("json_mode.invalid_schema",),
+          reasons=("expected HTTP 400, got 200",), on_request=_drop_schema,
+          description="response_format's schema is dropped, so an invalid one is never refused"),
+    Fault("fffd_stream", ("streaming.no_replacement_char",),
+          reasons=("has U+FFFD at character",), on_stream=each_chunk(_replace_non_ascii),
+          description="a streamed non-ASCII character is sent as U+FFFD (bytes decoded token by token)"),
+    Fault("close_silently", ("connection.close_announced",),
+          reasons=("without saying Connection: close",), close_after_stream=True,
+          description="the connection is closed right after a streamed answer, without Connection: close"),
+)
+
+# Variants the spec allows: every check passes through them (tests/test_broken_servers.py).
+VARIANTS: tuple[Fault, ...] = (
+    Fault("usage_null_on_chunks", (), on_stream=each_chunk(_usage_null),
+          description="every chunk but the usage chunk carries usage: null (OpenAI's own form)"),
 )

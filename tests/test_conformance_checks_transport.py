@@ -108,8 +108,10 @@ def test_declared_unsupported_features(server: RunningServer) -> None:
     results = run_fresh(reference_target(server, skip_features=frozenset({"logprobs", "n", "seed"})), IDS)
     assert results["usage.matches_stream_tokens"].outcome == "not_supported"
     assert results["usage.matches_logprobs_nonstream"].outcome == "not_supported"
+    assert results["streaming.no_replacement_char"].outcome == "not_supported"  # compares seeded runs
     # without n the per-choice stream rules still run, on an n=1 stream
-    assert {k: v for k, v in not_passed(results).items() if not k.startswith("usage.matches")} == {}
+    relying = ("usage.matches", "streaming.no_replacement_char")
+    assert {k: v for k, v in not_passed(results).items() if not k.startswith(relying)} == {}
 
 
 # ---- a fake API that breaks one rule at a time ----------------------------------------------------
