@@ -588,6 +588,20 @@ def _usage_null(call: Call, chunk: dict[str, Any]) -> None:
     chunk.setdefault("usage", None)
 
 
+def _no_logprobs_choice(call: Call, choice: dict[str, Any]) -> None:
+    choice["logprobs"] = None
+
+
+def _no_logprobs_chunk(call: Call, chunk: dict[str, Any]) -> None:
+    for choice in _choices(chunk):
+        choice.pop("logprobs", None)
+
+
+def _force_n1_in_streams(call: Call) -> None:
+    if call.streamed:
+        _force_n1(call)
+
+
 FAULTS: tuple[Fault, ...] = (
     Fault("no_done", ("streaming.done_once_last",),
           reasons=('the stream has no data: [DONE]',), on_stream=_no_done,
@@ -706,4 +720,20 @@ FAULTS: tuple[Fault, ...] = (
 VARIANTS: tuple[Fault, ...] = (
     Fault("usage_null_on_chunks", (), on_stream=each_chunk(_usage_null),
           description="every chunk but the usage chunk carries usage: null (OpenAI's own form)"),
+)
+
+# Endpoints lacking a feature other checks rely on: those checks report "not supported" naming it
+# (`catches` lists them, `reasons` the fragment naming the feature), never "failed".
+LACKING: tuple[Fault, ...] = (
+    Fault("no_logprobs", ("usage.matches_stream_tokens", "usage.matches_logprobs_nonstream"),
+          reasons=("relies on logprobs",) * 2,
+          on_json=each_choice(_no_logprobs_choice), on_stream=each_chunk(_no_logprobs_chunk),
+          description="logprobs: true is accepted but no logprobs come back (llama-cpp-python's server)"),
+    Fault("seed_ignored", ("stop.contains_and_ends", "stop.stream"), reasons=("relies on seed",) * 2,
+          on_request=_drop_seed, description="seed is ignored"),
+    Fault("n_ignored_in_streams", ("streaming.finish_reason_once",), reasons=("relies on n in streams",),
+          on_request=_force_n1_in_streams, description="n is ignored when streaming"),
+    Fault("no_stream_usage", ("usage.totals_add_up", "usage.max_tokens_bound"),
+          reasons=("relies on usage in the stream",) * 2, on_stream=_no_usage_stream,
+          description="a stream carries no usage"),
 )
