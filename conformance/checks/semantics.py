@@ -407,30 +407,24 @@ def logit_bias_force(ctx: Context) -> None:
     _first_forced(ctx)
 
 
-def _byte_offset(ctx: Context) -> int | None:
-    """Where one-character tokens sit: token id minus character code, from the forced candidates.
+def _token_for(ctx: Context, text: str) -> Forced | None:
+    """A token whose own text is `text`: a forced candidate, or the id that a forced one-character
+    candidate predicts (confirmed by forcing it).
 
     Byte-level vocabularies keep printable ASCII in code order (GPT-2 style: '!' first, after any
-    special tokens), so one forced character tells the id of every other; None when no forced
-    candidate is a single ASCII character.
+    special tokens), so one forced character's id minus its code gives every other's.
     """
-    offsets = [forced.token_id - ord(forced.token) for forced in map(lambda i: _forced(ctx, i), FORCE_CANDIDATES)
-               if forced is not None and len(forced.token) == 1 and forced.token.isascii()]
-    return max(set(offsets), key=offsets.count) if offsets else None
-
-
-def _token_for(ctx: Context, text: str) -> Forced | None:
-    """A token whose own text is `text`: among the forced candidates, else at the id the byte offset
-    predicts (confirmed by forcing it)."""
     for token_id in FORCE_CANDIDATES:
         forced = _forced(ctx, token_id)
-        if forced is not None and forced.token == text:
+        if forced is None:
+            continue
+        if forced.token == text:
             return forced
-    offset = _byte_offset(ctx)
-    if offset is None or len(text) != 1 or not text.isascii() or ord(text) + offset < 0:
-        return None
-    forced = _forced(ctx, ord(text) + offset)
-    return forced if forced is not None and forced.token == text else None
+        if len(forced.token) == 1 and forced.token.isascii() and len(text) == 1 and text.isascii():
+            token_id = ord(text) + forced.token_id - ord(forced.token)
+            predicted = _forced(ctx, token_id) if token_id >= 0 else None
+            return predicted if predicted is not None and predicted.token == text else None
+    return None
 
 
 def _first_token(ctx: Context, prompt: str, bias: dict[str, int] | None = None) -> tuple[Exchange, str]:

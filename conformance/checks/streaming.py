@@ -173,7 +173,7 @@ def no_replacement_char(ctx: Context) -> None:
     character."""
     ctx.uses("seed")
     for prompt in (EMOJI_PROMPT, UNICODE_PROMPT):
-        body = ctx.body(messages=[{"role": "user", "content": prompt}], max_tokens=24, seed=ctx.target.seed)
+        body = ctx.body(messages=[{"role": "user", "content": prompt}], max_tokens=16, seed=ctx.target.seed)
         result = ctx.ok_stream(body)
         streamed = result.texts().get(0, "")
         if "\ufffd" not in streamed:
