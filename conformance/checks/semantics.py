@@ -411,8 +411,11 @@ def _token_for(ctx: Context, text: str) -> Forced | None:
     """A token whose own text is `text`: a forced candidate, or the id that a forced one-character
     candidate predicts (confirmed by forcing it).
 
-    Byte-level vocabularies keep printable ASCII in code order (GPT-2 style: '!' first, after any
-    special tokens), so one forced character's id minus its code gives every other's.
+    Byte-level vocabularies keep printable ASCII in code order from '!' (GPT-2 style, after any
+    special tokens), so one forced character's id minus its code gives every other's. That
+    offset is then below 0; a larger one means another layout, such as SentencePiece's byte
+    fallback tokens (<0x34> at 3 + 0x34), which a model rarely emits itself: banning one would
+    prove nothing, so no id is predicted there.
     """
     for token_id in FORCE_CANDIDATES:
         forced = _forced(ctx, token_id)
@@ -420,11 +423,15 @@ def _token_for(ctx: Context, text: str) -> Forced | None:
             continue
         if forced.token == text:
             return forced
-        if len(forced.token) == 1 and forced.token.isascii() and len(text) == 1 and text.isascii():
-            token_id = ord(text) + forced.token_id - ord(forced.token)
-            predicted = _forced(ctx, token_id) if token_id >= 0 else None
+        if _printable_char(forced.token) and _printable_char(text):
+            offset = forced.token_id - ord(forced.token)
+            predicted = _forced(ctx, ord(text) + offset) if -ord("!") <= offset < 0 else None
             return predicted if predicted is not None and predicted.token == text else None
     return None
+
+
+def _printable_char(text: str) -> bool:
+    return len(text) == 1 and "!" <= text <= "~"
 
 
 def _first_token(ctx: Context, prompt: str, bias: dict[str, int] | None = None) -> tuple[Exchange, str]:
