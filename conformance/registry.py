@@ -28,12 +28,14 @@ CHECK_MODULES = (
     "conformance.checks.usage",
     "conformance.checks.ranges",
     "conformance.checks.semantics",
+    "conformance.checks.effects",
+    "conformance.checks.connection",
     "conformance.checks.fuzz",
 )
 
 FEATURES = (
     "auth", "errors", "ranges", "schema", "streaming", "usage", "seed", "stop", "max_tokens",
-    "n", "logprobs", "logit_bias", "json_mode", "context", "sampling",
+    "n", "logprobs", "logit_bias", "json_mode", "context", "sampling", "connection",
 )
 
 

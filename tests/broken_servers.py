@@ -642,23 +642,6 @@ def _no_finish_for_choice_1(call: Call, events: list[bytes]) -> list[bytes]:
     return encode(items)
 
 
-def _replacement_character(call: Call, events: list[bytes]) -> list[bytes]:
-    """The stream (only) gets U+FFFD for the first non-ASCII character of the content, or for the
-    first character of the second content delta when the text is all ASCII."""
-    items = decode(events)
-    deltas = _content_deltas(items).get(0, [])
-    for delta in deltas:
-        text = delta["content"]
-        at = next((i for i, char in enumerate(text) if not char.isascii()), None)
-        if at is not None:
-            delta["content"] = text[:at] + "\ufffd" + text[at + 1:]
-            return encode(items)
-    candidates = [delta for delta in deltas[1:] if delta["content"]]
-    if candidates:
-        candidates[0]["content"] = "\ufffd" + candidates[0]["content"][1:]
-    return encode(items)
-
-
 def _raise_small_max_tokens(call: Call) -> None:
     value = call.body.get("max_tokens") if isinstance(call.body, dict) else None
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 8:
@@ -731,6 +714,94 @@ def _first_event_crlf(call: Call, events: list[bytes]) -> list[bytes]:
 
 def _cr_only(call: Call, events: list[bytes]) -> list[bytes]:
     return _framed(events, b"\r")
+
+
+def _byte_level(logprobs: Any) -> None:
+    for entry in (logprobs or {}).get("content") or []:
+        for item in (entry, *(entry.get("top_logprobs") or [])):
+            item["token"] = item["token"].replace(" ", "\u0120")
+            if item.get("bytes") is not None:
+                item["bytes"] = list(item["token"].encode("utf-8"))
+
+
+def _byte_level_choice(call: Call, choice: dict[str, Any]) -> None:
+    _byte_level(choice.get("logprobs"))
+
+
+def _byte_level_chunk(call: Call, chunk: dict[str, Any]) -> None:
+    for choice in _choices(chunk):
+        _byte_level(choice.get("logprobs"))
+
+
+def _one_finish(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    indices = {choice.get("index") for item in items for choice in _choices(item)}
+    for item in items:
+        for choice in _choices(item):
+            if len(indices) > 1 and choice.get("index") != max(indices):
+                choice["finish_reason"] = None
+    return encode(items)
+
+
+def _one_index(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    for item in items:
+        for choice in _choices(item):
+            choice["index"] = 0
+    return encode(items)
+
+
+def _usage_also_first(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    chunks = [item for item in items if isinstance(item, dict)]
+    if len(chunks) > 1 and chunks[-1].get("usage") is not None:
+        chunks[0]["usage"] = chunks[-1]["usage"]
+    return encode(items)
+
+
+def _drop_bad_bias_keys(call: Call) -> None:
+    bias = call.body.get("logit_bias") if isinstance(call.body, dict) else None
+    if isinstance(bias, dict):
+        call.body["logit_bias"] = {k: v for k, v in bias.items() if k.isdigit() and int(k) < 1000}
+
+
+def _vague_bias_error(call: Call, status: int, data: Any) -> tuple[int, Any]:
+    error = data.get("error") if isinstance(data, dict) else None
+    if status == 400 and isinstance(error, dict) and str(error.get("param")).startswith("logit_bias"):
+        error["message"] = "Invalid logit_bias."
+        error["param"] = "logit_bias"
+    return status, data
+
+
+def _drop_schema(call: Call) -> None:
+    fmt = call.body.get("response_format") if isinstance(call.body, dict) else None
+    if isinstance(fmt, dict):
+        fmt.pop("schema", None)
+
+
+def _replace_non_ascii(call: Call, chunk: dict[str, Any]) -> None:
+    for choice in _choices(chunk):
+        delta = choice.get("delta") or {}
+        if isinstance(delta.get("content"), str):
+            delta["content"] = "".join(c if c.isascii() else "\ufffd" for c in delta["content"])
+
+
+def _usage_null(call: Call, chunk: dict[str, Any]) -> None:
+    chunk.setdefault("usage", None)
+
+
+def _no_logprobs_choice(call: Call, choice: dict[str, Any]) -> None:
+    choice["logprobs"] = None
+
+
+def _no_logprobs_chunk(call: Call, chunk: dict[str, Any]) -> None:
+    for choice in _choices(chunk):
+        choice.pop("logprobs", None)
+
+
+def _force_n1_in_streams(call: Call) -> None:
+    if call.streamed:
+        _force_n1(call)
 
 
 FAULTS: tuple[Fault, ...] = (
@@ -808,10 +879,10 @@ FAULTS: tuple[Fault, ...] = (
           reasons=('!= total_tokens',),
           on_json=_totals_wrong_json, on_stream=each_chunk(_totals_wrong_chunk),
           description="total_tokens is one more than prompt + completion"),
-    Fault("bans_dropped", ("logit_bias.ban",), reasons=("with logit_bias -100 on it, it must never appear",),
+    Fault("bans_dropped", ("logit_bias.ban",), reasons=("it must begin otherwise",),
           on_request=_drop_bans,
           description="negative logit_bias entries are dropped (a ban is ignored)"),
-    Fault("top_k_ignored", ("sampling.top_k_within",), reasons=("is not among the 2 most likely",),
+    Fault("top_k_ignored", ("sampling.top_k_effect",), reasons=("top_k is ignored",),
           on_request=_drop_field("top_k"),
           description="top_k is ignored"),
     Fault("context_behavior_ignored", ("context.error_behavior",),
@@ -851,8 +922,6 @@ FAULTS: tuple[Fault, ...] = (
           on_stream=_finish_twice, description="choice 0's finish_reason is sent twice"),
     Fault("missing_finish_1", ("streaming.finish_reason_once",), reasons=("expected [0, 1]",),
           on_stream=_no_finish_for_choice_1, description="choice 1 of n=2 never gets a finish_reason"),
-    Fault("fffd_stream", ("streaming.utf8_split",), reasons=("U+FFFD",), on_stream=_replacement_character,
-          description="a streamed character becomes U+FFFD (the non-stream text has it right)"),
     Fault("trailing_half", ("streaming.framing", "streaming.done_once_last"),
           reasons=("ends inside an event", "follow data: [DONE]"), on_wire=_trailing_half_event,
           description="half an event follows data: [DONE] and the stream ends"),
@@ -880,6 +949,60 @@ FAULTS: tuple[Fault, ...] = (
     Fault("json_usage_off_by_one", ("usage.matches_logprobs_nonstream",),
           reasons=("logprob entries (choices[0].logprobs is set), usage says completion_tokens",),
           on_json=_off_by_one_json, description="a non-stream usage counts one token more than it sent"),
+    *(Fault(f"{name}_ignored", (f"sampling.{name}_effect",), reasons=(f"{name} is ignored",),
+            on_request=_drop_field(name), description=f"{name} is accepted and dropped")
+      for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty",
+                   "repetition_penalty")),
+    Fault("logprob_tokens_misspelled", ("logprobs.spell_content", "logprobs.spell_content_stream"),
+          reasons=("the logprob tokens spell", "the logprob tokens spell"),
+          on_json=each_choice(_byte_level_choice), on_stream=each_chunk(_byte_level_chunk),
+          description="logprob tokens show the tokenizer's byte-level form ('Ġ' for a space), not the text"),
+    Fault("n_stream_one_finish", ("streaming.finish_reason_once",),
+          reasons=("finish_reasons came for choice indices [1], expected [0, 1]",), on_stream=_one_finish,
+          description="an n>1 stream gives a finish_reason to its last choice only"),
+    Fault("n_stream_one_index", ("streaming.finish_reason_once",),
+          reasons=("choice 0 got 2 finish_reasons",), on_stream=_one_index,
+          description="an n>1 stream sends every choice under index 0"),
+    Fault("usage_early_chunk", ("usage.stream_last_chunk_only",),
+          reasons=("2 chunks carry usage",), on_stream=_usage_also_first,
+          description="the stream's usage is sent on its first chunk as well as the last"),
+    Fault("bad_bias_keys_ignored", ("logit_bias.non_integer_key", "logit_bias.unknown_token"),
+          reasons=("expected HTTP 400, got 200",) * 2, on_request=_drop_bad_bias_keys,
+          description="logit_bias keys that are no token id of the vocabulary are silently dropped"),
+    Fault("bias_key_unnamed", ("logit_bias.non_integer_key", "logit_bias.unknown_token"),
+          reasons=("must name the key",) * 2, on_json=_vague_bias_error,
+          description="a logit_bias error does not say which key is wrong"),
+    Fault("invalid_schema_accepted", ("json_mode.invalid_schema",),
+          reasons=("expected HTTP 400, got 200",), on_request=_drop_schema,
+          description="response_format's schema is dropped, so an invalid one is never refused"),
+    Fault("fffd_stream", ("streaming.no_replacement_char",),
+          reasons=("has U+FFFD at character",), on_stream=each_chunk(_replace_non_ascii),
+          description="a streamed non-ASCII character is sent as U+FFFD (bytes decoded token by token)"),
+    Fault("close_silently", ("connection.close_announced",),
+          reasons=("without saying Connection: close",), close_after_stream=True,
+          description="the connection is closed right after a streamed answer, without Connection: close"),
+)
+
+# Variants the spec allows: every check passes through them (tests/test_broken_servers.py).
+VARIANTS: tuple[Fault, ...] = (
+    Fault("usage_null_on_chunks", (), on_stream=each_chunk(_usage_null),
+          description="every chunk but the usage chunk carries usage: null (OpenAI's own form)"),
+)
+
+# Endpoints lacking a feature other checks rely on: those checks report "not supported" naming it
+# (`catches` lists them, `reasons` the fragment naming the feature), never "failed".
+LACKING: tuple[Fault, ...] = (
+    Fault("no_logprobs", ("usage.matches_stream_tokens", "usage.matches_logprobs_nonstream"),
+          reasons=("relies on logprobs",) * 2,
+          on_json=each_choice(_no_logprobs_choice), on_stream=each_chunk(_no_logprobs_chunk),
+          description="logprobs: true is accepted but no logprobs come back (llama-cpp-python's server)"),
+    Fault("seed_ignored", ("stop.contains_and_ends", "stop.stream"), reasons=("relies on seed",) * 2,
+          on_request=_drop_seed, description="seed is ignored"),
+    Fault("n_ignored_in_streams", ("streaming.finish_reason_once",), reasons=("relies on n in streams",),
+          on_request=_force_n1_in_streams, description="n is ignored when streaming"),
+    Fault("no_stream_usage", ("usage.totals_add_up", "usage.max_tokens_bound"),
+          reasons=("relies on usage in the stream",) * 2, on_stream=_no_usage_stream,
+          description="a stream carries no usage"),
 )
 
 # A correct stream in unusual framing: every line ends in a lone CR (valid SSE).

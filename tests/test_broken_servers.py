@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from broken_servers import FAULTS, Fault, broken_server
+from broken_servers import FAULTS, LACKING, VARIANTS, Fault, broken_server
 
 from conformance import registry
 from conformance.context import Context
@@ -94,3 +94,37 @@ def test_one_deviation_is_one_failure(server: RunningServer, fault: Fault) -> No
     assert len(results) > 50 and sum(r.id.startswith("ranges.") for r in results) > 40
     failed = {r.id: r.message for r in results if r.outcome in ("failed", "error")}
     assert set(failed) == set(fault.catches) & {r.id for r in results}, failed
+
+
+STREAM_RULES = ("streaming.", "usage.")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[variant.name for variant in VARIANTS])
+def test_an_allowed_variant_passes(server: RunningServer, variant: Fault) -> None:
+    """What the spec allows (e.g. usage: null on every chunk but the last) fails no check."""
+    with broken_server(server.base_url, variant, server.api_key) as url:
+        target = target_at(server, url)
+        ids = [item.id for item in registry.collect(target) if item.id.startswith(STREAM_RULES)]
+        results = run_fresh(target, ids)
+    bad = {check_id: f"{r.outcome}: {r.message}" for check_id, r in results.items() if r.outcome != "passed"}
+    assert len(ids) >= 15 and not bad, bad
+
+
+# What must still pass where logprobs are lacking: the checks that judge the text alone.
+TEXT_ONLY = ("logit_bias.force", "logit_bias.ban", "sampling.temperature_effect", "sampling.top_p_effect",
+             "sampling.min_p_effect", "sampling.top_k_effect", "sampling.frequency_penalty_effect",
+             "sampling.presence_penalty_effect", "sampling.repetition_penalty_effect")
+
+
+@pytest.mark.parametrize("lacking", LACKING, ids=[fault.name for fault in LACKING])
+def test_a_lacking_feature_is_not_supported_not_failed(server: RunningServer, lacking: Fault) -> None:
+    also = TEXT_ONLY if lacking.name == "no_logprobs" else ()
+    with broken_server(server.base_url, lacking, server.api_key) as url:
+        results = run_fresh(target_at(server, url), (*lacking.catches, *also))
+    for check_id, reason in zip(lacking.catches, lacking.reasons, strict=True):
+        result = results[check_id]
+        assert result.outcome == "not_supported", f"{check_id}: {result.outcome}: {result.message}"
+        assert reason in result.message, f"{check_id}: {result.message}"
+    bad = {check_id: f"{results[check_id].outcome}: {results[check_id].message}" for check_id in also
+           if results[check_id].outcome != "passed"}
+    assert not bad, bad

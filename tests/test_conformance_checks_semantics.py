@@ -18,13 +18,17 @@ from conformance.runner import run_one
 from conformance.target import Target
 from reference_server.launcher import running_server
 
-MODULES = ("conformance.checks.ranges", "conformance.checks.semantics", "conformance.checks.fuzz")
+MODULES = ("conformance.checks.ranges", "conformance.checks.semantics", "conformance.checks.effects",
+           "conformance.checks.fuzz")
 SEMANTIC_IDS = (
     "seed.repeat_nonstream", "seed.repeat_stream_vs_nonstream", "stop.contains_and_ends", "stop.stream",
-    "max_tokens.length_finish", "n.choices_indices", "logprobs.shape", "logit_bias.force", "logit_bias.ban",
-    "json_mode.parsable", "json_mode.schema_valid", "context.truncate_default", "context.error_behavior",
-    "sampling.top_k_within",
+    "max_tokens.length_finish", "n.choices_indices", "logprobs.shape", "logprobs.spell_content",
+    "logprobs.spell_content_stream", "logit_bias.force", "logit_bias.ban", "logit_bias.non_integer_key",
+    "logit_bias.unknown_token", "json_mode.parsable", "json_mode.schema_valid", "json_mode.invalid_schema",
+    "context.truncate_default", "context.error_behavior",
 )
+EFFECT_IDS = tuple(f"sampling.{name}_effect" for name in (
+    "temperature", "top_p", "min_p", "top_k", "frequency_penalty", "presence_penalty", "repetition_penalty"))
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +115,7 @@ def test_ranges(server: Any, profile: str) -> None:
         assert "inclusive" in check_id
 
 
-@pytest.mark.parametrize("check_id", SEMANTIC_IDS)
+@pytest.mark.parametrize("check_id", SEMANTIC_IDS + EFFECT_IDS)
 def test_semantics_pass(server: Any, check_id: str) -> None:
     result = run_ids(make_target(server), [check_id])[check_id]
     assert result.outcome == "passed", f"{result.message}\n{result.curl}"
@@ -119,17 +123,18 @@ def test_semantics_pass(server: Any, check_id: str) -> None:
 
 def test_all_semantics_in_one_context(server: Any) -> None:
     """Shared memoized baselines do not change outcomes."""
-    results = run_ids(make_target(server), SEMANTIC_IDS)
+    results = run_ids(make_target(server), SEMANTIC_IDS + EFFECT_IDS)
     assert all(r.outcome == "passed" for r in results.values()), describe(results)
 
 
 def test_without_logprobs(server: Any) -> None:
+    """The logit_bias and sampling checks judge the text: declaring logprobs unsupported leaves them running."""
     target = make_target(server, skip_features=frozenset({"logprobs"}))
-    results = run_ids(target, ["logit_bias.force", "logit_bias.ban", "sampling.top_k_within",
-                               "ranges.top_logprobs.inside", "ranges.top_logprobs.requires_logprobs"])
-    assert results["logit_bias.force"].outcome == "passed", results["logit_bias.force"].message
-    for check_id in ("logit_bias.ban", "sampling.top_k_within", "ranges.top_logprobs.inside",
-                     "ranges.top_logprobs.requires_logprobs"):
+    results = run_ids(target, ["logit_bias.force", "logit_bias.ban", *EFFECT_IDS, "ranges.top_logprobs.inside",
+                               "ranges.top_logprobs.requires_logprobs"])
+    for check_id in ("logit_bias.force", "logit_bias.ban", *EFFECT_IDS):
+        assert results[check_id].outcome == "passed", f"{check_id}: {results[check_id].message}"
+    for check_id in ("ranges.top_logprobs.inside", "ranges.top_logprobs.requires_logprobs"):
         assert results[check_id].outcome == "not_supported"
 
 

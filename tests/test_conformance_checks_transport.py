@@ -31,6 +31,7 @@ IDS = (
     "errors.status_400", "errors.status_404_model", "errors.status_413", "errors.status_415",
     "streaming.content_type", "streaming.framing", "streaming.chunk_schema", "streaming.constant_fields",
     "streaming.role_first", "streaming.finish_reason_once", "streaming.done_once_last", "streaming.utf8_split",
+    "streaming.no_replacement_char",
     "streaming.line_endings",
     "usage.nonstream_present", "usage.totals_add_up", "usage.max_tokens_bound", "usage.stream_last_chunk_only",
     "usage.matches_stream_tokens", "usage.matches_logprobs_nonstream",
@@ -107,8 +108,10 @@ def test_declared_unsupported_features(server: RunningServer) -> None:
     results = run_fresh(reference_target(server, skip_features=frozenset({"logprobs", "n", "seed"})), IDS)
     assert results["usage.matches_stream_tokens"].outcome == "not_supported"
     assert results["usage.matches_logprobs_nonstream"].outcome == "not_supported"
+    assert results["streaming.no_replacement_char"].outcome == "not_supported"  # compares seeded runs
     # without n the per-choice stream rules still run, on an n=1 stream
-    assert {k: v for k, v in not_passed(results).items() if not k.startswith("usage.matches")} == {}
+    relying = ("usage.matches", "streaming.no_replacement_char")
+    assert {k: v for k, v in not_passed(results).items() if not k.startswith(relying)} == {}
 
 
 # ---- the same checks against broken servers (tests/broken_servers.py) ------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from conformance.context import Context, StreamResult, schema_errors
-from conformance.registry import CheckFailed, check
+from conformance.registry import CheckFailed, NotSupported, check
 from conformance.target import Exchange
 
 LONG_PROMPT = ("Write a long story about a lighthouse keeper and a storm, in many sentences, "
@@ -50,6 +50,22 @@ def _stream_usage(ctx: Context, result: StreamResult) -> dict[str, int]:
     return _usage(ctx, last["usage"], result.exchange, "stream")
 
 
+def _stream_usage_for(ctx: Context, result: StreamResult) -> dict[str, int]:
+    """The stream's usage for a check about something else: a stream without any usage is not
+    this check's failure (usage.stream_last_chunk_only judges that), so it is not supported."""
+    chunks = _chunks(ctx, result)
+    if all(chunk.get("usage") is None for chunk in chunks):
+        raise NotSupported("relies on usage in the stream, which the endpoint does not send "
+                           "(usage.stream_last_chunk_only judges that)")
+    return _stream_usage(ctx, result)
+
+
+def _needs_logprobs(entries: int) -> None:
+    """A check counting logprob entries needs the endpoint to return logprobs at all."""
+    if entries == 0:
+        raise NotSupported("relies on logprobs: logprobs: true was accepted but no logprobs.content came back")
+
+
 @check("usage.nonstream_present", "usage", "semantic")
 def nonstream_present(ctx: Context) -> None:
     """A non-stream body carries a valid usage object."""
@@ -65,7 +81,7 @@ def totals_add_up(ctx: Context) -> None:
     """prompt_tokens + completion_tokens == total_tokens, streamed and not."""
     exchange, data = _completion(ctx, ctx.body())
     _usage(ctx, data.get("usage"), exchange, "non-stream")
-    _stream_usage(ctx, ctx.ok_stream(ctx.body()))
+    _stream_usage_for(ctx, ctx.ok_stream(ctx.body()))
 
 
 @check("usage.max_tokens_bound", "usage", "semantic")
@@ -83,7 +99,7 @@ def max_tokens_bound(ctx: Context) -> None:
     ctx.expect(usage["completion_tokens"] <= SHORT_MAX,
                f"completion_tokens {usage['completion_tokens']} > max_tokens {SHORT_MAX}", exchange)
     result = ctx.ok_stream(body)
-    usage = _stream_usage(ctx, result)
+    usage = _stream_usage_for(ctx, result)
     ctx.expect(usage["completion_tokens"] <= SHORT_MAX,
                f"stream: completion_tokens {usage['completion_tokens']} > max_tokens {SHORT_MAX}", result.exchange)
 
@@ -108,8 +124,9 @@ def matches_stream_tokens(ctx: Context) -> None:
     """With logprobs, streamed completion_tokens equals the number of logprob entries streamed."""
     ctx.uses("logprobs")
     result = ctx.ok_stream(ctx.body(logprobs=True, max_tokens=12))
-    usage = _stream_usage(ctx, result)
     seen = sum(len(entries) for entries in result.logprob_tokens().values())
+    _needs_logprobs(seen)
+    usage = _stream_usage_for(ctx, result)
     ctx.expect(seen == usage["completion_tokens"],
                f"the stream carried {seen} logprob entries, usage says completion_tokens "
                f"{usage['completion_tokens']}", result.exchange)
@@ -127,6 +144,7 @@ def matches_logprobs_nonstream(ctx: Context) -> None:
     logprobs = choices[0].get("logprobs")
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
     count = len(content) if isinstance(content, list) else 0
+    _needs_logprobs(count)
     ctx.expect(count == usage["completion_tokens"],
                f"{count} logprob entries (choices[0].logprobs is {'set' if logprobs else repr(logprobs)}), usage says "
                f"completion_tokens {usage['completion_tokens']}", exchange)
