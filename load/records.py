@@ -48,6 +48,7 @@ class RequestRecord:
     retry_after: str | None = None  # the Retry-After header of a 429 (None: the server sent none)
     retried: bool = False  # sent twice: the first attempt met a stale keep-alive connection
     worker: int = 0
+    request_id: str | None = None  # the answer's `id` (e.g. chatcmpl-...), to find it in the server's logs
 
     def fail(self, kind: str, message: str) -> None:
         """Record the first failure of this request (later ones are consequences of it)."""
@@ -133,6 +134,8 @@ class StreamTimer:
         if "error" in chunk:
             record.fail("error_event", f"error event: {json.dumps(chunk['error'])[:200]}")
             return
+        if record.request_id is None and isinstance(chunk.get("id"), str):
+            record.request_id = chunk["id"]
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if delta.get("content"):
@@ -163,6 +166,8 @@ def read_json_body(record: RequestRecord, body: bytes, now_ns: int) -> None:
     if status != 200:
         record.fail(http_error_kind(status), f"HTTP {status}: {json.dumps(payload.get('error', payload))[:200]}")
         return
+    if isinstance(payload.get("id"), str):
+        record.request_id = payload["id"]
     usage = payload.get("usage") or {}
     record.usage_prompt = usage.get("prompt_tokens")
     record.usage_completion = usage.get("completion_tokens")
