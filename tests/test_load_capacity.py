@@ -1,0 +1,56 @@
+"""`python -m load --find-capacity` against the mock with a computable capacity, with the server's
+/metrics scraped on the way, requests.jsonl written, and `python -m load compare` on the result.
+
+The mock has 2 generation slots, TTFT 10 ms and 25 ms between tokens (6 tokens: a slot is busy
+135 ms a request). Up to 2 closed-loop users, nobody waits: TTFT ~10 ms. From 3 users on, a
+request waits for a slot most of the time, about one whole answer (~135 ms) at p99. With the
+objective TTFT p99 <= 50 ms the capacity is exactly 2 users; at 4 users the TTFT is past twice
+the objective, so that step is stopped early.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from reference_server.launcher import running_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_capacity_search_finds_the_mock_slots(tmp_path):
+    out = tmp_path / "run"
+    with running_server("--ttft-ms", "10", "--itl-ms", "25", "--mock-slots", "2", "--max-queue", "1000",
+                        engine="mock") as server:
+        result = subprocess.run(
+            [sys.executable, "-m", "load", "--quiet", "--base-url", server.base_url, "--api-key", server.api_key,
+             "--model", server.model, "--find-capacity", "--slo", "ttft_p99=50,error_rate=0.01", "--duration", "3",
+             "--warmup", "0.5", "--output-tokens", "6", "--extra-body", '{"logit_bias": {"0": -100}}',
+             "--capacity-max-steps", "6", "--scrape-metrics", "/metrics", "--report-dir", str(out)],
+            capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads((out / "load.json").read_text())
+    capacity = doc["capacity"]
+    assert capacity["capacity"] == 2 and capacity["first_failing"] == 3, capacity
+    assert [p["level"] for p in capacity["probes"]] == [1, 2, 4, 3]
+    assert capacity["probes"][2]["stopped_early"].startswith("saturated: TTFT p99")
+    assert {m["objective"] for m in capacity["margin"]} == {"ttft_p99", "error_rate"}
+    assert "capacity: 2 users" in result.stdout
+    html = (out / "load.html").read_text()
+    assert "CAPACITY 2 users" in html and 'id="probes"' in html and "4 users over time" in html
+
+    waiting = {s["label"]: s["server"]["series"]["num_requests_waiting"] for s in doc["steps"]}
+    assert max(waiting["4 users"]) >= 2 and max(waiting["1 users"]) <= 1  # 2 always wait for a slot at 4 users
+    assert doc["server_metrics"]["failures"] == 0
+
+    lines = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    assert len(lines) == sum(s["metrics"]["requests_total"] for s in doc["steps"])
+    assert all(line["request_id"].startswith("chatcmpl-") and len(line["token_ms"]) == 6 for line in lines)
+
+    compared = subprocess.run([sys.executable, "-m", "load", "compare", str(out), str(out), "--fail-if-worse", "5",
+                               "--resamples", "100", "--report-dir", str(tmp_path / "cmp")],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert compared.returncode == 0, compared.stderr
+    assert (tmp_path / "cmp" / "compare.html").is_file()
