@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  python -m load --base-url http://127.0.0.1:8000 --model m --users 8 --duration 60\n"
                "  python -m load --base-url URL --model m --rate 5 --arrival poisson --sweep 1,2,4,8\n"
-               "  python -m load --calibrate --users 32      # measure our own error against the mock\n",
+               "  python -m load --calibrate --users 32      # measure our own error against the mock\n"
+               "  python -m load compare RUN_A RUN_B --fail-if-worse 5   # see python -m load compare --help\n",
     )
     target = parser.add_argument_group("target")
     target.add_argument("--base-url", help="server root, e.g. http://127.0.0.1:8000 (the API path is appended)")

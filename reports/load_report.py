@@ -57,6 +57,10 @@ img { max-width: 100%; } .muted { color: #757575; } code { background: #f5f5f5; 
 <p class="muted">{% for k, v in doc.target.items() %}<b>{{ k }}</b>: {{ v }} · {% endfor %}
 started {{ doc.started_at }}, {{ '%.1f' % doc.duration_s }} s</p>
 <p><span class="verdict" id="verdict">{{ verdict }}</span></p>
+{% if error_kinds %}<p id="error-summary"><b>Errors:</b> {{ error_total }} of {{ sent_total }} requests
+({{ '%.1f%%' % (100 * error_total / [sent_total, 1]|max) }}):
+{% for kind, count in error_kinds.items() %}{{ kind }} {{ count }}{{ ', ' if not loop.last }}{% endfor %}
+(table below).</p>{% endif %}
 {% if doc.get('aborted') %}<p class="aborted" id="aborted"><b>The run stopped early{{ ' (partial report)'
 if doc.get('interrupted') else '' }}:</b> {{ doc.aborted }}.
 The step's numbers cover the time until then{% if doc.steps_not_run %}; steps not run:
@@ -269,7 +273,12 @@ def render_load_html(doc: Mapping[str, Any]) -> str:
                    s["metrics"].get("error_examples", {}).get(kind, ""))
                   for s in doc["steps"] for kind, count in s["metrics"].get("errors_by_kind", {}).items()]
     slo_rows = [(s["label"], v) for s in doc["steps"] for v in s["slo"]]
+    error_kinds: dict[str, int] = {}
+    for step in doc["steps"]:
+        for kind, count in step["metrics"].get("errors_by_kind", {}).items():
+            error_kinds[kind] = error_kinds.get(kind, 0) + count
     return env.from_string(TEMPLATE).render(doc=doc, verdict=verdict, slo_rows=slo_rows, error_rows=error_rows,
+                                            error_kinds=error_kinds, error_total=failed, sent_total=sent,
                                             charts=_charts(doc), f=_fmt)
 
 

@@ -268,3 +268,14 @@ def test_report_level_plots_only_for_several_levels_and_a_timeline_per_step():
     html = render_load_html(doc)
     assert re.findall(r'<img alt="([^"]+)"', html)[:2] == ["throughput", "latency percentiles"]
     assert "CAPACITY 2 users" in html and 'id="capacity"' in html
+
+
+def test_the_verdict_line_names_the_error_kinds_whenever_there_are_errors():
+    records = [record(1500 + i, [1600 + i]) for i in range(3)] + [record(1700, [], ok=False)]
+    outcome = Outcome(StepSpec(0, 2, 10, 1), [], records=records, window=Window(1000 * MS, 10_000 * MS))
+    outcome.metrics = step_metrics(records, outcome.window)
+    html = render_load_html(build_document(target={}, settings={}, steps=[step_document(outcome)],
+                                           started_at="now", duration_s=1))
+    summary = re.search(r'<p id="error-summary">(.*?)</p>', html, re.S).group(1)
+    assert "1 of 4 requests" in summary and "25.0%" in summary and "http_5xx 1" in summary
+    assert "ERRORS 1/4" in html
