@@ -94,7 +94,8 @@ def running_server(
     `api_key="auto"` makes a random key; `None` starts the server with `--no-auth`.
     """
     port = free_port()
-    key = secrets.token_urlsafe(16) if api_key == "auto" else api_key
+    # A leading letter: token_urlsafe may start with "-", which a CLI would take for an option.
+    key = "k" + secrets.token_urlsafe(16) if api_key == "auto" else api_key
     command: list[str] = [sys.executable, "-m", "reference_server", "--host", "127.0.0.1",
                           "--port", str(port), "--engine", engine]
     command += [f"--api-key={key}"] if key else ["--no-auth"]

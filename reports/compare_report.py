@@ -87,7 +87,7 @@ def _charts(result: Mapping[str, Any], runs: Sequence[Any]) -> list[tuple[str, s
                         [r["metric"] for r in rows], rotation=30, fontsize="small")
         bars.set_ylabel("ms"), bars.set_title(f"{label}: latency with {result['confidence']:.0%} intervals")
         bars.legend(fontsize="small")
-        for name, _doc, steps in runs:
+        for run_index, (name, _doc, steps) in enumerate(runs):
             step = steps.get(label) or (next(iter(steps.values())) if len(steps) == 1 else None)
             if step is None:
                 continue
@@ -95,8 +95,8 @@ def _charts(result: Mapping[str, Any], runs: Sequence[Any]) -> list[tuple[str, s
                 arrays = [a for _, a in step.values.get(metric, [])]
                 if arrays:
                     values = np.sort(np.concatenate(arrays))
-                    cdfs.plot(values, np.arange(1, values.size + 1) / values.size, style,
-                              label=f"{Path(name).name} {metric.upper()}")
+                    cdfs.plot(values, np.arange(1, values.size + 1) / values.size, style, color=f"C{run_index}",
+                              label=f"{Path(name).name} {metric.upper()}")  # a run's colour as in the bars
         cdfs.set_xscale("log"), cdfs.set_xlabel("ms (log)"), cdfs.set_ylabel("fraction <= x")
         cdfs.set_title("TTFT and ITL CDFs")
         if cdfs.get_lines():
