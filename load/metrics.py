@@ -30,6 +30,10 @@ FORMULAS: dict[str, str] = {
                "(TTFT, TPOT, E2E, and the request's own ITL percentile) / window length",
     "send_lag": "send lag = actual send time - intended send time (open-loop arrivals only)",
     "window": "window = from the end of warm-up to when sending stopped (duration or request count)",
+    "error_rate": "error rate = requests sent in the window that failed / requests sent in the window",
+    "timeline": "over time, per second of the step (warm-up included): in flight = time-weighted mean of the "
+                "requests open in that second; output tokens/s = content events that arrived in it (non-streamed: "
+                "usage at the end); TTFT p50/p99 of the first tokens that arrived in it; ITL of the gaps ending in it",
 }
 
 

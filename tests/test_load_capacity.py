@@ -54,3 +54,22 @@ def test_capacity_search_finds_the_mock_slots(tmp_path):
                               capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert compared.returncode == 0, compared.stderr
     assert (tmp_path / "cmp" / "compare.html").is_file()
+
+
+def test_runs_that_cannot_be_made_exit_2_with_one_line():
+    from reference_server.launcher import free_port
+
+    def load(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "load", "--quiet", *args], capture_output=True, text=True,
+                              timeout=120, cwd=ROOT)
+
+    no_slo = load("--base-url", "http://127.0.0.1:1", "--model", "m", "--find-capacity")
+    assert no_slo.returncode == 2 and "--find-capacity needs --slo" in no_slo.stderr
+    swept = load("--base-url", "http://127.0.0.1:1", "--model", "m", "--find-capacity", "--slo", "ttft_p99=9",
+                 "--sweep", "1,2")
+    assert swept.returncode == 2 and "leave out --sweep" in swept.stderr
+    with running_server(engine="mock", api_key=None) as server:
+        unreachable = load("--base-url", server.base_url, "--model", server.model, "--duration", "1",
+                           "--scrape-metrics", f"http://127.0.0.1:{free_port()}/metrics")
+    assert unreachable.returncode == 2 and "--scrape-metrics: cannot scrape" in unreachable.stderr
+    assert len(unreachable.stderr.strip().splitlines()) == 1
