@@ -86,10 +86,14 @@ class ServerMetrics:
         info = Gauge(f"{PREFIX}engine_info", "The engine behind the API (value 1).", ["engine", "model_name"],
                      registry=own, multiprocess_mode="livemax")
         info.labels(engine=engine, model_name=model).set(1)
-        for metric in (self.running, self.waiting, self.prompt_tokens, self.generation_tokens, self.ttft, self.itl,
-                       self.e2e):
-            metric.labels(model)  # present (at 0) from the first scrape, as a scraper expects
+        # The children of this server's model, looked up once (a token must cost little) and present,
+        # at 0, from the first scrape, as a scraper expects.
         self.model = model
+        self.running_now, self.waiting_now = self.running.labels(model), self.waiting.labels(model)
+        self.tokens_out = self.generation_tokens.labels(model)
+        self.ttft_seconds, self.itl_seconds, self.e2e_seconds = (
+            self.ttft.labels(model), self.itl.labels(model), self.e2e.labels(model))
+        self.prompt_tokens.labels(model)
         self._registry = own
 
     def exposition(self) -> bytes:
@@ -116,19 +120,19 @@ class RequestTracker:
         self.first_token: float | None = None
         self.finished = False
         self.reasons: list[str] = []  # finish reasons of the choices that ended, as the handler sees them
-        metrics.waiting.labels(metrics.model).inc()
+        metrics.waiting_now.inc()
 
     def token(self, now: float, previous: float | None) -> None:
         """A token of one of its choices came at `now`; `previous`: that choice's last token."""
-        metrics, model = self.metrics, self.metrics.model
-        metrics.generation_tokens.labels(model).inc()
+        metrics = self.metrics
+        metrics.tokens_out.inc()
         if previous is not None:
-            metrics.itl.labels(model).observe(now - previous)
+            metrics.itl_seconds.observe(now - previous)
         if self.first_token is None:
             self.first_token = now
-            metrics.ttft.labels(model).observe(now - self.started)
-            metrics.waiting.labels(model).dec()
-            metrics.running.labels(model).inc()
+            metrics.ttft_seconds.observe(now - self.started)
+            metrics.waiting_now.dec()
+            metrics.running_now.inc()
 
     def finish(self, now: float, choices: int) -> None:
         """The handler is done. The answer counts as a success when each of its `choices` has
@@ -136,12 +140,12 @@ class RequestTracker:
         if self.finished:
             return
         self.finished = True
-        metrics, model = self.metrics, self.metrics.model
-        (metrics.running if self.first_token is not None else metrics.waiting).labels(model).dec()
+        metrics = self.metrics
+        (metrics.running_now if self.first_token is not None else metrics.waiting_now).dec()
         if len(self.reasons) == choices:
-            metrics.e2e.labels(model).observe(now - self.started)
+            metrics.e2e_seconds.observe(now - self.started)
             for reason in self.reasons:
-                metrics.success.labels(model, reason).inc()
+                metrics.success.labels(metrics.model, reason).inc()
 
 
 class TimedEngine(Engine):
