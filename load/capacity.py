@@ -121,6 +121,14 @@ class CapacitySearch:
         return dataclasses.replace(self.template, index=len(outcomes), users=users,
                                    rate=level if self.open_loop else None)
 
+    def progress_line(self, outcomes: Sequence[Any], step: StepSpec | None) -> str:
+        """What the last step told the search and what it does next, for the progress output."""
+        last = outcomes[-1]
+        verdict = "met every objective" if self.passed(last) else (
+            last.stopped_early or "missed " + ", ".join(v["objective"] for v in last.slo if not v["met"]))
+        following = f"next: {step.label}" if step is not None else f"done: {self.stop_reason}"
+        return f"  capacity search: {last.spec.label} {verdict}; {following}"
+
     # ---- early stop -----------------------------------------------------------------------
 
     def early_stop(self, step: StepSpec, elapsed_s: float, statuses: list[dict[str, Any]]) -> str | None:

@@ -315,10 +315,16 @@ def run(args: argparse.Namespace) -> int:
 
         say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
         scraper = gevent.spawn(scrape_loop, scrapes, args.scrape_interval, 10.0) if scrapes else None
+        plan = None
+        if search is not None:
+            def plan(done: list[Any]) -> StepSpec | None:
+                step = search.next_step(done)
+                if say and done:
+                    say(search.progress_line(done, step))
+                return step
         try:
             outcomes = run_load(config, [] if search else steps, workers=args.workers, slo=slo, progress=say,
-                                server_exit=server_exit, plan=search.next_step if search else None,
-                                early_stop=search.early_stop if search else None)
+                                server_exit=server_exit, plan=plan, early_stop=search.early_stop if search else None)
         finally:
             if scraper is not None:
                 scraper.kill()

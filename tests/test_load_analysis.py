@@ -279,3 +279,12 @@ def test_the_verdict_line_names_the_error_kinds_whenever_there_are_errors():
     summary = re.search(r'<p id="error-summary">(.*?)</p>', html, re.S).group(1)
     assert "1 of 4 requests" in summary and "25.0%" in summary and "http_5xx 1" in summary
     assert "ERRORS 1/4" in html
+
+
+def test_the_search_says_what_each_step_told_it():
+    search = CapacitySearch(template=TEMPLATE, slo={"ttft_p99": 100.0}, open_loop=False, start=1)
+    outcomes = simulate(search, lambda level: level <= 2)
+    assert search.progress_line(outcomes[:1], outcomes[1].spec) == (
+        "  capacity search: 1 users met every objective; next: 2 users")
+    last = search.progress_line(outcomes, None)
+    assert last.startswith("  capacity search: 3 users missed ttft_p99; done: converged")
