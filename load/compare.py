@@ -200,6 +200,18 @@ def compare_runs(
                     })
                 cells.append(cell)
             rows.append({"step": label, "metric": key, "title": title, "higher_is_better": higher, "runs": cells})
+    if all(doc.get("capacity") for _, doc, _ in runs):  # --find-capacity runs: their answers too
+        answers = [doc["capacity"]["capacity"] for _, doc, _ in runs]
+        cells = [{"run": name, "value": value, "ci": [None, None]} for (name, _, _), value in zip(runs, answers,
+                                                                                                   strict=True)]
+        for cell in cells[1:]:
+            if cell["value"] is not None and answers[0]:
+                change = cell["value"] - answers[0]
+                # one number per run, no samples to resample: shown, never judged significant
+                cell.update({"delta": change, "delta_pct": 100.0 * change / answers[0], "delta_ci": [None, None],
+                             "worse": change < 0, "significant": False})
+        rows.append({"step": "capacity search", "metric": "capacity", "title": "capacity (users or requests/s)",
+                     "higher_is_better": True, "runs": cells})
     return {"baseline": base_name, "runs": [name for name, _, _ in runs], "confidence": confidence,
             "resamples": resamples, "rows": rows, "notes": notes}
 

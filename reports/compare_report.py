@@ -65,7 +65,7 @@ def _charts(result: Mapping[str, Any], runs: Sequence[Any]) -> list[tuple[str, s
     if new_figure(1, 1) is None:
         return []
     charts = []
-    for label in dict.fromkeys(row["step"] for row in result["rows"]):
+    for label in dict.fromkeys(row["step"] for row in result["rows"] if row["metric"] != "capacity"):
         rows = [r for r in result["rows"] if r["step"] == label and r["metric"] not in ("output_tokens_per_s",
                                                                                          "error_rate")]
         fig = new_figure(13, 3.8)

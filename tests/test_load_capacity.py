@@ -1,11 +1,12 @@
 """`python -m load --find-capacity` against the mock with a computable capacity, with the server's
 /metrics scraped on the way, requests.jsonl written, and `python -m load compare` on the result.
 
-The mock has 2 generation slots, TTFT 10 ms and 25 ms between tokens (6 tokens: a slot is busy
-135 ms a request). Up to 2 closed-loop users, nobody waits: TTFT ~10 ms. From 3 users on, a
-request waits for a slot most of the time, about one whole answer (~135 ms) at p99. With the
-objective TTFT p99 <= 50 ms the capacity is exactly 2 users; at 4 users the TTFT is past twice
-the objective, so that step is stopped early.
+The mock has 2 generation slots, TTFT 10 ms and 40 ms between tokens (6 tokens: a slot is busy
+210 ms a request). Up to 2 closed-loop users, nobody waits: TTFT ~10 ms. From 3 users on, a
+request waits for a slot most of the time, about one whole answer (~210 ms) at p99. With the
+objective TTFT p99 <= 80 ms the capacity is exactly 2 users (70 ms of room for a busy machine);
+at 4 users every request waits (TTFT ~220 ms, past twice the objective), so that step is
+stopped early.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_capacity_search_finds_the_mock_slots(tmp_path):
     out = tmp_path / "run"
-    with running_server("--ttft-ms", "10", "--itl-ms", "25", "--mock-slots", "2", "--max-queue", "1000",
+    with running_server("--ttft-ms", "10", "--itl-ms", "40", "--mock-slots", "2", "--max-queue", "1000",
                         engine="mock") as server:
         result = subprocess.run(
             [sys.executable, "-m", "load", "--quiet", "--base-url", server.base_url, "--api-key", server.api_key,
-             "--model", server.model, "--find-capacity", "--slo", "ttft_p99=50,error_rate=0.01", "--duration", "3",
+             "--model", server.model, "--find-capacity", "--slo", "ttft_p99=80,error_rate=0.01", "--duration", "4",
              "--warmup", "0.5", "--output-tokens", "6", "--extra-body", '{"logit_bias": {"0": -100}}',
              "--capacity-max-steps", "6", "--scrape-metrics", "/metrics", "--report-dir", str(out)],
             capture_output=True, text=True, timeout=180, cwd=ROOT)
@@ -54,6 +55,9 @@ def test_capacity_search_finds_the_mock_slots(tmp_path):
                               capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert compared.returncode == 0, compared.stderr
     assert (tmp_path / "cmp" / "compare.html").is_file()
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
+    capacity_row = next(row for row in rows if row["metric"] == "capacity")
+    assert [cell["value"] for cell in capacity_row["runs"]] == [2, 2] and capacity_row["runs"][1]["delta"] == 0
 
 
 def test_runs_that_cannot_be_made_exit_2_with_one_line():
