@@ -10,7 +10,9 @@ A step that is clearly saturated is stopped early (`early_stop`), so the search 
 whole steps in overload: its latest answers' TTFT already at twice a TTFT objective, its error
 share far past an error_rate objective, or its queue growing (requests in flight rising poll
 after poll to over twice their number at the end of the warm-up while the latest TTFTs rise).
-Such a step counts as missed.
+Such a step counts as missed. In open loop, so does a step that sent clearly more requests/s
+than the server answered at any level of the search (`unsustainable`): just past the server's
+throughput a queue grows too slowly for a short step's latencies to show it.
 
 Pure logic over step outcomes and progress polls (no Locust), so it is tested with fakes.
 """
@@ -61,17 +63,36 @@ class CapacitySearch:
 
     # ---- the search -----------------------------------------------------------------------
 
-    @staticmethod
-    def passed(outcome: Any) -> bool:
-        """The step ran to its end and met every objective."""
-        return not outcome.aborted and not outcome.stopped_early and all(v["met"] for v in outcome.slo)
+    def unsustainable(self, outcome: Any, outcomes: Sequence[Any]) -> str | None:
+        """Open loop: why the step's rate cannot be held however long it runs, or None.
+
+        Past the server's throughput the queue grows without bound, but slowly just past it, so a
+        short step can still meet latency objectives. The most requests/s the server answered at
+        any level of the search (a saturated step shows its ceiling) bounds what is sustainable:
+        a step that sent clearly more than that ceiling in its window (by 3 requests or 5%, for
+        the requests still in flight at its edges) fails.
+        """
+        sent, window = outcome.metrics.get("requests_sent"), outcome.metrics.get("window_s")
+        if not self.open_loop or not sent or not window:
+            return None
+        ceiling = max(o.metrics.get("requests_per_s") or 0.0 for o in outcomes)
+        if sent > ceiling * window + max(3.0, 0.05 * sent):
+            return (f"unsustainable: {sent / window:.3g} requests/s sent, more than the {ceiling:.3g}/s the "
+                    "server answered at any level (its queue grows)")
+        return None
+
+    def passed(self, outcome: Any, outcomes: Sequence[Any] = ()) -> bool:
+        """The step ran to its end, met every objective, and (open loop) its rate is sustainable
+        in the light of every step in `outcomes`."""
+        return (not outcome.aborted and not outcome.stopped_early and all(v["met"] for v in outcome.slo)
+                and self.unsustainable(outcome, [*outcomes, outcome]) is None)
 
     def _bounds(self, outcomes: Sequence[Any]) -> tuple[float | None, float | None]:
         """(highest level that passed, lowest failing level above it)."""
-        good = [o.spec.level for o in outcomes if self.passed(o)]
+        good = [o.spec.level for o in outcomes if self.passed(o, outcomes)]
         low = max(good, default=None)
-        high = min((o.spec.level for o in outcomes if not self.passed(o) and (low is None or o.spec.level > low)),
-                   default=None)
+        high = min((o.spec.level for o in outcomes
+                    if not self.passed(o, outcomes) and (low is None or o.spec.level > low)), default=None)
         return low, high
 
     def _next_level(self, outcomes: Sequence[Any]) -> float | None:
@@ -124,8 +145,9 @@ class CapacitySearch:
     def progress_line(self, outcomes: Sequence[Any], step: StepSpec | None) -> str:
         """What the last step told the search and what it does next, for the progress output."""
         last = outcomes[-1]
-        verdict = "met every objective" if self.passed(last) else (
-            last.stopped_early or "missed " + ", ".join(v["objective"] for v in last.slo if not v["met"]))
+        verdict = "met every objective" if self.passed(last, outcomes) else (
+            last.stopped_early or self.unsustainable(last, outcomes)
+            or "missed " + ", ".join(v["objective"] for v in last.slo if not v["met"]))
         following = f"next: {step.label}" if step is not None else f"done: {self.stop_reason}"
         return f"  capacity search: {last.spec.label} {verdict}; {following}"
 
@@ -167,7 +189,7 @@ class CapacitySearch:
     def result(self, outcomes: Sequence[Any]) -> dict[str, Any]:
         """Every probe, the answer with its margin to each objective, and why the search ended."""
         low, high = self._bounds(outcomes)
-        answer = next((o for o in outcomes if self.passed(o) and o.spec.level == low), None)
+        answer = next((o for o in outcomes if self.passed(o, outcomes) and o.spec.level == low), None)
         margin = []
         for verdict in (answer.slo if answer is not None else []):
             limit, measured = verdict.get("limit", verdict.get("limit_ms")), verdict.get("measured")
@@ -175,8 +197,9 @@ class CapacitySearch:
             headroom = (limit - measured) / limit if limit and measured is not None else None
             margin.append({"objective": verdict["objective"], "limit": limit, "measured": measured,
                            "headroom": headroom})
-        probes = [{"order": i + 1, "level": o.spec.level, "label": o.spec.label, "passed": self.passed(o),
-                   "stopped_early": o.stopped_early, "aborted": o.aborted,
+        probes = [{"order": i + 1, "level": o.spec.level, "label": o.spec.label, "passed": self.passed(o, outcomes),
+                   "stopped_early": o.stopped_early, "unsustainable": self.unsustainable(o, outcomes),
+                   "aborted": o.aborted,
                    "missed": [v["objective"] for v in o.slo if not v["met"]],
                    "goodput_per_s": o.metrics.get("goodput_per_s"),
                    "output_tokens_per_s": o.metrics.get("output_tokens_per_s"),

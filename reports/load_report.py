@@ -104,7 +104,8 @@ else '–' }}</td></tr>{% endfor %}</table>{% endif %}
 <table id="probes"><tr><th>#</th><th>level</th><th>verdict</th><th>missed</th><th>stopped early</th>
 <th>goodput/s</th><th>output tok/s</th><th>s</th></tr>{% for p in c.probes %}<tr><td class="n">{{ p.order }}</td>
 <td>{{ p.label }}</td><td class="{{ 'met' if p.passed else 'miss' }}">{{ 'met' if p.passed else 'missed' }}</td>
-<td>{{ p.missed|join(', ') }}</td><td>{{ p.stopped_early or '' }}</td><td class="n">{{ f(p.goodput_per_s) }}</td>
+<td>{{ (p.missed + ([p.unsustainable] if p.get('unsustainable') else []))|join(', ') }}</td>
+<td>{{ p.stopped_early or '' }}</td><td class="n">{{ f(p.goodput_per_s) }}</td>
 <td class="n">{{ f(p.output_tokens_per_s) }}</td><td class="n">{{ f(p.duration_s) }}</td></tr>{% endfor %}</table>
 {% endif %}
 

@@ -112,7 +112,25 @@ class TestCapacitySearch:
         assert search.result(simulate(search, lambda level: False))["capacity"] is None
         assert "even 1 user" in search.stop_reason
         stopped = Outcome(TEMPLATE, [{"objective": "ttft_p99", "met": True}], stopped_early="saturated: x")
-        assert not CapacitySearch.passed(stopped)
+        assert not search.passed(stopped)
+
+    def test_an_open_loop_rate_past_the_servers_throughput_fails_even_if_its_latencies_passed(self):
+        template = StepSpec(index=0, users=64, duration_s=5, warmup_s=0.5, rate=4.0)
+        search = CapacitySearch(template=template, slo={"e2e_p99": 1000.0}, open_loop=True, start=4.0)
+
+        def outcome(rate: float, answered: float, met: bool) -> Outcome:
+            step = dataclasses.replace(template, rate=rate)
+            return Outcome(step, [{"objective": "e2e_p99", "met": met}],
+                           metrics={"requests_sent": int(rate * 4.5), "window_s": 4.5, "requests_per_s": answered})
+
+        # the server answers at most 14.8/s: 16/s met its latency objective in a short step, but
+        # 72 requests were sent where 14.8/s answers 67 in the window
+        steps = [outcome(4, 4.0, True), outcome(8, 7.9, True), outcome(16, 14.66, True), outcome(32, 14.84, False)]
+        assert [search.passed(o, steps) for o in steps] == [True, True, False, False]
+        assert "unsustainable: 16 requests/s sent" in search.unsustainable(steps[2], steps)
+        assert search.result(steps)["capacity"] == 8
+        few = outcome(1, 0.7, True)  # 4 sent, 3 answered in a short window: edge effects, not a queue
+        assert search.passed(few, [few])
 
     def test_early_stop_on_ttft_far_past_its_objective_but_never_in_the_warmup(self):
         search = CapacitySearch(template=TEMPLATE, slo={"ttft_p99": 100.0}, open_loop=False, start=1)

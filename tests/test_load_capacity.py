@@ -6,7 +6,7 @@ The mock has 2 generation slots, TTFT 10 ms and 40 ms between tokens (6 tokens: 
 request waits for a slot most of the time, about one whole answer (~210 ms) at p99. With the
 objective TTFT p99 <= 80 ms the capacity is exactly 2 users (70 ms of room for a busy machine);
 at 4 users every request waits (TTFT ~220 ms, past twice the objective), so that step is
-stopped early.
+stopped early. In open loop the same server answers at most 2 / 0.21 s = 9.5 requests/s.
 """
 
 from __future__ import annotations
@@ -16,21 +16,32 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from reference_server.launcher import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
+SIX_TOKENS = ("--output-tokens", "6", "--extra-body", '{"logit_bias": {"0": -100}}')
 
 
-def test_capacity_search_finds_the_mock_slots(tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def two_slots():
     with running_server("--ttft-ms", "10", "--itl-ms", "40", "--mock-slots", "2", "--max-queue", "1000",
                         engine="mock") as server:
-        result = subprocess.run(
-            [sys.executable, "-m", "load", "--quiet", "--base-url", server.base_url, "--api-key", server.api_key,
-             "--model", server.model, "--find-capacity", "--slo", "ttft_p99=80,error_rate=0.01", "--duration", "4",
-             "--warmup", "0.5", "--output-tokens", "6", "--extra-body", '{"logit_bias": {"0": -100}}',
-             "--capacity-max-steps", "6", "--scrape-metrics", "/metrics", "--report-dir", str(out)],
-            capture_output=True, text=True, timeout=180, cwd=ROOT)
+        yield server
+
+
+def search(server, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "load", "--quiet", "--base-url", server.base_url, "--api-key", server.api_key,
+         "--model", server.model, "--find-capacity", *SIX_TOKENS, "--warmup", "0.5", "--report-dir", str(out),
+         *args], capture_output=True, text=True, timeout=180, cwd=ROOT)
+
+
+def test_capacity_search_finds_the_mock_slots(two_slots, tmp_path):
+    out = tmp_path / "run"
+    result = search(two_slots, out, "--slo", "ttft_p99=80,error_rate=0.01", "--duration", "4",
+                    "--capacity-max-steps", "6", "--scrape-metrics", "/metrics")
     assert result.returncode == 0, result.stderr[-3000:]
     doc = json.loads((out / "load.json").read_text())
     capacity = doc["capacity"]
@@ -77,3 +88,15 @@ def test_runs_that_cannot_be_made_exit_2_with_one_line():
                            "--scrape-metrics", f"http://127.0.0.1:{free_port()}/metrics")
     assert unreachable.returncode == 2 and "--scrape-metrics: cannot scrape" in unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1
+
+
+def test_open_loop_search_stays_under_the_servers_throughput(two_slots, tmp_path):
+    """Rates 2, 4, 8, 16 (past 9.5/s: unsustainable), then bisecting to within 20%: the answer
+    is one the server can hold, however lenient the latency objective."""
+    result = search(two_slots, tmp_path, "--rate", "2", "--arrival", "constant", "--slo", "e2e_p99=5000",
+                    "--duration", "3", "--capacity-tolerance", "0.2", "--capacity-max-steps", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    capacity = json.loads((tmp_path / "load.json").read_text())["capacity"]
+    assert capacity["mode"] == "rate" and 7.5 <= capacity["capacity"] <= 9.5 * 1.1, capacity
+    assert [p["level"] for p in capacity["probes"]][:4] == [2, 4, 8, 16]
+    assert not capacity["probes"][3]["passed"]
