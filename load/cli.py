@@ -268,10 +268,10 @@ def capacity_search(args: argparse.Namespace, steps: list[StepSpec], slo: dict[s
     if args.capacity_max_steps < 1 or args.capacity_max_time <= 0 or not 0 < args.capacity_tolerance < 1:
         raise UsageError("--capacity-max-steps must be >= 1, --capacity-max-time > 0, --capacity-tolerance in (0, 1)")
     first = steps[0]
-    if args.capacity_max_level is not None and args.capacity_max_level < first.level:
+    start = first.rate if first.rate is not None else float(args.users or 1)
+    if args.capacity_max_level is not None and args.capacity_max_level < start:
         raise UsageError("--capacity-max-level is below the starting level")
-    return CapacitySearch(template=first, slo=slo, open_loop=first.rate is not None,
-                          start=first.rate if first.rate is not None else float(args.users or 1),
+    return CapacitySearch(template=first, slo=slo, open_loop=first.rate is not None, start=start,
                           max_level=args.capacity_max_level, max_steps=args.capacity_max_steps,
                           max_time_s=args.capacity_max_time, tolerance=args.capacity_tolerance)
 
