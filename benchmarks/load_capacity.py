@@ -3,14 +3,15 @@
 Two measurements, because on a small machine the mock server (one Python process) runs out of
 CPU before the client does:
 
-1. a sweep of concurrent streams against the mock engine (`python -m load --calibrate`, known
-   ITL): per step the token events/s received, the client's CPU (fraction of one core), the ITL
-   error against the truth, and events/s per client CPU-second (what one fully busy core would
-   take at that cost per event);
+1. a sweep of concurrent streams against the mock engine (known ITL) on `--server-workers`
+   processes sharing the port, so that the server is not capped by one Python process: per step
+   the token events/s received, the client's CPU (fraction of one core), the ITL error against
+   the truth, and events/s per client CPU-second (what one fully busy core would take at that
+   cost per event);
 2. the client's per-event cost with no network at all: recorded SSE bytes fed through the same
    code that times real streams (`load.records.StreamTimer`), one line at a time.
 
-    python benchmarks/load_capacity.py --sweep 8,16,32,64 --itl-ms 5 --duration 10
+    python benchmarks/load_capacity.py --sweep 8,16,32,64 --itl-ms 5 --duration 10 --server-workers 4
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 from load.records import RequestRecord, StreamTimer
+from reference_server.launcher import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,12 +46,17 @@ def parse_cost(events: int = 200, repeats: int = 200) -> float:
     return events * repeats / (time.perf_counter() - start)
 
 
-def sweep(levels: str, itl_ms: float, ttft_ms: float, duration: float, output_tokens: int) -> list[dict]:
-    """One `python -m load --calibrate` sweep; per step the numbers that matter here."""
-    with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, "-m", "load", "--calibrate", "--quiet", "--mock-ttft-ms", str(ttft_ms),
-                   "--mock-itl-ms", str(itl_ms), "--sweep", levels, "--duration", str(duration),
-                   "--output-tokens", str(output_tokens), "--report-dir", folder]
+def sweep(levels: str, itl_ms: float, ttft_ms: float, duration: float, output_tokens: int,
+          server_workers: int) -> list[dict]:
+    """One `python -m load` sweep against the mock on `server_workers` processes; per step the
+    numbers that matter here."""
+    with tempfile.TemporaryDirectory() as folder, running_server(
+            "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), "--max-queue", "100000", "--log-level", "WARNING",
+            "--workers", str(server_workers), engine="mock") as server:
+        command = [sys.executable, "-m", "load", "--quiet", "--base-url", server.base_url, "--api-key",
+                   server.api_key or "", "--model", server.model, "--extra-body", '{"logit_bias": {"0": -100}}',
+                   "--sweep", levels, "--duration", str(duration), "--output-tokens", str(output_tokens),
+                   "--report-dir", folder]
         subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         doc = json.loads((Path(folder) / "load.json").read_text())
     rows = []
@@ -71,13 +78,15 @@ def main() -> int:
     parser.add_argument("--ttft-ms", type=float, default=20.0, help="mock time to first token")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per step")
     parser.add_argument("--output-tokens", type=int, default=128, help="tokens per request")
+    parser.add_argument("--server-workers", type=int, default=1,
+                        help="mock server processes sharing the port (reference_server --workers)")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")
+          f"Python {platform.python_version()}; mock server on {args.server_workers} process(es)")
     print(f"parse-only: {parse_cost():,.0f} token events/s on one core (StreamTimer, no socket)")
     print(f"{'users':>6}{'events/s':>10}{'client CPU':>12}{'events/core-s':>15}{'ITL p50 err':>13}"
           f"{'ITL p99 err':>13}{'loop lag p99':>14}")
-    for row in sweep(args.sweep, args.itl_ms, args.ttft_ms, args.duration, args.output_tokens):
+    for row in sweep(args.sweep, args.itl_ms, args.ttft_ms, args.duration, args.output_tokens, args.server_workers):
         per_core = row["events_per_client_core_s"]
         print(f"{row['users']:>6}{row['events_per_s']:>10,.0f}{row['client_cpu']:>12.2f}"
               f"{(per_core or 0):>15,.0f}{row['itl_p50_error_ms']:>+13.3f}{row['itl_p99_error_ms']:>+13.3f}"

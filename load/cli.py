@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from load.capacity import CapacitySearch
 from load.config import API_PATH, LoadConfig, StepSpec
 from load.lengths import SPEC_HELP
 from load.prompts import message_counter, post_json
+from load.scrape import DEFAULT_SERIES, Scrapes, fetch, parse_series
 from load.slo import parse_slo
 from load.workloads import from_wire as workload_from_wire
 from load.workloads.build import DEFAULT_OUTPUT_TOKENS, add_workload_arguments, build_workload
@@ -47,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  python -m load --base-url http://127.0.0.1:8000 --model m --users 8 --duration 60\n"
                "  python -m load --base-url URL --model m --rate 5 --arrival poisson --sweep 1,2,4,8\n"
-               "  python -m load --calibrate --users 32      # measure our own error against the mock\n",
+               "  python -m load --calibrate --users 32      # measure our own error against the mock\n"
+               "  python -m load compare RUN_A RUN_B --fail-if-worse 5   # see python -m load compare --help\n",
     )
     target = parser.add_argument_group("target")
     target.add_argument("--base-url", help="server root, e.g. http://127.0.0.1:8000 (the API path is appended)")
@@ -111,6 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
                           "exit 1 if any step misses one")
     out.add_argument("--report-dir", default="out/load", help="where load.json, load.csv, load.html go")
     out.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    search = parser.add_argument_group("capacity search (--find-capacity)")
+    search.add_argument("--find-capacity", action="store_true",
+                        help="find the highest concurrency (closed loop, from --users, default 1) or arrival rate "
+                             "(open loop, from --rate) at which every --slo holds: ramp x2, then bisect; a clearly "
+                             "saturated step is stopped early; each step lasts --duration")
+    search.add_argument("--capacity-max-level", type=float, default=None,
+                        help="highest users or rate the search may try")
+    search.add_argument("--capacity-max-steps", type=int, default=12, help="most steps the search may run")
+    search.add_argument("--capacity-max-time", type=float, default=900.0,
+                        help="seconds the search may take (a step that would end later is not started)")
+    search.add_argument("--capacity-tolerance", type=float, default=0.1,
+                        help="open loop: stop bisecting when the passing and failing rates are this close "
+                             "(fraction of the rate); closed loop stops at one user apart")
+
+    server = parser.add_argument_group("server side")
+    server.add_argument("--scrape-metrics", default=None, metavar="URL",
+                        help="sample this Prometheus endpoint during the run (a path like /metrics: under the "
+                             "target's base URL) and plot the chosen series on the steps' time axis")
+    server.add_argument("--scrape-series", default=",".join(DEFAULT_SERIES),
+                        help="series to keep, with or without their prefix (num_requests_waiting matches "
+                             "vllm:num_requests_waiting); the sum over label sets; *_total counters as rates")
+    server.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between scrapes")
     return parser
 
 
@@ -202,8 +228,9 @@ def make_config(args: argparse.Namespace, base_url: str, api_key: str | None, mo
 
 def trace_steps(args: argparse.Namespace, steps: list[StepSpec], workload: TraceWorkload) -> list[StepSpec]:
     """A trace replay is one open-loop step at the trace's own times: at most its rows, labelled by speed."""
-    if args.rate is not None or args.sweep:
-        raise UsageError("--workload trace sends at the trace's times: no --rate or --sweep (use --trace-speed)")
+    if args.rate is not None or args.sweep or args.find_capacity:
+        raise UsageError("--workload trace sends at the trace's times: no --rate, --sweep or --find-capacity "
+                         "(use --trace-speed)")
     rows = len(workload.rows)
     count = rows if args.max_requests is None else min(rows, args.max_requests)
     if workload.span_s > steps[0].duration_s:
@@ -233,6 +260,14 @@ def print_summary(doc: dict[str, Any]) -> None:
             print(f"{'':<16}errors by kind: {kinds}")
         for line in workload_lines(step.get("workload") or {}):
             print(f"{'':<16}{line}")
+    capacity = doc.get("capacity")
+    if capacity:
+        answer = capacity["capacity_label"] or "none (no level met every objective)"
+        print(f"capacity: {answer}; search ended: {capacity['stop_reason']}")
+        for row in capacity["margin"]:
+            if row["headroom"] is not None:
+                print(f"  {row['objective']}: {row['measured']:g} of {row['limit']:g} "
+                      f"({row['headroom']:+.0%} headroom)")
     if doc.get("calibration"):
         for row in doc["calibration"]["errors"]:
             if row["error_ms"] is not None:
@@ -259,6 +294,38 @@ def workload_lines(workload: dict[str, Any]) -> list[str]:
     return lines
 
 
+def capacity_search(args: argparse.Namespace, steps: list[StepSpec], slo: dict[str, float]) -> CapacitySearch:
+    """The --find-capacity search the arguments describe (its first step is build_steps' one)."""
+    if not slo:
+        raise UsageError("--find-capacity needs --slo (the objectives a level must meet)")
+    if args.sweep:
+        raise UsageError("--find-capacity chooses its own levels: leave out --sweep")
+    if args.capacity_max_steps < 1 or args.capacity_max_time <= 0 or not 0 < args.capacity_tolerance < 1:
+        raise UsageError("--capacity-max-steps must be >= 1, --capacity-max-time > 0, --capacity-tolerance in (0, 1)")
+    first = steps[0]
+    start = first.rate if first.rate is not None else float(args.users or 1)
+    if args.capacity_max_level is not None and args.capacity_max_level < start:
+        raise UsageError("--capacity-max-level is below the starting level")
+    return CapacitySearch(template=first, slo=slo, open_loop=first.rate is not None, start=start,
+                          max_level=args.capacity_max_level, max_steps=args.capacity_max_steps,
+                          max_time_s=args.capacity_max_time, tolerance=args.capacity_tolerance)
+
+
+def scrape_target(args: argparse.Namespace, base_url: str) -> Scrapes | None:
+    """What --scrape-metrics asks for, checked with one scrape now (exit 2 if it cannot be had)."""
+    if not args.scrape_metrics:
+        return None
+    if args.scrape_interval <= 0:
+        raise UsageError("--scrape-interval must be > 0")
+    url = base_url + args.scrape_metrics if args.scrape_metrics.startswith("/") else args.scrape_metrics
+    try:
+        series = parse_series(args.scrape_series)
+        fetch(url, timeout_s=10.0)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f"--scrape-metrics: {exc}") from None
+    return Scrapes(url=url, series=series)
+
+
 def run(args: argparse.Namespace) -> int:
     """The whole run; returns the exit code."""
     try:
@@ -268,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
     steps = build_steps(args)
+    search = capacity_search(args, steps, slo) if args.find_capacity else None
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
     with target_server(args) as (base_url, api_key, model, server_exit):
@@ -275,13 +343,34 @@ def run(args: argparse.Namespace) -> int:
         workload = workload_from_wire(config.workload)
         if isinstance(workload, TraceWorkload):
             steps = trace_steps(args, steps, workload)
+        scrapes = scrape_target(args, base_url)
         # Locust (and its gevent monkey-patching) only now, after the plain-HTTP preflight.
+        import gevent
+
         from load.runner import run_load
+        from load.scrape import scrape_loop
         from load.summary import build_document, calibration_errors, step_document
 
         say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-        outcomes = run_load(config, steps, workers=args.workers, slo=slo, progress=say, server_exit=server_exit)
+        scraper = gevent.spawn(scrape_loop, scrapes, args.scrape_interval, 10.0) if scrapes else None
+        plan = None
+        if search is not None:
+            def plan(done: list[Any]) -> StepSpec | None:
+                step = search.next_step(done)
+                if say and done:
+                    say(search.progress_line(done, step))
+                return step
+        try:
+            outcomes = run_load(config, [] if search else steps, workers=args.workers, slo=slo, progress=say,
+                                server_exit=server_exit, plan=plan, early_stop=search.early_stop if search else None)
+        finally:
+            if scraper is not None:
+                scraper.kill()
     step_docs = [step_document(outcome) for outcome in outcomes]
+    if scrapes is not None:
+        ends = [o.started_at for o in outcomes[1:]] + [time.monotonic()]
+        for doc_step, outcome, end in zip(step_docs, outcomes, ends, strict=True):
+            doc_step["server"] = scrapes.between(outcome.started_at, end)
     calibration = None
     if args.calibrate:
         calibration = {"ttft_ms": args.mock_ttft_ms, "itl_ms": args.mock_itl_ms,
@@ -298,18 +387,28 @@ def run(args: argparse.Namespace) -> int:
     interrupted = any(outcome.interrupted for outcome in outcomes)
     doc = build_document(target=target, settings=settings, steps=step_docs, started_at=started,
                          duration_s=time.monotonic() - t0, calibration=calibration, aborted=aborted,
-                         interrupted=interrupted, steps_not_run=[step.label for step in steps[len(outcomes):]])
+                         interrupted=interrupted,
+                         steps_not_run=[] if search else [step.label for step in steps[len(outcomes):]])
+    if search is not None:
+        doc["capacity"] = search.result(outcomes)
+    if scrapes is not None:
+        doc["server_metrics"] = {"url": scrapes.url, "series": scrapes.series, "scrapes": len(scrapes.samples),
+                                 "failures": scrapes.failures, "last_error": scrapes.last_error}
+    from load.export import write_requests
     from reports.load_report import write_load_reports
 
     paths = write_load_reports(doc, args.report_dir)
+    requests_path = write_requests(outcomes, args.report_dir)
     print_summary(doc)
-    print(f"reports: {paths['html']} {paths['json']} {paths['csv']}")
+    print(f"reports: {paths['html']} {paths['json']} {paths['csv']} {requests_path}")
     if interrupted:
         print(f"{aborted}: the reports hold what was measured until then (marked partial)", file=sys.stderr)
         return 130
     if aborted:
         print(f"error: {aborted}", file=sys.stderr)
         return 2
+    if search is not None:  # probes past the capacity miss the SLO by design; none meeting it is the failure
+        return 0 if doc["capacity"]["capacity"] is not None else 1
     if not doc["slo_met"]:
         missed = [f"{s['label']} {v['objective']}" for s in doc["steps"] for v in s["slo"] if not v["met"]]
         print(f"SLO missed: {', '.join(missed)}", file=sys.stderr)
@@ -318,6 +417,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from load.compare import main as compare_main
+
+        return compare_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

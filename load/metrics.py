@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from load.records import ERROR_KINDS, RequestRecord
+from load.slo import is_latency_objective
 
 PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0, 99.9)
 
@@ -29,6 +30,10 @@ FORMULAS: dict[str, str] = {
                "(TTFT, TPOT, E2E, and the request's own ITL percentile) / window length",
     "send_lag": "send lag = actual send time - intended send time (open-loop arrivals only)",
     "window": "window = from the end of warm-up to when sending stopped (duration or request count)",
+    "error_rate": "error rate = requests sent in the window that failed / requests sent in the window",
+    "timeline": "over time, per second of the step (warm-up included): in flight = time-weighted mean of the "
+                "requests open in that second; output tokens/s = content events that arrived in it (non-streamed: "
+                "usage at the end); TTFT p50/p99 of the first tokens that arrived in it; ITL of the gaps ending in it",
 }
 
 
@@ -110,6 +115,8 @@ def meets_slo(record: RequestRecord, slo: Mapping[str, float]) -> bool:
     objective's percentile.
     """
     for key, limit_ms in slo.items():
+        if not is_latency_objective(key):
+            continue
         metric, pct = split_objective(key)
         limit_ns = limit_ms * 1e6
         if metric == "ttft":
@@ -137,7 +144,7 @@ def step_metrics(
     good = [r for r in sent if r.ok]
     ended = [r for r in records if r.ok and r.end_ns is not None and window.start_ns <= r.end_ns <= window.end_ns]
     seconds = window.seconds
-    pcts = sorted(set(PERCENTILES) | {split_objective(key)[1] for key in slo})
+    pcts = sorted(set(PERCENTILES) | {split_objective(key)[1] for key in slo if is_latency_objective(key)})
     ttft = [v for r in good if (v := request_ttft(r)) is not None]
     e2e = [v for r in good if (v := request_e2e(r)) is not None]
     tpot = [v for r in good if (v := request_tpot(r)) is not None]

@@ -53,6 +53,7 @@ class RequestRecord:
     requested_prompt_tokens: int | None = None
     prefix_blocks: list[list[Any]] = field(default_factory=list)  # [id, tokens] of shared prefix blocks
     turn: int | None = None
+    request_id: str | None = None  # the answer's `id` (e.g. chatcmpl-...), to find it in the server's logs
 
     def fail(self, kind: str, message: str) -> None:
         """Record the first failure of this request (later ones are consequences of it)."""
@@ -144,6 +145,8 @@ class StreamTimer:
         if "error" in chunk:
             record.fail("error_event", f"error event: {json.dumps(chunk['error'])[:200]}")
             return
+        if record.request_id is None and isinstance(chunk.get("id"), str):
+            record.request_id = chunk["id"]
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if delta.get("content"):
@@ -177,6 +180,8 @@ def read_json_body(record: RequestRecord, body: bytes, now_ns: int) -> str | Non
     if status != 200:
         record.fail(http_error_kind(status), f"HTTP {status}: {json.dumps(payload.get('error', payload))[:200]}")
         return None
+    if isinstance(payload.get("id"), str):
+        record.request_id = payload["id"]
     usage = payload.get("usage") or {}
     record.usage_prompt = usage.get("prompt_tokens")
     record.usage_completion = usage.get("completion_tokens")

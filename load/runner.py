@@ -52,6 +52,8 @@ class StepOutcome:
     warnings: list[str] = field(default_factory=list)
     aborted: str | None = None  # why the step (and the run) ended early: the endpoint gone, or Ctrl-C
     interrupted: bool = False  # ended by Ctrl-C (SIGINT): the report is partial
+    started_at: float = 0.0  # time.monotonic() when the step began (scraped server metrics align to it)
+    stopped_early: str | None = None  # why `early_stop` ended the step before its duration (saturated)
 
 
 class LocalBackend:
@@ -181,7 +183,8 @@ def _progress_line(step: StepSpec, total_steps: int, elapsed: float, statuses: l
     done = sum(s["done"] for s in statuses)
     failed = sum(s["failed"] for s in statuses)
     inflight = sum(s["inflight"] for s in statuses)
-    return (f"[step {step.index + 1}/{total_steps} {step.label}] {elapsed:5.1f}/{step.duration_s:g} s  "
+    of = f"/{total_steps}" if total_steps else ""  # a capacity search does not know its count
+    return (f"[step {step.index + 1}{of} {step.label}] {elapsed:5.1f}/{step.duration_s:g} s  "
             f"sent {sent}  done {done}  failed {failed}  in flight {inflight}  output tok/s {tokens_per_s:,.0f}")
 
 
@@ -195,11 +198,14 @@ def run_step(
     progress: Callable[[str], None] | None = None,
     server_exit: Callable[[], str | None] | None = None,
     interrupt: gevent.event.Event | None = None,
+    early_stop: Callable[[StepSpec, float, list[dict[str, Any]]], str | None] | None = None,
 ) -> StepOutcome:
     """Run one step to its duration or request count, let in-flight requests finish, measure.
 
     The step ends early, its outcome marked `aborted`, when the endpoint stops answering, or when
     `interrupt` is set (Ctrl-C: then also `interrupted`; requests in flight get INTERRUPT_DRAIN_S).
+    `early_stop(step, elapsed s, statuses)`, asked at every poll, may end it sooner with a reason
+    (a capacity search stops a clearly saturated step), then marked `stopped_early`.
     """
     interrupt = interrupt or gevent.event.Event()
     start = time.monotonic()
@@ -207,7 +213,7 @@ def run_step(
     last_tokens, last_time = 0, start
     count_reached = False
     watch = GoneWatch(start, server_exit)
-    aborted, interrupted = None, False
+    aborted, interrupted, stopped_early = None, False, None
     while (elapsed := time.monotonic() - start) < step.duration_s:
         if interrupt.wait(min(1.0, step.duration_s - elapsed)):
             interrupted = True
@@ -224,6 +230,8 @@ def run_step(
         gone = watch.update(statuses, now)
         if gone is not None:
             aborted = f"the endpoint stopped answering in step {step.label} after {now - start:.1f} s: {gone}"
+            break
+        if early_stop is not None and (stopped_early := early_stop(step, now - start, statuses)) is not None:
             break
         if step.max_requests is not None and sum(s["sent"] for s in statuses) >= step.max_requests:
             if sum(s["inflight"] for s in statuses) == 0:
@@ -243,7 +251,7 @@ def run_step(
     metrics["requests_total"] = len(records)
     metrics["requests_refused"] = sum(1 for r in records if r.connection_refused)  # warm-up included
     outcome = StepOutcome(step, records, health, window, metrics, judge(metrics, slo), aborted=aborted,
-                          interrupted=interrupted)
+                          interrupted=interrupted, started_at=start, stopped_early=stopped_early)
     outcome.warnings = client_warnings(metrics, health, step) + data_warnings(metrics)
     return outcome
 
@@ -256,11 +264,15 @@ def run_load(
     slo: dict[str, float] | None = None,
     progress: Callable[[str], None] | None = None,
     server_exit: Callable[[], str | None] | None = None,
+    plan: Callable[[list[StepOutcome]], StepSpec | None] | None = None,
+    early_stop: Callable[[StepSpec, float, list[dict[str, Any]]], str | None] | None = None,
 ) -> list[StepOutcome]:
     """Every step in order against one backend; the backend is closed whatever happens.
 
     A step that finds the endpoint gone ends the run: later steps are not started.
     `server_exit` says how a server this run started has ended (None while it runs).
+    With `plan`, the steps come from it instead, one at a time from the outcomes so far, until it
+    gives None (a capacity search); `steps` then only sizes the progress lines.
     """
     logging.getLogger("locust").setLevel(logging.WARNING)
     logging.getLogger("locust.runners").addFilter(_NoSpawnRateWarning())
@@ -271,10 +283,12 @@ def run_load(
     # KeyboardInterrupt would land in whichever greenlet runs (often a user's), not in this loop.
     interrupt = gevent.event.Event()
     on_sigint = gevent.signal_handler(signal.SIGINT, interrupt.set)
+    planned = iter(steps) if plan is None else iter(lambda: plan(outcomes), None)
     try:
-        for step in steps:
+        for step in planned:
             outcome = run_step(backend, step, total_steps=len(steps), drain_s=config.timeout_s,
-                               slo=slo or {}, progress=progress, server_exit=server_exit, interrupt=interrupt)
+                               slo=slo or {}, progress=progress, server_exit=server_exit, interrupt=interrupt,
+                               early_stop=early_stop)
             outcomes.append(outcome)
             if progress:
                 for warning in outcome.warnings:

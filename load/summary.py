@@ -8,12 +8,14 @@ from typing import Any
 
 from load.health import loop_lag_summary
 from load.metrics import FORMULAS, cdf_points, pooled_itls, request_e2e, request_ttft, sent_in
+from load.timeline import step_timeline
 from load.workload_metrics import FORMULAS as WORKLOAD_FORMULAS
 from load.workload_metrics import workload_metrics
 
 
 def step_document(outcome: Any) -> dict[str, Any]:
-    """One step: its settings, every metric, SLO verdicts, client health, CDF points for plots."""
+    """One step: its settings, every metric, SLO verdicts, client health, CDF points and the
+    second-by-second timeline for plots."""
     good = [r for r in sent_in(outcome.records, outcome.window) if r.ok]
     cdf = {
         "ttft_ms": cdf_points([v / 1e6 for r in good if (v := request_ttft(r)) is not None]),
@@ -30,12 +32,14 @@ def step_document(outcome: Any) -> dict[str, Any]:
         "slo_met": all(v["met"] for v in outcome.slo),
         "warnings": outcome.warnings,
         "aborted": outcome.aborted,
+        "stopped_early": getattr(outcome, "stopped_early", None),
         "client": {
             "workers": len(outcome.health),
             "cpu_fraction": [h["cpu_fraction"] for h in outcome.health],
             "loop_lag_ms": loop_lag_summary(outcome.health),
         },
         "cdf": {name: {"x": xs, "y": ys} for name, (xs, ys) in cdf.items()},
+        "timeline": step_timeline(outcome.records),
     }
 
 

@@ -34,6 +34,7 @@ from load.records import RequestRecord, StreamTimer, read_json_body
 from load.workloads import PlannedRequest, Session, Workload, from_wire, request_body
 
 LAG_PROBE_S = 0.005  # how often the event-loop probe wakes up
+RECENT = 200  # how many of the latest records a status carries TTFTs of
 
 
 @dataclass
@@ -107,7 +108,10 @@ class ProcessState:
         return {"worker": self.worker_index, "sent": self.sent, "inflight": self.inflight,
                 "done": len(self.records), "failed": sum(1 for r in self.records if not r.ok),
                 "tokens": sum(r.output_tokens for r in self.records if r.ok), "sending": self.sending,
-                "refused": sum(1 for r in self.records if r.connection_refused)}
+                "refused": sum(1 for r in self.records if r.connection_refused),
+                # the latest answers' TTFTs, for a capacity search to see a step's queue growing
+                "ttft_ms_recent": [(r.first_token_ns - r.send_ns) / 1e6 for r in self.records[-RECENT:]
+                                   if r.first_token_ns is not None]}
 
 
 def retry_after_seconds(header: str | None) -> float:

@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests in flight before new ones get 429 with Retry-After")
     parser.add_argument("--ttft-ms", type=float, default=50.0, help="mock engine: time to first token")
     parser.add_argument("--itl-ms", type=float, default=10.0, help="mock engine: gap between tokens")
+    parser.add_argument("--mock-slots", type=int, default=0, metavar="K",
+                        help="mock engine: at most K streams generate at once (per process); the others wait "
+                             "in arrival order and their time to first token includes the wait, like a real "
+                             "server's queue (0: no limit)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="mock engine: N server processes sharing the port (SO_REUSEPORT), so the server is "
+                             "not capped by one Python process; /metrics sums them all, /health is one process's")
+    parser.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)  # one of --workers N
     parser.add_argument("--mock-fault", choices=("none", "raise", "segfault", "stall"), default="none",
                         help="mock engine, for testing clients and start-up checks: from generation "
                              "--mock-fault-at on, raise an error (the request gets a 500), kill the whole "
@@ -104,7 +112,7 @@ def make_engine(args: argparse.Namespace) -> Engine:
 
         return MockEngine(model_name=args.model_name or "mock", ttft_ms=args.ttft_ms,
                           itl_ms=args.itl_ms, context_length=args.n_ctx, fault=args.mock_fault,
-                          fault_at=args.mock_fault_at)
+                          fault_at=args.mock_fault_at, slots=args.mock_slots)
     if args.engine == "exllamav2":
         from reference_server.engines.exllamav2 import ExLlamaV2Engine
 
@@ -170,6 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the exllamav2 engine needs --model DIR (a Hugging Face-format model directory)")
     if args.mock_fault_at < 1:
         parser.error("--mock-fault-at must be >= 1")
+    if args.mock_slots < 0:
+        parser.error("--mock-slots must be >= 0")
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    if args.workers > 1 and not args.worker_process:
+        if args.engine != "mock":
+            parser.error("--workers > 1 is for the mock engine only (a model engine would load the model N times)")
+        if args.self_check_only:
+            parser.error("--self-check-only checks one process: leave out --workers")
+        from reference_server.workers import serve_workers
+
+        return serve_workers(argv, args.workers, args.host, args.port, args.self_check_timeout + 60)
     try:
         engine = _load_and_check(args, argv)
     except StartupFailed as exc:
@@ -178,14 +198,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.self_check_only:
         engine.close()
         return 0
+    from reference_server.workers import METRICS_DIR_ENV, READY_LINE
+
     config = ServerConfig(api_keys=tuple(keys), auth_required=not args.no_auth,
                           max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
-                          body_timeout_s=args.body_timeout)
+                          body_timeout_s=args.body_timeout, engine_label=args.engine,
+                          metrics_dir=os.environ.get(METRICS_DIR_ENV) if args.worker_process else None)
     app = build_app(engine, config)
-    print(f"serving {engine.model_name!r} ({args.engine}) on http://{args.host}:{args.port}", flush=True)
+    ready = None
+    if args.worker_process:  # the supervisor waits for this line: the socket is bound
+        ready = lambda *_args: print(READY_LINE, flush=True)  # noqa: E731
+    else:
+        print(f"serving {engine.model_name!r} ({args.engine}) on http://{args.host}:{args.port}", flush=True)
     # handler_cancellation: a client that disconnects cancels its handler at once, so a request
     # still queued or generating for nobody stops there (not at its next write).
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True)
+    web.run_app(app, host=args.host, port=args.port, print=ready, access_log=None, handler_cancellation=True,
+                reuse_port=args.worker_process or None)
     return 0
 
 

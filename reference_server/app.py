@@ -23,6 +23,8 @@ import spec
 from reference_server import generation
 from reference_server.engines.base import Engine
 from reference_server.errors import ApiError
+from reference_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from reference_server.metrics import RequestTracker, ServerMetrics, TimedEngine
 from reference_server.sse import DONE_EVENT, encode_event
 from reference_server.validation import ChatRequest, fit_to_context, parse_request
 
@@ -73,6 +75,9 @@ class ServerConfig:
     max_queue: int = 64
     retry_after_s: int = 1
     extra_model_names: tuple[str, ...] = field(default_factory=tuple)
+    engine_label: str = ""  # the engine's name in /metrics (chatspec:engine_info); default: its class
+    # prometheus_client's multiprocess folder when several server processes share the port (--workers)
+    metrics_dir: str | None = None
 
 
 class Server:
@@ -82,6 +87,8 @@ class Server:
         self.engine = engine
         self.config = config
         self.in_flight = 0
+        self.metrics = ServerMetrics(engine=config.engine_label or type(engine).__name__, model=engine.model_name,
+                                     multiprocess_dir=config.metrics_dir)
         self._keys = tuple(key.encode("utf-8") for key in config.api_keys)
 
     # ---- hygiene -------------------------------------------------------------------------
@@ -165,6 +172,10 @@ class Server:
              "engine": self.engine.stats()}
         )
 
+    async def prometheus(self, request: web.Request) -> web.Response:
+        """Prometheus text exposition (no key needed, like /health)."""
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
     async def models(self, request: web.Request) -> web.Response:
         self.check_auth(request)
         return web.json_response(
@@ -207,19 +218,24 @@ class Server:
         if max_tokens != params.max_tokens:
             params = dataclasses.replace(params, max_tokens=max_tokens)
         self.in_flight += 1
+        tracker = self.metrics.track(started, len(prompt))
         try:
             if chat.stream:
-                return await self._stream(request, chat, prompt, params, started)
-            return await self._complete(chat, prompt, params, started)
+                return await self._stream(request, chat, prompt, params, started, tracker)
+            return await self._complete(chat, prompt, params, started, tracker)
         finally:
             self.in_flight -= 1
+            tracker.finish(asyncio.get_running_loop().time(), chat.n)
 
     def _header(self, chat: ChatRequest) -> dict[str, Any]:
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": chat.model}
 
-    async def _complete(self, chat: ChatRequest, prompt: list[int], params: Any, started: float) -> web.Response:
+    async def _complete(
+        self, chat: ChatRequest, prompt: list[int], params: Any, started: float, tracker: RequestTracker
+    ) -> web.Response:
         cancel = threading.Event()
-        tasks = [asyncio.ensure_future(generation.complete_choice(self.engine, prompt, params, chat.stops, i,
+        engine = TimedEngine(self.engine, tracker)
+        tasks = [asyncio.ensure_future(generation.complete_choice(engine, prompt, params, chat.stops, i,
                                                                   cancel, started))
                  for i in range(chat.n)]  # the choices run at once (a batching engine decodes them together)
         try:
@@ -227,6 +243,7 @@ class Server:
         finally:
             await _cancel_all(tasks)
         completion_tokens = sum(choice.completion_tokens for choice in choices)
+        tracker.reasons.extend(choice.finish_reason for choice in choices)
         body = {
             **self._header(chat),
             "object": "chat.completion",
@@ -236,7 +253,8 @@ class Server:
         return web.json_response(body, dumps=_dumps)
 
     async def _stream(
-        self, request: web.Request, chat: ChatRequest, prompt: list[int], params: Any, started: float
+        self, request: web.Request, chat: ChatRequest, prompt: list[int], params: Any, started: float,
+        tracker: RequestTracker,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
@@ -251,10 +269,11 @@ class Server:
         # Every choice generates at once; their pieces are written in the order they come.
         pieces: asyncio.Queue[tuple[int, generation.ChoicePiece | BaseException | None]] = asyncio.Queue()
         states = [generation.ChoiceState(index) for index in range(chat.n)]
+        engine = TimedEngine(self.engine, tracker)
 
         async def produce(state: generation.ChoiceState) -> None:
             try:
-                choice = generation.generate_choice(self.engine, prompt, params, chat.stops, state, cancel, started)
+                choice = generation.generate_choice(engine, prompt, params, chat.stops, state, cancel, started)
                 async with contextlib.aclosing(choice):
                     async for piece in choice:
                         pieces.put_nowait((state.index, piece))
@@ -282,6 +301,7 @@ class Server:
                 if piece.text or piece.logprobs:
                     await send([_chunk_choice(index, piece.text, piece.logprobs, params.logprobs)])
                 if piece.finish_reason:
+                    tracker.reasons.append(piece.finish_reason)
                     await send([{"index": index, "delta": {}, "finish_reason": piece.finish_reason,
                                  "logprobs": None}])
             completion_tokens = sum(state.completion_tokens for state in states)
@@ -345,14 +365,30 @@ async def error_envelope(request: web.Request, handler: Any) -> web.StreamRespon
 SERVER_KEY: web.AppKey[Server] = web.AppKey("server", Server)
 
 
+def count_responses(server: Server) -> Any:
+    """A middleware counting every API answer by status code (outside the envelope: it sees 4xx and
+    5xx too); /health and /metrics, which monitors poll, are not counted."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        if request.path not in ("/health", "/metrics"):
+            server.metrics.responses.labels(str(response.status)).inc()
+        return response
+
+    return middleware
+
+
 def build_app(engine: Engine, config: ServerConfig | None = None) -> web.Application:
     """The application serving `engine`."""
     config = config or ServerConfig()
     server = Server(engine, config)
     # aiohttp's own cap sits above ours so that our check produces the envelope.
-    app = web.Application(middlewares=[error_envelope], client_max_size=config.max_body_bytes + 1024)
+    app = web.Application(middlewares=[count_responses(server), error_envelope],
+                          client_max_size=config.max_body_bytes + 1024)
     app[SERVER_KEY] = server  # for tests and tools that need the Server behind an app
     app.router.add_get("/health", server.health)
+    app.router.add_get("/metrics", server.prometheus)
     app.router.add_get(spec.MODELS_PATH, server.models)
     app.router.add_post(spec.CHAT_PATH, server.chat_completions)
 

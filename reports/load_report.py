@@ -47,8 +47,8 @@ TEMPLATE = """<!DOCTYPE html>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #212121; max-width: 1300px; }
 .verdict { display: inline-block; font-size: 1.6rem; font-weight: bold; color: #fff; padding: .3rem 1rem;
-  border-radius: 6px; background: {{ '#2e7d32' if verdict == 'OK' else ('#ef6c00' if verdict == 'CLIENT-LIMITED'
-  else '#c62828') }}; }
+  border-radius: 6px; background: {{ '#2e7d32' if verdict == 'OK' or verdict.startswith('CAPACITY')
+  else ('#ef6c00' if verdict == 'CLIENT-LIMITED' else '#c62828') }}; }
 .aborted { border-left: 6px solid #c62828; background: #ffebee; padding: .5rem 1rem; }
 table { border-collapse: collapse; margin: 1rem 0; } th, td { border: 1px solid #ddd; padding: .25rem .5rem; }
 th { background: #f5f5f5; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
@@ -60,6 +60,10 @@ img { max-width: 100%; } .muted { color: #757575; } code { background: #f5f5f5; 
 <p class="muted">{% for k, v in doc.target.items() %}<b>{{ k }}</b>: {{ v }} · {% endfor %}
 started {{ doc.started_at }}, {{ '%.1f' % doc.duration_s }} s</p>
 <p><span class="verdict" id="verdict">{{ verdict }}</span></p>
+{% if error_kinds %}<p id="error-summary"><b>Errors:</b> {{ error_total }} of {{ sent_total }} requests
+({{ '%.1f%%' % (100 * error_total / [sent_total, 1]|max) }}):
+{% for kind, count in error_kinds.items() %}{{ kind }} {{ count }}{{ ', ' if not loop.last }}{% endfor %}
+(table below).</p>{% endif %}
 {% if doc.get('aborted') %}<p class="aborted" id="aborted"><b>The run stopped early{{ ' (partial report)'
 if doc.get('interrupted') else '' }}:</b> {{ doc.aborted }}.
 The step's numbers cover the time until then{% if doc.steps_not_run %}; steps not run:
@@ -92,10 +96,29 @@ The step's numbers cover the time until then{% if doc.steps_not_run %}; steps no
 <td class="n">{{ count }}</td><td class="n">{{ '%.1f%%' % (100 * share) }}</td><td><code>{{ example }}</code></td></tr>
 {% endfor %}</table>{% endif %}
 
+{% if doc.get('capacity') %}{% set c = doc.capacity %}<h2>Capacity search</h2>
+<p id="capacity">{% if c.capacity is not none %}Highest {{ 'rate' if c.mode == 'rate' else 'concurrency' }} meeting
+every objective: <b>{{ c.capacity_label }}</b>{% if c.first_failing is not none %} (the next level probed,
+{{ f(c.first_failing, 3) }}, missed){% endif %}.{% else %}No level probed met every objective.{% endif %}
+The search ended because {{ c.stop_reason }}.</p>
+{% if c.margin %}<table id="margin"><tr><th>objective at the answer</th><th>limit</th><th>measured</th>
+<th>headroom</th></tr>{% for m in c.margin %}<tr><td>{{ m.objective }}</td><td class="n">{{ f(m.limit, 3) }}</td>
+<td class="n">{{ f(m.measured, 3) }}</td><td class="n">{{ '%+.0f%%' % (100 * m.headroom) if m.headroom is not none
+else '–' }}</td></tr>{% endfor %}</table>{% endif %}
+<table id="probes"><tr><th>#</th><th>level</th><th>verdict</th><th>missed</th><th>stopped early</th>
+<th>goodput/s</th><th>output tok/s</th><th>s</th></tr>{% for p in c.probes %}<tr><td class="n">{{ p.order }}</td>
+<td>{{ p.label }}</td><td class="{{ 'met' if p.passed else 'miss' }}">{{ 'met' if p.passed else 'missed' }}</td>
+<td>{{ (p.missed + ([p.unsustainable] if p.get('unsustainable') else []))|join(', ') }}</td>
+<td>{{ p.stopped_early or '' }}</td><td class="n">{{ f(p.goodput_per_s) }}</td>
+<td class="n">{{ f(p.output_tokens_per_s) }}</td><td class="n">{{ f(p.duration_s) }}</td></tr>{% endfor %}</table>
+{% endif %}
+
 {% if slo_rows %}<h2>Service-level objectives</h2>
-<table id="slo"><tr><th>step</th><th>objective</th><th>limit ms</th><th>measured ms</th><th>verdict</th></tr>
+<table id="slo"><tr><th>step</th><th>objective</th><th>limit</th><th>measured</th><th>unit</th><th>verdict</th></tr>
 {% for label, v in slo_rows %}<tr><td>{{ label }}</td><td>{{ v.objective }}</td>
-<td class="n">{{ f(v.limit_ms) }}</td><td class="n">{{ f(v.measured_ms) }}</td>
+<td class="n">{{ f(v.get('limit', v.get('limit_ms')), 3 if v.get('unit') == 'fraction' else 1) }}</td>
+<td class="n">{{ f(v.get('measured', v.get('measured_ms')), 3 if v.get('unit') == 'fraction' else 1) }}</td>
+<td>{{ v.get('unit', 'ms') }}</td>
 <td class="{{ 'met' if v.met else 'miss' }}">{{ 'met' if v.met else 'MISSED' }}</td></tr>
 {% endfor %}</table>{% endif %}
 
@@ -106,6 +129,10 @@ The step's numbers cover the time until then{% if doc.steps_not_run %}; steps no
 <td>{{ r.percentile }}</td><td class="n">{{ f(r.truth_ms) }}</td><td class="n">{{ f(r.measured_ms, 3) }}</td>
 <td class="n">{{ f(r.error_ms, 3) }}</td></tr>{% endfor %}</table>{% endif %}
 
+{% if doc.get('server_metrics') %}<p class="muted" id="scrape">Server side: {{ doc.server_metrics.scrapes }}
+scrapes of <code>{{ doc.server_metrics.url }}</code> ({{ doc.server_metrics.series|join(', ') }}){% if
+doc.server_metrics.failures %}, {{ doc.server_metrics.failures }} failed (last: {{ doc.server_metrics.last_error
+}}){% endif %}; drawn in each step's plot over time.</p>{% endif %}
 <h2>Plots</h2>
 {% for name, png in charts %}<figure><img alt="{{ name }}" src="data:image/png;base64,{{ png }}"></figure>{% endfor %}
 {% if not charts %}<p class="muted">matplotlib is not importable: no plots.</p>{% endif %}
@@ -127,15 +154,22 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def _charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Throughput vs level, TTFT/ITL percentiles per step, and latency CDFs, as base64 PNGs."""
-    steps = doc["steps"]
-    if not steps or new_figure(1, 1) is None:
+def _level_charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Throughput, goodput and TTFT/ITL percentiles against the level: only when several levels
+    were run (one dot per plot says nothing); steps in level order (a capacity search is not)."""
+    steps = sorted(doc["steps"], key=lambda s: s["level"])
+    if len({s["level"] for s in steps}) < 2:
         return []
     open_loop = steps[0]["step"]["rate"] is not None
     levels = [s["level"] for s in steps]
     xlabel = "arrival rate (requests/s)" if open_loop else "concurrent users"
     charts = []
+    capacity = (doc.get("capacity") or {}).get("capacity")
+
+    def mark_capacity(axes: Any) -> None:  # the search's answer as a dotted vertical line
+        for axis in axes if capacity is not None else ():
+            axis.axvline(capacity, color="#2e7d32", linestyle=":", linewidth=1.2, label="capacity")
+
     fig = new_figure(11, 3.6)
     ax = fig.subplots(1, 2)
     ax[0].plot(levels, [s["metrics"]["output_tokens_per_s"] for s in steps], "o-", label="output tokens/s")
@@ -143,14 +177,72 @@ def _charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     ax[1].plot(levels, [s["metrics"]["requests_per_s"] for s in steps], "o-", label="requests/s")
     if any(s["metrics"]["goodput_per_s"] is not None for s in steps):
         ax[1].plot(levels, [s["metrics"]["goodput_per_s"] or 0 for s in steps], "s--", label="goodput/s")
+    mark_capacity(ax)
     ax[1].set_xlabel(xlabel), ax[1].set_ylabel("requests/s"), ax[1].legend(), ax[1].set_title("Requests")
     charts.append(("throughput", png_base64(fig)))
     fig = new_figure(11, 3.6)
+    slo = doc["settings"].get("slo") or {}
     for axis, metric, title in zip(fig.subplots(1, 2), ("ttft_ms", "itl_ms"), ("TTFT", "ITL"), strict=True):
         for pct, style in (("p50", "o-"), ("p90", "^-"), ("p99", "s-")):
             axis.plot(levels, [s["metrics"][metric][pct] for s in steps], style, label=pct)
+        for key, limit in slo.items():  # the objectives on this metric, as horizontal lines
+            if key.startswith(metric.removesuffix("_ms") + "_p"):
+                axis.axhline(limit, color="#c62828", linestyle="--", linewidth=1, label=f"SLO {key}")
+        mark_capacity([axis])
         axis.set_xlabel(xlabel), axis.set_ylabel("ms"), axis.set_title(f"{title} percentiles"), axis.legend()
     charts.append(("latency percentiles", png_base64(fig)))
+    return charts
+
+
+def _timeline_chart(step: Mapping[str, Any]) -> str | None:
+    """One step over time, like Locust's charts: in flight, output tokens/s, TTFT and ITL per second,
+    and the scraped server series on the same axis; the warm-up shaded."""
+    line = step.get("timeline") or {}
+    if not line.get("t"):
+        return None
+    server = step.get("server") or {}
+    panels = 5 if server.get("series") else 4
+    fig = new_figure(11, 1.7 * panels + 0.6)
+    axes = fig.subplots(panels, 1, sharex=True)
+    t = [x + line["bin_s"] / 2 for x in line["t"]]  # each bin drawn at its middle
+    axes[0].plot(t, line["inflight"], "-", label="in flight")
+    axes[0].bar(t, line["failed"], width=line["bin_s"] * 0.8, color="#c62828", alpha=0.6, label="failed")
+    axes[0].set_ylabel("requests")
+    axes[1].plot(t, line["output_tokens_per_s"], "-", color="#1565c0")
+    axes[1].set_ylabel("output tok/s")
+    for axis, metric, name in ((axes[2], "ttft", "TTFT"), (axes[3], "itl", "ITL")):
+        for pct, style in (("p50", "-"), ("p99", "--")):
+            values = [v if v is not None else float("nan") for v in line[f"{metric}_{pct}_ms"]]
+            axis.plot(t, values, style, label=f"{name} {pct}")
+        axis.set_ylabel(f"{name} ms")
+    if panels == 5:  # gauges on the left axis, counters' rates on their own right axis
+        rates = set(server.get("rates", ()))
+        right = axes[4].twinx() if rates else None
+        for index, (name, values) in enumerate(server["series"].items()):
+            axis = right if name in rates and right is not None else axes[4]
+            axis.plot(server["t"], [v if v is not None else float("nan") for v in values], ".-", label=name,
+                      color=f"C{index}")
+        axes[4].set_ylabel("server")
+        if right is not None:
+            right.set_ylabel("per second")
+            right.legend(fontsize="x-small", loc="upper right")
+    warmup = step["step"]["warmup_s"]
+    for axis in axes:
+        if warmup > 0:
+            axis.axvspan(0, warmup, color="#bdbdbd", alpha=0.3, linewidth=0)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize="x-small", loc="upper left")
+    axes[-1].set_xlabel("seconds since the step started (grey: warm-up, not measured)")
+    axes[0].set_title(f"{step['label']} over time")
+    return png_base64(fig)
+
+
+def _charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Level plots (several levels only), latency CDFs and each step over time, as base64 PNGs."""
+    steps = doc["steps"]
+    if not steps or new_figure(1, 1) is None:
+        return []
+    charts = _level_charts(doc)
     fig = new_figure(13, 3.6)
     for axis, metric, title in zip(fig.subplots(1, 3), ("ttft_ms", "itl_ms", "e2e_ms"), ("TTFT", "ITL", "E2E"),
                                    strict=True):
@@ -162,6 +254,10 @@ def _charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
         if len(steps) <= 8 and axis.get_lines():  # no legend for a step without answered requests
             axis.legend(fontsize="small")
     charts.append(("latency CDFs", png_base64(fig)))
+    for step in steps:
+        png = _timeline_chart(step)
+        if png is not None:
+            charts.append((f"{step['label']} over time", png))
     return charts
 
 
@@ -174,14 +270,23 @@ def render_load_html(doc: Mapping[str, Any]) -> str:
     failed = sum(s["metrics"]["requests_failed"] for s in doc["steps"])
     if failed and verdict != "SLO MISSED":  # errors are never "OK", SLO or not; the warnings say the rest
         verdict = f"ERRORS {failed}/{sent} ({100 * failed / max(sent, 1):.1f}%)"
+    capacity = doc.get("capacity")
+    if capacity:  # probes past the capacity miss the SLO on purpose: the answer is the verdict
+        verdict = f"CAPACITY {capacity['capacity_label']}" if capacity["capacity"] is not None else "NO CAPACITY"
     if doc.get("aborted"):
         verdict = "INTERRUPTED" if doc.get("interrupted") else "ABORTED"
     error_rows = [(s["label"], kind, count, count / max(s["metrics"]["requests_sent"], 1),
                    s["metrics"].get("error_examples", {}).get(kind, ""))
                   for s in doc["steps"] for kind, count in s["metrics"].get("errors_by_kind", {}).items()]
     slo_rows = [(s["label"], v) for s in doc["steps"] for v in s["slo"]]
+    error_kinds: dict[str, int] = {}
+    for step in doc["steps"]:
+        for kind, count in step["metrics"].get("errors_by_kind", {}).items():
+            error_kinds[kind] = error_kinds.get(kind, 0) + count
     return env.from_string(TEMPLATE).render(doc=doc, verdict=verdict, slo_rows=slo_rows, error_rows=error_rows,
-                                            charts=_charts(doc) + length_charts(doc), f=_fmt, **workload_rows(doc))
+                                            error_kinds=error_kinds, error_total=failed, sent_total=sent,
+                                            charts=_charts(doc) + length_charts(doc), f=_fmt,
+                                            **workload_rows(doc))
 
 
 def write_load_reports(doc: Mapping[str, Any], directory: Path | str) -> dict[str, Path]:

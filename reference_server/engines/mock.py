@@ -89,7 +89,13 @@ class MockEngine(Engine):
         context_length: int = 2048,
         fault: str = "none",
         fault_at: int = 1,
+        slots: int = 0,
     ) -> None:
+        """`slots`: at most this many streams generate at once (0: no limit); the others wait in
+        arrival order and their time to first token counts from when they get a slot, so past
+        `slots` concurrent requests the queue (and the TTFT) grows like a real server's."""
+        if slots < 0:
+            raise ValueError("slots must be >= 0")
         if fault not in FAULTS:
             raise ValueError(f"unknown mock fault {fault!r}; expected one of {FAULTS}")
         self.model_name = model_name
@@ -97,6 +103,9 @@ class MockEngine(Engine):
         self.fault_at = fault_at
         self.generations = 0
         self.running = 0  # streams generating now
+        self.waiting = 0  # streams waiting for a slot
+        self.slots = slots
+        self._slot_free: asyncio.Semaphore | None = None
         self.tokens_generated = 0
         self.ttft_s = ttft_ms / 1000.0
         self.itl_s = itl_ms / 1000.0
@@ -190,17 +199,42 @@ class MockEngine(Engine):
         started: float | None = None,
     ) -> AsyncIterator[GeneratedToken]:
         stall = self._inject_fault()
-        self.running += 1
+        async with self._slot() as got_slot_at:
+            self.running += 1
+            try:
+                if got_slot_at is not None:  # it waited: the scripted times count from when a slot was free
+                    started = got_slot_at
+                generated = self._generate(prompt_tokens, params, cancel, started, stall)
+                async with contextlib.aclosing(generated) as tokens:
+                    async for token in tokens:
+                        self.tokens_generated += 1
+                        yield token
+            finally:
+                self.running -= 1
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[float | None]:
+        """One of `slots` generation slots (FIFO: asyncio.Semaphore wakes waiters in order); yields
+        when the slot was got if the stream had to wait for it, else None."""
+        if not self.slots:
+            yield None
+            return
+        if self._slot_free is None:
+            self._slot_free = asyncio.Semaphore(self.slots)
+        waited = self._slot_free.locked()
+        self.waiting += 1
         try:
-            async with contextlib.aclosing(self._generate(prompt_tokens, params, cancel, started, stall)) as tokens:
-                async for token in tokens:
-                    self.tokens_generated += 1
-                    yield token
+            await self._slot_free.acquire()
         finally:
-            self.running -= 1
+            self.waiting -= 1
+        try:
+            yield asyncio.get_running_loop().time() if waited else None
+        finally:
+            self._slot_free.release()
 
     def stats(self) -> dict[str, int]:
-        return {"running": self.running, "tokens_generated": self.tokens_generated}
+        return {"running": self.running, "waiting": self.waiting, "tokens_generated": self.tokens_generated,
+                **({"slots": self.slots} if self.slots else {})}
 
     async def _generate(
         self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event, started: float | None,
