@@ -278,7 +278,7 @@ def test_report_level_plots_only_for_several_levels_and_a_timeline_per_step():
     one = [step_document(outcome)]
     html = render_load_html(build_document(target={}, settings={}, steps=one, started_at="now", duration_s=1))
     names = re.findall(r'<img alt="([^"]+)"', html)
-    assert names == ["latency CDFs", "2 users over time"]
+    assert names == ["latency CDFs", "2 users over time", "lengths 2 users"]
     other = Outcome(StepSpec(1, 4, 10, 1), [], records=outcome.records, window=outcome.window, metrics=outcome.metrics)
     doc = build_document(target={}, settings={}, steps=[*one, step_document(other)], started_at="now", duration_s=1)
     doc["capacity"] = {"mode": "users", "capacity": 2.0, "capacity_label": "2 users", "first_failing": 4.0,
