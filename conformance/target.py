@@ -11,14 +11,15 @@ from typing import Any
 
 import requests
 
-import spec
+from spec.endpoint import Endpoint, resolve
 
 REDACTED = "$API_KEY"
+HEADER_REDACTED = "$HEADER_VALUE"  # what reports show for a --header value (it may be a credential)
 
 
 @dataclass(frozen=True)
 class Target:
-    """What to test and how."""
+    """What to test and how. `base_url` follows spec.endpoint's rule (a path there is the API root)."""
 
     base_url: str
     api_key: str | None
@@ -28,14 +29,19 @@ class Target:
     skip_features: frozenset[str] = frozenset()
     max_examples: int = 25
     seed: int = 1234
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request (--header)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return resolve(self.base_url)
 
     @property
     def chat_url(self) -> str:
-        return self.base_url.rstrip("/") + spec.CHAT_PATH
+        return self.endpoint.chat_url
 
     @property
     def models_url(self) -> str:
-        return self.base_url.rstrip("/") + spec.MODELS_PATH
+        return self.endpoint.models_url
 
 
 @dataclass
@@ -79,12 +85,11 @@ class Exchange:
         """A curl command that sends this request again (the API key left as $API_KEY)."""
         parts = ["curl", "-sS", "-N", "-X", self.method, shlex.quote(self.url)]
         for name, value in self.headers.items():
-            parts += ["-H", shlex.quote(f"{name}: {value}")]
+            placeholder = value in (f"Bearer {REDACTED}", HEADER_REDACTED)  # double quotes: the shell fills it in
+            parts += ["-H", f'"{name}: {value}"' if placeholder else shlex.quote(f"{name}: {value}")]
         if self.body is not None:
             parts += ["--data-binary", shlex.quote(self.body.decode("utf-8", errors="replace"))]
-        line = " ".join(parts)
-        return line.replace(shlex.quote(f"Authorization: Bearer {REDACTED}"),
-                            f'"Authorization: Bearer {REDACTED}"')
+        return " ".join(parts)
 
 
 class Client:
@@ -118,10 +123,14 @@ class Client:
         auth: bool = True,
         stream: bool = False,
     ) -> Exchange:
-        """Send one request; `auth=False` leaves the Authorization header out."""
-        sent = dict(headers or {})
-        shown = dict(sent)
-        if auth and self.target.api_key and "Authorization" not in sent:
+        """Send one request; `auth=False` leaves the Authorization header out (also a --header one)."""
+        given = dict(headers or {})
+        overridden = {name.lower() for name in given} | (set() if auth else {"authorization"})
+        sent = {name: value for name, value in self.target.headers if name.lower() not in overridden}
+        shown = {name: HEADER_REDACTED for name in sent}
+        sent.update(given)
+        shown.update(given)
+        if auth and self.target.api_key and not any(name.lower() == "authorization" for name in sent):
             sent["Authorization"] = f"Bearer {self.target.api_key}"
             shown["Authorization"] = f"Bearer {REDACTED}"
         exchange = Exchange(method=method, url=url, headers=shown, body=body)

@@ -58,6 +58,7 @@ class ProcessState:
                         "Accept": "text/event-stream" if config.stream else "application/json"}
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
+        self.headers.update(config.headers)
         plan = None if config.dataset else PromptPlan(config.prompt_words)
         self.bodies = body_source(model=config.model, stream=config.stream, output_tokens=config.output_tokens,
                                   plan=plan, dataset=config.dataset, extra_body=config.extra_body,
