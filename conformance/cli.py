@@ -101,7 +101,6 @@ def _target_from(
         parser.error(str(exc))
     key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     model = args.model or endpoint.served_model(where, endpoint.auth_headers(key, headers))
-    print(f"chat URL {where.chat_url}, model {model!r}", file=sys.stderr, flush=True)
     yield Target(base_url=args.base_url.strip().rstrip("/"), api_key=key, model=model, **common), None
 
 
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("error: no check matches -k " + repr(args.keyword), file=sys.stderr)
                 return 2
             preflight(target)
-            print(f"running {len(checks)} checks against {target.base_url} (model {target.model!r}, "
+            print(f"running {len(checks)} checks against {target.chat_url} (model {target.model!r}, "
                   f"profile {target.profile})", file=sys.stderr, flush=True)
             report = run_checks(target, checks, progress=None if args.quiet else sys.stderr,
                                 server_exit=server_exit)

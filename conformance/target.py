@@ -3,6 +3,7 @@ report needs (the request, a response excerpt, a curl line that reproduces it)."
 
 from __future__ import annotations
 
+import http.client
 import json
 import shlex
 import time
@@ -136,9 +137,20 @@ class Client:
         exchange = Exchange(method=method, url=url, headers=shown, body=body)
         self.exchanges.append(exchange)
         start = time.perf_counter()
-        response = self.session.request(
-            method, url, data=body, headers=sent, stream=True, timeout=self.target.timeout_s
-        )
+        try:
+            response = self.session.request(
+                method, url, data=body, headers=sent, stream=True, timeout=self.target.timeout_s
+            )
+        except requests.ConnectionError as exc:
+            if not _stale_keep_alive(exc):
+                raise
+            # The server closed a kept-alive connection without `Connection: close` (llama.cpp's
+            # llama-server does): that is no finding of the check that happens to come next (one
+            # deviation, one failure), so the request goes once more on a fresh connection.
+            start = time.perf_counter()
+            response = self.session.request(
+                method, url, data=body, headers=sent, stream=True, timeout=self.target.timeout_s
+            )
         try:
             exchange.status = response.status_code
             exchange.response_headers = {k.lower(): v for k, v in response.headers.items()}
@@ -160,6 +172,18 @@ class Client:
         hdrs.update(headers or {})
         stream = isinstance(body, dict) and bool(body.get("stream"))
         return self.request("POST", self.target.chat_url, body=raw, headers=hdrs, auth=auth, stream=stream)
+
+
+def _stale_keep_alive(exc: requests.ConnectionError) -> bool:
+    """Whether the server closed the connection before any byte of a response (a reused connection
+    it had dropped), as opposed to a refused connection or a reset while sending the body."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, http.client.RemoteDisconnected):
+            return True
+        cause = cause.__cause__ or cause.__context__ or (cause.args[1] if len(cause.args) > 1
+                                                          and isinstance(cause.args[1], BaseException) else None)
+    return False
 
 
 class _Omit:
