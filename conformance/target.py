@@ -144,9 +144,12 @@ class Client:
         except requests.ConnectionError as exc:
             if not _stale_keep_alive(exc):
                 raise
-            # The server closed a kept-alive connection without `Connection: close` (llama.cpp's
-            # llama-server does): that is no finding of the check that happens to come next (one
-            # deviation, one failure), so the request goes once more on a fresh connection.
+            # The server dropped a kept-alive connection without `Connection: close` (llama.cpp's
+            # llama-server after a response, llama-cpp-python's server after a 500): that is no
+            # finding of the check that happens to come next (one deviation, one failure), so the
+            # request goes once more, on a new connection; a server that drops that one too is seen.
+            self.session.close()
+            self.session = requests.Session()
             start = time.perf_counter()
             response = self.session.request(
                 method, url, data=body, headers=sent, stream=True, timeout=self.target.timeout_s
@@ -175,14 +178,16 @@ class Client:
 
 
 def _stale_keep_alive(exc: requests.ConnectionError) -> bool:
-    """Whether the server closed the connection before any byte of a response (a reused connection
-    it had dropped), as opposed to a refused connection or a reset while sending the body."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, http.client.RemoteDisconnected):
+    """Whether the connection was closed or reset before a response came (what a reused connection
+    that the server had dropped looks like), as opposed to a refused connection or a timeout."""
+    seen: list[BaseException] = [exc]
+    for _ in range(50):  # a chain of causes, searched a bounded number of steps
+        if not seen:
+            break
+        cause = seen.pop()
+        if isinstance(cause, http.client.RemoteDisconnected | ConnectionResetError):
             return True
-        cause = cause.__cause__ or cause.__context__ or (cause.args[1] if len(cause.args) > 1
-                                                          and isinstance(cause.args[1], BaseException) else None)
+        seen += [item for item in (cause.__cause__, cause.__context__, *cause.args) if isinstance(item, BaseException)]
     return False
 
 

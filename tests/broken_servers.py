@@ -73,6 +73,9 @@ class Fault:
     # For each check in `catches`, a fragment its failure message must hold: the check fails for
     # this fault's reason, not for any other (a proxy that crashes would fail it too).
     reasons: tuple[str, ...] = ()
+    # Checks that must not fail for this fault: it is another check's finding, and a check whose
+    # work needs the broken feature says "not supported" (one deviation, one failure).
+    spares: tuple[str, ...] = ()
     on_request: RequestHook | None = None
     on_json: JsonHook | None = None
     on_stream: StreamHook | None = None
@@ -290,6 +293,15 @@ def _no_usage_stream(call: Call, events: list[bytes]) -> list[bytes]:
                 continue  # the usage-only chunk is left out altogether
         kept.append(item)
     return encode(kept)
+
+
+def _no_logprobs_choice(call: Call, choice: dict[str, Any]) -> None:
+    choice["logprobs"] = None
+
+
+def _no_logprobs_chunk(call: Call, chunk: dict[str, Any]) -> None:
+    for choice in _choices(chunk):
+        choice["logprobs"] = None
 
 
 def _stops(call: Call) -> list[str]:
@@ -531,6 +543,14 @@ FAULTS: tuple[Fault, ...] = (
           reasons=("body has no usage", "no chunk of the stream carries usage",
                    'Response violates schema: "usage" is a required property'),
           on_json=_no_usage_json, on_stream=_no_usage_stream, description="usage is never sent"),
+    Fault("no_stream_usage", ("usage.stream_last_chunk_only",),
+          reasons=("no chunk of the stream carries usage",),
+          spares=("usage.totals_add_up", "usage.max_tokens_bound", "usage.matches_stream_tokens"),
+          on_stream=_no_usage_stream, description="a stream never carries usage, even asked for"),
+    Fault("no_logprobs", ("logprobs.shape",), reasons=("the choice has no logprobs.content",),
+          spares=("usage.matches_logprobs_nonstream", "usage.matches_stream_tokens", "sampling.top_k_within"),
+          on_json=each_choice(_no_logprobs_choice), on_stream=each_chunk(_no_logprobs_chunk),
+          description="logprobs: true is accepted and no logprobs are returned"),
     Fault("stop_dropped", ("stop.contains_and_ends", "stop.stream"),
           reasons=('must contain and end with the stop sequence', 'must contain and end with the stop sequence'),
           on_json=each_choice(_stop_dropped_choice), on_stream=_stop_dropped_stream,
@@ -544,6 +564,7 @@ FAULTS: tuple[Fault, ...] = (
           description="seed is ignored"),
     Fault("n_ignored", ("n.choices_indices",),
           reasons=('choice indices [0], expected 0, 1, 2',), on_request=_force_n1,
+          spares=("streaming.role_first", "streaming.finish_reason_once"),
           description="n is ignored (always 1)"),
     Fault("five_hundred_on_bad_param",
           ("ranges.temperature.above_max", "ranges.n.below_min", "ranges.max_tokens.wrong_type",

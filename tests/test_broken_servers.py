@@ -66,6 +66,34 @@ def test_the_catching_checks_pass_on_a_correct_server(server: RunningServer, via
     assert not bad, bad
 
 
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f.spares], ids=[f.name for f in FAULTS if f.spares])
+def test_one_deviation_gives_one_failure(server: RunningServer, fault: Fault) -> None:
+    """The checks a fault spares do not fail for it: they pass, or are not supported naming the
+    check that does fail."""
+    with broken_server(server.base_url, fault, server.api_key) as url:
+        results = run_fresh(target_at(server, url), fault.spares)
+    bad = {check_id: f"{r.outcome}: {r.message}" for check_id, r in results.items()
+           if r.outcome not in ("passed", "not_supported")}
+    assert not bad, f"{fault.name}: {bad}"
+    for check_id, result in results.items():
+        assert result.outcome == "passed" or any(c in result.message for c in fault.catches), (check_id, result)
+
+
+def test_a_connection_dropped_after_each_stream_fails_no_check(server: RunningServer) -> None:
+    """A server that closes a kept-alive connection after each stream without `Connection: close`
+    (llama-server) makes no later check fail with a transport error: the request is sent again."""
+    closing = Fault("close_after_stream", (), close_after_stream=True)
+    with broken_server(server.base_url, closing, server.api_key) as url:
+        target = target_at(server, url)
+        ctx = Context(target)
+        try:
+            results = [run_one(item, ctx) for item in registry.collect(target, "streaming or usage")]
+        finally:
+            ctx.client.close()
+    bad = {r.id: r.message for r in results if r.outcome != "passed"}
+    assert len(results) >= 10 and not bad, bad
+
+
 @pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
 def test_a_broken_server_is_caught(server: RunningServer, fault: Fault) -> None:
     with broken_server(server.base_url, fault, server.api_key) as url:

@@ -22,11 +22,15 @@ def _stream_n1(ctx: Context) -> StreamResult:
 
 
 def _stream_multi(ctx: Context) -> tuple[StreamResult, int]:
-    """The n=2 stream, or the n=1 one when the target declared `n` unsupported."""
+    """The n=2 stream and the number of choices to judge in it: 2, or 1 when the target declared
+    `n` unsupported or its stream carries choice 0 only (n ignored when streaming: n.choices_indices
+    fails for that, and the checks here judge the one choice there is; one deviation, one failure)."""
     if "n" in ctx.target.skip_features:
         return _stream_n1(ctx), 1
     body = ctx.body(n=MULTI_N, max_tokens=8, seed=ctx.target.seed)
-    return ctx.memo("streaming.n2", lambda: ctx.ok_stream(body)), MULTI_N
+    result = ctx.memo("streaming.n2", lambda: ctx.ok_stream(body))
+    indices = {choice.get("index") for chunk in result.chunks if isinstance(chunk, dict) for choice in _choices(chunk)}
+    return result, (1 if indices == {0} else MULTI_N)
 
 
 def _objects(ctx: Context, result: StreamResult) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from conformance.context import Context, StreamResult, schema_errors
-from conformance.registry import CheckFailed, NotSupported, check
+from conformance.registry import CheckFailed, check
 from conformance.target import Exchange
 
 LONG_PROMPT = ("Write a long story about a lighthouse keeper and a storm, in many sentences, "
@@ -50,8 +50,7 @@ def _stream_usage(ctx: Context, result: StreamResult) -> dict[str, int]:
     without any usage, even asked for with stream_options, makes these checks not supported."""
     carriers = [chunk for chunk in _chunks(ctx, result) if chunk.get("usage") is not None]
     if not carriers:
-        raise NotSupported("needs usage in a stream, which the endpoint does not send even with "
-                           "stream_options.include_usage (usage.stream_last_chunk_only fails for that)")
+        ctx.lacks("usage in a stream (asked for with stream_options.include_usage)", "usage.stream_last_chunk_only")
     return _usage(ctx, carriers[-1]["usage"], result.exchange, "stream")
 
 
@@ -115,6 +114,8 @@ def matches_stream_tokens(ctx: Context) -> None:
     result = ctx.ok_stream(ctx.body(logprobs=True, max_tokens=12, **ASK_USAGE))
     usage = _stream_usage(ctx, result)
     seen = sum(len(entries) for entries in result.logprob_tokens().values())
+    if not seen:
+        ctx.lacks("logprobs in a stream", "logprobs.shape")
     ctx.expect(seen == usage["completion_tokens"],
                f"the stream carried {seen} logprob entries, usage says completion_tokens "
                f"{usage['completion_tokens']}", result.exchange)
@@ -132,6 +133,8 @@ def matches_logprobs_nonstream(ctx: Context) -> None:
     logprobs = choices[0].get("logprobs")
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
     count = len(content) if isinstance(content, list) else 0
+    if logprobs is None:
+        ctx.lacks("logprobs", "logprobs.shape")
     ctx.expect(count == usage["completion_tokens"],
                f"{count} logprob entries (choices[0].logprobs is {'set' if logprobs else logprobs!r}), usage says "
                f"completion_tokens {usage['completion_tokens']}", exchange)
