@@ -304,6 +304,11 @@ def _no_logprobs_chunk(call: Call, chunk: dict[str, Any]) -> None:
         choice["logprobs"] = None
 
 
+def _no_logprobs_unless_top(call: Call, choice: dict[str, Any]) -> None:
+    if not (isinstance(call.body, dict) and call.body.get("top_logprobs")):
+        choice["logprobs"] = None
+
+
 def _stops(call: Call) -> list[str]:
     stop = call.body.get("stop") if isinstance(call.body, dict) else None
     if isinstance(stop, str):
@@ -551,6 +556,9 @@ FAULTS: tuple[Fault, ...] = (
           spares=("usage.matches_logprobs_nonstream", "usage.matches_stream_tokens", "sampling.top_k_within"),
           on_json=each_choice(_no_logprobs_choice), on_stream=each_chunk(_no_logprobs_chunk),
           description="logprobs: true is accepted and no logprobs are returned"),
+    Fault("logprobs_need_top", ("logprobs.shape",), reasons=("logprobs: true without top_logprobs",),
+          spares=("usage.matches_logprobs_nonstream",), on_json=each_choice(_no_logprobs_unless_top),
+          description="logprobs: true returns logprobs only when top_logprobs is given too (llama-cpp-python)"),
     Fault("stop_dropped", ("stop.contains_and_ends", "stop.stream"),
           reasons=('must contain and end with the stop sequence', 'must contain and end with the stop sequence'),
           on_json=each_choice(_stop_dropped_choice), on_stream=_stop_dropped_stream,
