@@ -45,11 +45,16 @@ def load_triage(path: Path | None) -> dict[str, dict[str, dict[str, str]]]:
 
 
 def triage_of(triage: dict[str, dict[str, dict[str, str]]], server: str, check_id: str) -> dict[str, str] | None:
-    for scope in (server, "*"):
+    """The entry whose pattern matches `check_id` most closely (most literal characters; the
+    server's own entry before a '*' one of the same length)."""
+    best: tuple[int, int, dict[str, str]] | None = None
+    for rank, scope in enumerate((server, "*")):
         for pattern, entry in (triage.get(scope) or {}).items():
             if fnmatch.fnmatchcase(check_id, pattern):
-                return entry
-    return None
+                key = (len(pattern.replace("*", "")), -rank)
+                if best is None or key > best[:2]:
+                    best = (*key, entry)
+    return best[2] if best else None
 
 
 def _escape(text: str) -> str:

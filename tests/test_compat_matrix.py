@@ -69,3 +69,13 @@ def test_table_marks_each_failure_with_its_triage(tmp_path: Path) -> None:
     assert "| `ranges.t` | 500 | UNTRIAGED |" in text
     assert "| `stop.x` | cut off | **deviation**; stop kept |" in text  # the '*' scope
     assert "| c | c 1.0 | - | could not run: pip install failed |" in text
+
+
+def test_the_closest_triage_pattern_wins() -> None:
+    triage = {"s": {"ranges.*": {"verdict": "broad"}, "stop.x": {"verdict": "own"}},
+              "*": {"ranges.top_k.*": {"verdict": "specific"}, "stop.x": {"verdict": "shared"}}}
+    assert compat_table.triage_of(triage, "s", "ranges.top_k.null")["verdict"] == "specific"
+    assert compat_table.triage_of(triage, "s", "ranges.n.null")["verdict"] == "broad"
+    assert compat_table.triage_of(triage, "s", "stop.x")["verdict"] == "own"
+    assert compat_table.triage_of(triage, "other", "stop.x")["verdict"] == "shared"
+    assert compat_table.triage_of(triage, "s", "n.y") is None
