@@ -309,6 +309,13 @@ def _no_logprobs_unless_top(call: Call, choice: dict[str, Any]) -> None:
         choice["logprobs"] = None
 
 
+def _top_k_unknown(call: Call, reply: Reply) -> Reply:
+    if isinstance(call.body, dict) and "top_k" in call.body:
+        headers = CIMultiDict({"Content-Type": "application/json"})
+        return Reply(422, headers, b'{"detail": "Unexpected fields in the request: {\'top_k\'}"}')
+    return reply
+
+
 def _stops(call: Call) -> list[str]:
     stop = call.body.get("stop") if isinstance(call.body, dict) else None
     if isinstance(stop, str):
@@ -559,6 +566,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("logprobs_need_top", ("logprobs.shape",), reasons=("logprobs: true without top_logprobs",),
           spares=("usage.matches_logprobs_nonstream",), on_json=each_choice(_no_logprobs_unless_top),
           description="logprobs: true returns logprobs only when top_logprobs is given too (llama-cpp-python)"),
+    Fault("top_k_unknown", ("ranges.top_k.inside",), reasons=("expected 200, got 422",),
+          spares=("ranges.top_k.below_min", "ranges.top_k.above_max", "ranges.top_k.wrong_type", "ranges.top_k.null"),
+          on_reply=_top_k_unknown, description="top_k is an unknown field, refused with 422 (transformers serve)"),
     Fault("stop_dropped", ("stop.contains_and_ends", "stop.stream"),
           reasons=('must contain and end with the stop sequence', 'must contain and end with the stop sequence'),
           on_json=each_choice(_stop_dropped_choice), on_stream=_stop_dropped_stream,
