@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                        help="a header sent with every request, e.g. 'api-key: KEY' for a gateway that "
                        "authenticates so; repeatable; reports show its value as $HEADER_VALUE")
-    where.add_argument("--model", help="model name to put in requests (default: the one model that "
-                       "{root}/models lists; an error when it lists none or several)")
+    where.add_argument("--model", help="model name to put in requests; when not given, the one model that "
+                       "{root}/models lists (an error when it lists none or several)")
     where.add_argument("--embedded-server", nargs="?", const="llamacpp", choices=("llamacpp", "mock"),
                        default=None, help="start the reference server on loopback (llamacpp: the "
                        "embedded CPU model; mock: no model) and test it; needs no --base-url")

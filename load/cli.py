@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--api-key", default=None, help=f"bearer key (default: ${API_KEY_ENV})")
     target.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                         help="a header sent with every request, e.g. 'api-key: KEY'; repeatable")
-    target.add_argument("--model", help="model name sent in every request (default: the one model that "
-                        "{root}/models lists)")
+    target.add_argument("--model", help="model name sent in every request; when not given, the one model that "
+                        "{root}/models lists")
     target.add_argument("--path", default=None, help=f"the chat path on the base URL's host, overriding the "
                         f"rule above (e.g. {API_PATH})")
     target.add_argument("--embedded-server", choices=("mock", "llamacpp"), default=None,
