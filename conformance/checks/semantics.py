@@ -491,7 +491,10 @@ def sampling_top_k_within(ctx: Context) -> None:
     """top_k 2 at temperature 1.5: every sampled token is one of the 2 most likely at its position."""
     ctx.uses("logprobs")
     body = _story(ctx, ctx.target.seed, temperature=1.5, top_k=2, logprobs=True, top_logprobs=5)
-    exchange, data = ctx.ok_json(body)
+    exchange = ctx.chat(body)
+    if 400 <= exchange.status < 500:  # top_k unknown to the endpoint: its range check says so, once
+        ctx.lacks(f"top_k (a request with top_k 2 is answered {exchange.status})", "ranges.top_k.inside")
+    data = _ok(ctx, exchange)
     entries = _entries(data)
     if entries is None:
         ctx.lacks("logprobs", "logprobs.shape")
