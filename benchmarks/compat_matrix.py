@@ -313,7 +313,7 @@ def run_server(name: str, args: argparse.Namespace) -> dict[str, Any]:
     out = args.out / name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    status: dict[str, Any] = {"server": name, "date": dt.date.today().isoformat()}
+    status: dict[str, Any] = {"server": name, "date": dt.date.today().isoformat(), "machine": machine()}
     clock = time.monotonic()
     try:
         with start(name, args, out / "server.log") as started:
@@ -336,6 +336,11 @@ def run_server(name: str, args: argparse.Namespace) -> dict[str, Any]:
     (out / "matrix.json").write_text(json.dumps(status, indent=1) + "\n")
     say(f"{name}: {status.get('reason') or compat_table.counts_line(out)} ({status['wall_s']} s)")
     return status
+
+
+def machine() -> str:
+    """'x86_64, 2 cores, AMD EPYC ...': where a column was measured."""
+    return f"{platform.machine()}, {os.cpu_count()} cores, {llama_build.cpu_model()}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,6 +79,8 @@ def render(out: Path, names: list[str], triage_path: Path | None = None, *, comm
              "`benchmarks/compat_triage.yaml`. Do not edit by hand.", ""]
     if command:
         lines += ["```bash", command, "```", ""]
+    runs = sorted({(col.get("date"), col.get("machine")) for col in columns if col.get("machine")})
+    lines += [f"Run {date} on {where}." for date, where in runs] + ([""] if runs else [])
     lines += _servers_table(columns), ""
     lines += _features_table(columns), ""
     lines += _checks_table(columns), ""
