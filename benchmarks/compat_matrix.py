@@ -308,12 +308,13 @@ def run_conformance(name: str, started: Started, args: argparse.Namespace, out: 
     return {"profile": profile, "keyword": keyword, "exit": code}
 
 
-def run_server(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_server(name: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Install, start, check and stop one server; its matrix.json (also returned)."""
     out = args.out / name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    status: dict[str, Any] = {"server": name, "date": dt.date.today().isoformat(), "machine": machine()}
+    status: dict[str, Any] = {"server": name, "date": dt.date.today().isoformat(), "machine": machine(),
+                              "command": command}
     clock = time.monotonic()
     try:
         with start(name, args, out / "server.log") as started:
@@ -383,11 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.table_only:
         args.out.mkdir(parents=True, exist_ok=True)
+        command = " ".join(["python benchmarks/compat_matrix.py", *(argv if argv is not None else sys.argv[1:])])
         for name in names:
             say(f"== {name}")
-            run_server(name, args)
-    command = "python benchmarks/compat_matrix.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    doc = compat_table.render(args.out, names, args.triage, command=command.strip(),
+            run_server(name, args, command)
+    doc = compat_table.render(args.out, names, args.triage,
                               excluded={s: why for s, (_, why) in DEFAULT_EXCLUDE.items()})
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(doc, encoding="utf-8")
