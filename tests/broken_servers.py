@@ -316,26 +316,6 @@ def _top_k_unknown(call: Call, reply: Reply) -> Reply:
     return reply
 
 
-def unlisted_tokens(count: int) -> JsonHook:
-    """The answer ends on its own after 5 listed tokens and `count` more that usage counts but
-    logprobs do not list (1: the end-of-sequence token, as llama-server does)."""
-
-    def hook(call: Call, status: int, data: Any) -> tuple[int, Any]:
-        choices = data.get("choices") if status == 200 and isinstance(data, dict) else None
-        if not choices or not (choices[0].get("logprobs") or {}).get("content"):
-            return status, data
-        entries = choices[0]["logprobs"]["content"][:5]
-        choices[0]["logprobs"]["content"] = entries
-        choices[0]["message"]["content"] = "".join(entry["token"] for entry in entries)
-        choices[0]["finish_reason"] = "stop"
-        usage = data["usage"]
-        usage["completion_tokens"] = len(entries) + count
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return status, data
-
-    return hook
-
-
 def _stops(call: Call) -> list[str]:
     stop = call.body.get("stop") if isinstance(call.body, dict) else None
     if isinstance(stop, str):

@@ -38,13 +38,6 @@ def _usage(ctx: Context, usage: Any, exchange: Exchange, where: str) -> dict[str
     return usage
 
 
-def _listed(completion_tokens: int, finish: str | None) -> set[int]:
-    """How many logprob entries `completion_tokens` allows: all of them, or one fewer when the
-    answer ended on its own (the end-of-sequence token may go unlisted, as logprobs.shape allows;
-    llama.cpp's llama-server counts it and lists none)."""
-    return {completion_tokens} if finish == "length" else {completion_tokens, completion_tokens - 1}
-
-
 def _chunks(ctx: Context, result: StreamResult) -> list[dict[str, Any]]:
     chunks = [chunk for chunk in result.chunks if isinstance(chunk, dict)]
     ctx.expect(chunks, "the stream carried no JSON chunks", result.exchange)
@@ -123,10 +116,9 @@ def matches_stream_tokens(ctx: Context) -> None:
     seen = sum(len(entries) for entries in result.logprob_tokens().values())
     if not seen:
         ctx.lacks("logprobs in a stream", "logprobs.shape")
-    finish = (result.finish_reasons().get(0) or [None])[-1]
-    ctx.expect(seen in _listed(usage["completion_tokens"], finish),
+    ctx.expect(seen == usage["completion_tokens"],
                f"the stream carried {seen} logprob entries, usage says completion_tokens "
-               f"{usage['completion_tokens']} (finish {finish})", result.exchange)
+               f"{usage['completion_tokens']}", result.exchange)
 
 
 @check("usage.matches_logprobs_nonstream", "usage", "semantic")
@@ -143,7 +135,6 @@ def matches_logprobs_nonstream(ctx: Context) -> None:
     count = len(content) if isinstance(content, list) else 0
     if logprobs is None:
         ctx.lacks("logprobs", "logprobs.shape")
-    finish = choices[0].get("finish_reason")
-    ctx.expect(count in _listed(usage["completion_tokens"], finish),
+    ctx.expect(count == usage["completion_tokens"],
                f"{count} logprob entries (choices[0].logprobs is {'set' if logprobs else logprobs!r}), usage says "
-               f"completion_tokens {usage['completion_tokens']} (finish {finish})", exchange)
+               f"completion_tokens {usage['completion_tokens']}", exchange)
