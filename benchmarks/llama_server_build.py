@@ -22,16 +22,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_server import llama_build  # noqa: E402
 
 
-def binary_path() -> Path:
-    """Where the llama-server for this machine's profile lives (built if missing)."""
+def _build_settings() -> tuple[str, str, str]:
+    """(llama-cpp-python version, profile, cmake args) of this machine's build."""
     version = llama_build.pinned_version()
     profile = llama_build.choose_profile(platform.machine(), llama_build.cpu_flags())
-    args = llama_build.cmake_args(profile) + " -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF"
+    return version, profile, llama_build.cmake_args(profile) + " -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF"
+
+
+def cached_binary() -> Path:
+    """Where the llama-server for this machine's profile lives once built (it may not exist yet)."""
+    version, profile, args = _build_settings()
     key = hashlib.sha256(f"llama-server {version} {args} {platform.machine()}".encode()).hexdigest()[:12]
-    folder = llama_build.cache_root().parent / "bin" / f"llama-server-{version}-{profile}-{key}"
-    binary = folder / "llama-server"
+    return llama_build.cache_root().parent / "bin" / f"llama-server-{version}-{profile}-{key}" / "llama-server"
+
+
+def binary_path() -> Path:
+    """Where the llama-server for this machine's profile lives (built if missing)."""
+    binary = cached_binary()
     if binary.is_file():
         return binary
+    folder = binary.parent
+    version, profile, args = _build_settings()
     print(f"building llama-server {version} ({profile}: {args}); about 6 minutes on 2 cores, once",
           file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="llama-server-") as tmp:

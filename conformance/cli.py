@@ -19,6 +19,7 @@ from conformance.registry import FEATURES, collect
 from conformance.runner import Unreachable, preflight, run_checks, summary_line
 from conformance.target import Target
 from reports.model import SEVERITIES
+from spec import endpoint
 
 API_KEY_ENV = "CHATSPEC_API_KEY"
 
@@ -42,11 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     where = parser.add_argument_group("target")
-    where.add_argument("--base-url", help="endpoint root, e.g. http://127.0.0.1:8000 "
-                       "(the API lives under /v3/openai/...)")
+    where.add_argument("--base-url", help="the API root, e.g. http://127.0.0.1:8000/v1 or "
+                       "https://api.example.com/v3/openai; requests go to {root}/chat/completions and "
+                       f"{{root}}/models. Rule: {endpoint.RULE}")
     where.add_argument("--api-key", default=None,
                        help=f"bearer key (default: ${API_KEY_ENV}); checks of auth need one")
-    where.add_argument("--model", help="model name to put in requests")
+    where.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                       help="a header sent with every request, e.g. 'api-key: KEY' for a gateway that "
+                       "authenticates so; repeatable; reports show its value as $HEADER_VALUE")
+    where.add_argument("--model", help="model name to put in requests; when not given, the one model that "
+                       "{root}/models lists (an error when it lists none or several)")
     where.add_argument("--embedded-server", nargs="?", const="llamacpp", choices=("llamacpp", "mock"),
                        default=None, help="start the reference server on loopback (llamacpp: the "
                        "embedded CPU model; mock: no model) and test it; needs no --base-url")
@@ -82,8 +88,12 @@ def _target_from(
     args: argparse.Namespace, parser: argparse.ArgumentParser
 ) -> Iterator[tuple[Target, Callable[[], str | None] | None]]:
     """The target, and for an embedded server a way to ask whether (and how) it has exited."""
+    try:
+        headers = endpoint.parse_headers(args.header)
+    except ValueError as exc:
+        parser.error(str(exc))
     common = dict(profile=args.profile, timeout_s=args.timeout, skip_features=frozenset(args.skip_feature),
-                  max_examples=args.max_examples, seed=args.seed)
+                  max_examples=args.max_examples, seed=args.seed, headers=tuple(headers.items()))
     if args.embedded_server:
         if args.base_url:
             parser.error("--embedded-server and --base-url exclude each other")
@@ -98,10 +108,15 @@ def _target_from(
             yield (Target(base_url=server.base_url, api_key=server.api_key, model=server.model, **common),
                    server.exit_status)
         return
-    if not args.base_url or not args.model:
-        parser.error("--base-url and --model are required (or use --embedded-server)")
+    if not args.base_url:
+        parser.error("--base-url is required (or use --embedded-server)")
+    try:
+        where = endpoint.resolve(args.base_url)
+    except ValueError as exc:
+        parser.error(str(exc))
     key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
-    yield Target(base_url=args.base_url.rstrip("/"), api_key=key, model=args.model, **common), None
+    model = args.model or endpoint.served_model(where, endpoint.auth_headers(key, headers))
+    yield Target(base_url=args.base_url.strip().rstrip("/"), api_key=key, model=model, **common), None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
                 print("error: no check matches -k " + repr(args.keyword), file=sys.stderr)
                 return 2
             preflight(target)
-            print(f"running {len(checks)} checks against {target.base_url} (model {target.model!r}, "
+            print(f"running {len(checks)} checks against {target.chat_url} (model {target.model!r}, "
                   f"profile {target.profile})", file=sys.stderr, flush=True)
             report = run_checks(target, checks, progress=None if args.quiet else sys.stderr,
                                 server_exit=server_exit, fail_on=args.fail_on)
-    except Unreachable as exc:
+    except (Unreachable, endpoint.ModelUnknown) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (RuntimeError, TimeoutError, OSError) as exc:

@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import jsonschema
 
@@ -100,6 +100,12 @@ class Context:
         missing = sorted(set(features) & self.target.skip_features)
         if missing:
             raise NotSupported(f"relies on {', '.join(missing)}, declared unsupported")
+
+    @staticmethod
+    def lacks(feature: str, judged_by: str) -> NoReturn:
+        """The endpoint does not provide `feature`, which this check needs: not supported, not failed
+        (one deviation, one failure: the check `judged_by` fails for it)."""
+        raise NotSupported(f"relies on {feature}, which the endpoint does not provide ({judged_by} fails for that)")
 
     @staticmethod
     def fail(message: str, exchange: Exchange | None = None) -> None:

@@ -19,6 +19,7 @@ from conformance.context import Context
 from conformance.registry import Check, CheckFailed, NotSupported, Skipped
 from conformance.target import Client, Exchange, Target
 from reports import CheckResult, RunReport
+from spec.endpoint import auth_headers
 
 _MARK = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP",
          "not_supported": "N/S"}
@@ -40,8 +41,8 @@ class Unreachable(Exception):
 def preflight(target: Target) -> None:
     """Fail fast, with one line, when nothing answers HTTP at the base URL."""
     try:
-        requests.get(target.models_url, timeout=min(target.timeout_s, 15), headers={
-            "Authorization": f"Bearer {target.api_key}"} if target.api_key else {})
+        requests.get(target.models_url, timeout=min(target.timeout_s, 15),
+                     headers=auth_headers(target.api_key, dict(target.headers)))
     except requests.RequestException as exc:
         raise Unreachable(f"cannot reach {target.base_url}: {exc.__class__.__name__}: {exc}") from exc
 
@@ -211,9 +212,9 @@ def run_checks(
         ctx.client.close()
     return RunReport(
         title="chatspec conformance",
-        target={"base_url": target.base_url, "model": target.model, "profile": target.profile,
-                "skip_features": sorted(target.skip_features), "max_examples": target.max_examples,
-                "seed": target.seed},
+        target={"base_url": target.base_url, "chat_url": target.chat_url, "model": target.model,
+                "profile": target.profile, "skip_features": sorted(target.skip_features),
+                "max_examples": target.max_examples, "seed": target.seed},
         started_at=started.isoformat(timespec="seconds"),
         duration_s=round(time.perf_counter() - clock, 3),
         results=results,

@@ -3,6 +3,7 @@ report needs (the request, a response excerpt, a curl line that reproduces it)."
 
 from __future__ import annotations
 
+import http.client
 import json
 import shlex
 import time
@@ -11,14 +12,15 @@ from typing import Any
 
 import requests
 
-import spec
+from spec.endpoint import Endpoint, resolve
 
 REDACTED = "$API_KEY"
+HEADER_REDACTED = "$HEADER_VALUE"  # what reports show for a --header value (it may be a credential)
 
 
 @dataclass(frozen=True)
 class Target:
-    """What to test and how."""
+    """What to test and how. `base_url` follows spec.endpoint's rule (a path there is the API root)."""
 
     base_url: str
     api_key: str | None
@@ -28,14 +30,19 @@ class Target:
     skip_features: frozenset[str] = frozenset()
     max_examples: int = 25
     seed: int = 1234
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request (--header)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return resolve(self.base_url)
 
     @property
     def chat_url(self) -> str:
-        return self.base_url.rstrip("/") + spec.CHAT_PATH
+        return self.endpoint.chat_url
 
     @property
     def models_url(self) -> str:
-        return self.base_url.rstrip("/") + spec.MODELS_PATH
+        return self.endpoint.models_url
 
 
 @dataclass
@@ -79,12 +86,11 @@ class Exchange:
         """A curl command that sends this request again (the API key left as $API_KEY)."""
         parts = ["curl", "-sS", "-N", "-X", self.method, shlex.quote(self.url)]
         for name, value in self.headers.items():
-            parts += ["-H", shlex.quote(f"{name}: {value}")]
+            placeholder = value in (f"Bearer {REDACTED}", HEADER_REDACTED)  # double quotes: the shell fills it in
+            parts += ["-H", f'"{name}: {value}"' if placeholder else shlex.quote(f"{name}: {value}")]
         if self.body is not None:
             parts += ["--data-binary", shlex.quote(self.body.decode("utf-8", errors="replace"))]
-        line = " ".join(parts)
-        return line.replace(shlex.quote(f"Authorization: Bearer {REDACTED}"),
-                            f'"Authorization: Bearer {REDACTED}"')
+        return " ".join(parts)
 
 
 class Client:
@@ -118,18 +124,36 @@ class Client:
         auth: bool = True,
         stream: bool = False,
     ) -> Exchange:
-        """Send one request; `auth=False` leaves the Authorization header out."""
-        sent = dict(headers or {})
-        shown = dict(sent)
-        if auth and self.target.api_key and "Authorization" not in sent:
+        """Send one request; `auth=False` leaves the Authorization header out (also a --header one)."""
+        given = dict(headers or {})
+        overridden = {name.lower() for name in given} | (set() if auth else {"authorization"})
+        sent = {name: value for name, value in self.target.headers if name.lower() not in overridden}
+        shown = {name: HEADER_REDACTED for name in sent}
+        sent.update(given)
+        shown.update(given)
+        if auth and self.target.api_key and not any(name.lower() == "authorization" for name in sent):
             sent["Authorization"] = f"Bearer {self.target.api_key}"
             shown["Authorization"] = f"Bearer {REDACTED}"
         exchange = Exchange(method=method, url=url, headers=shown, body=body)
         self.exchanges.append(exchange)
         start = time.perf_counter()
-        response = self.session.request(
-            method, url, data=body, headers=sent, stream=True, timeout=self.target.timeout_s
-        )
+        try:
+            response = self.session.request(
+                method, url, data=body, headers=sent, stream=True, timeout=self.target.timeout_s
+            )
+        except requests.ConnectionError as exc:
+            if not _stale_keep_alive(exc):
+                raise
+            # The server dropped a kept-alive connection without `Connection: close` (llama.cpp's
+            # llama-server after a response, llama-cpp-python's server after a 500): that is no
+            # finding of the check that happens to come next (one deviation, one failure), so the
+            # request goes once more, on a new connection; a server that drops that one too is seen.
+            self.session.close()
+            self.session = requests.Session()
+            start = time.perf_counter()
+            response = self.session.request(
+                method, url, data=body, headers=sent, stream=True, timeout=self.target.timeout_s
+            )
         try:
             exchange.status = response.status_code
             exchange.response_headers = {k.lower(): v for k, v in response.headers.items()}
@@ -151,6 +175,20 @@ class Client:
         hdrs.update(headers or {})
         stream = isinstance(body, dict) and bool(body.get("stream"))
         return self.request("POST", self.target.chat_url, body=raw, headers=hdrs, auth=auth, stream=stream)
+
+
+def _stale_keep_alive(exc: requests.ConnectionError) -> bool:
+    """Whether the connection was closed or reset before a response came (what a reused connection
+    that the server had dropped looks like), as opposed to a refused connection or a timeout."""
+    seen: list[BaseException] = [exc]
+    for _ in range(50):  # a chain of causes, searched a bounded number of steps
+        if not seen:
+            break
+        cause = seen.pop()
+        if isinstance(cause, http.client.RemoteDisconnected | ConnectionResetError):
+            return True
+        seen += [item for item in (cause.__cause__, cause.__context__, *cause.args) if isinstance(item, BaseException)]
+    return False
 
 
 class _Omit:

@@ -27,6 +27,7 @@ from load.slo import parse_slo
 from load.workloads import from_wire as workload_from_wire
 from load.workloads.build import DEFAULT_OUTPUT_TOKENS, add_workload_arguments, build_workload
 from load.workloads.trace import TraceWorkload
+from spec import endpoint
 
 API_KEY_ENV = "CHATSPEC_API_KEY"
 MOCK_EOS_BAN = {"logit_bias": {"0": -100}}  # the mock engine's end-of-sequence token is id 0
@@ -39,7 +40,7 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m load",
-        description="Load-test POST /v3/openai/chat/completions with Locust users and report LLM latencies "
+        description="Load-test a chat-completions endpoint with Locust users and report LLM latencies "
                     "(TTFT, ITL, TPOT, E2E), throughput and goodput with exact percentiles. Each step runs "
                     "for --duration seconds (and at most --max-requests requests); the first --warmup "
                     "seconds are not measured. Exit 0: done and every --slo met; 1: an SLO missed; "
@@ -53,10 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m load compare RUN_A RUN_B --fail-if-worse 5   # see python -m load compare --help\n",
     )
     target = parser.add_argument_group("target")
-    target.add_argument("--base-url", help="server root, e.g. http://127.0.0.1:8000 (the API path is appended)")
+    target.add_argument("--base-url", help="the API root, e.g. http://127.0.0.1:8000/v1 (requests go to "
+                        f"{{root}}/chat/completions). Rule: {endpoint.RULE}")
     target.add_argument("--api-key", default=None, help=f"bearer key (default: ${API_KEY_ENV})")
-    target.add_argument("--model", help="model name sent in every request")
-    target.add_argument("--path", default=API_PATH, help="API path under the base URL")
+    target.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="a header sent with every request, e.g. 'api-key: KEY'; repeatable")
+    target.add_argument("--model", help="model name sent in every request; when not given, the one model that "
+                        "{root}/models lists")
+    target.add_argument("--path", default=None, help=f"the chat path on the base URL's host, overriding the "
+                        f"rule above (e.g. {API_PATH})")
     target.add_argument("--embedded-server", choices=("mock", "llamacpp"), default=None,
                         help="start the reference server on loopback for this run (base URL and key not needed)")
     target.add_argument("--calibrate", action="store_true",
@@ -191,9 +197,17 @@ def target_server(
     """
     engine = "mock" if args.calibrate else args.embedded_server
     if engine is None:
-        if not args.base_url or not args.model:
-            raise UsageError("--base-url and --model are required (or use --embedded-server / --calibrate)")
-        yield args.base_url.rstrip("/"), args.api_key or os.environ.get(API_KEY_ENV), args.model, None
+        if not args.base_url:
+            raise UsageError("--base-url is required (or use --embedded-server / --calibrate)")
+        key = args.api_key or os.environ.get(API_KEY_ENV)
+        model = args.model
+        if not model:
+            try:
+                model = endpoint.served_model(resolve_endpoint(args.base_url), endpoint.auth_headers(
+                    key, parse_headers(args)))
+            except endpoint.ModelUnknown as exc:
+                raise UsageError(str(exc)) from None
+        yield args.base_url.strip().rstrip("/"), key, model, None
         return
     from reference_server.launcher import running_server
 
@@ -201,6 +215,20 @@ def target_server(
     extra += ["--max-queue", "100000", "--log-level", "WARNING"]
     with running_server(*extra, engine=engine) as server:
         yield server.base_url, server.api_key, server.model, server.exit_status
+
+
+def resolve_endpoint(base_url: str) -> endpoint.Endpoint:
+    try:
+        return endpoint.resolve(base_url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_headers(args: argparse.Namespace) -> dict[str, str]:
+    try:
+        return endpoint.parse_headers(args.header)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def make_config(args: argparse.Namespace, base_url: str, api_key: str | None, model: str) -> LoadConfig:
@@ -213,17 +241,20 @@ def make_config(args: argparse.Namespace, base_url: str, api_key: str | None, mo
         raise UsageError("--extra-body must be a JSON object")
     if args.calibrate:
         extra_body = {**MOCK_EOS_BAN, **extra_body}  # every answer exactly --output-tokens long
-    url = base_url + args.path
+    where = resolve_endpoint(base_url)
+    path = args.path or where.chat_path
+    headers = parse_headers(args)
+    url = where.origin + path
     try:
         # One small request first: fail now, with the server's own words, if the endpoint is unusable.
         post_json(url, api_key, {"model": model, "max_tokens": 1, **extra_body,
-                                 "messages": [{"role": "user", "content": "ping"}]})
-        workload = build_workload(args, message_counter(url, api_key, model, extra_body))
+                                 "messages": [{"role": "user", "content": "ping"}]}, headers=headers)
+        workload = build_workload(args, message_counter(url, api_key, model, extra_body, headers))
     except (RuntimeError, ValueError) as exc:  # WorkloadError is a ValueError
         raise UsageError(str(exc)) from None
-    return LoadConfig(base_url=base_url, model=model, api_key=api_key, stream=args.stream, path=args.path,
+    return LoadConfig(base_url=where.origin, model=model, api_key=api_key, stream=args.stream, path=path,
                       workload=workload.to_wire(), extra_body=extra_body, timeout_s=args.timeout, seed=args.seed,
-                      gamma_shape=args.gamma_shape, honor_retry_after=not args.ignore_retry_after)
+                      gamma_shape=args.gamma_shape, honor_retry_after=not args.ignore_retry_after, headers=headers)
 
 
 def trace_steps(args: argparse.Namespace, steps: list[StepSpec], workload: TraceWorkload) -> list[StepSpec]:
@@ -382,7 +413,7 @@ def run(args: argparse.Namespace) -> int:
                 "warmup_s": steps[0].warmup_s, "max_requests": args.max_requests, "slo": slo,
                 "extra_body": json.dumps(config.extra_body), "seed": args.seed}
     target = {"base_url": base_url if not (args.calibrate or args.embedded_server) else "embedded reference server",
-              "model": model, "path": args.path}
+              "model": model, "path": config.path}
     aborted = next((outcome.aborted for outcome in outcomes if outcome.aborted), None)
     interrupted = any(outcome.interrupted for outcome in outcomes)
     doc = build_document(target=target, settings=settings, steps=step_docs, started_at=started,

@@ -15,7 +15,7 @@ MAX_RETRY_AFTER_S = 5.0  # the longest wait after a 429 a user honours
 class LoadConfig:
     """What every request looks like; the same in the master and every worker."""
 
-    base_url: str
+    base_url: str  # scheme://host:port; `path` is the whole chat path on it
     model: str
     api_key: str | None = None
     stream: bool = True
@@ -31,6 +31,7 @@ class LoadConfig:
     # Closed loop: after a 429, a user waits the Retry-After the server asked for (at most
     # MAX_RETRY_AFTER_S) before its next request, as a real client does, instead of hammering.
     honor_retry_after: bool = True
+    headers: dict[str, str] = field(default_factory=dict)  # --header: sent with every request
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spec.endpoint import auth_headers
+
 WORDS = (
     "river stone garden window letter morning silver orange market engine travel winter summer "
     "paper candle forest island bridge ladder mirror pocket rocket planet violin basket castle "
@@ -107,12 +109,11 @@ def load_dataset(path: Path | str) -> list[dict[str, Any]]:
     return entries
 
 
-def post_json(url: str, api_key: str | None, body: dict[str, Any], timeout_s: float = 60.0) -> dict[str, Any]:
+def post_json(url: str, api_key: str | None, body: dict[str, Any], timeout_s: float = 60.0,
+              headers: dict[str, str] | None = None) -> dict[str, Any]:
     """One non-streamed POST; raises RuntimeError with the server's error message on failure."""
-    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    sent = {"Content-Type": "application/json", "Accept-Encoding": "identity", **auth_headers(api_key, headers)}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=sent, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.loads(response.read())
@@ -150,13 +151,13 @@ def calibrate_prompt(
 
 
 def message_counter(
-    url: str, api_key: str | None, model: str, extra_body: dict[str, Any]
+    url: str, api_key: str | None, model: str, extra_body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Callable[[list[dict[str, Any]]], int]:
     """usage.prompt_tokens of a list of messages, as the endpoint counts them (one request, max_tokens 1)."""
 
     def count(messages: list[dict[str, Any]]) -> int:
         body = {"model": model, "max_tokens": 1, "stream": False, **extra_body, "messages": messages}
-        usage = post_json(url, api_key, body).get("usage") or {}
+        usage = post_json(url, api_key, body, headers=headers).get("usage") or {}
         if not isinstance(usage.get("prompt_tokens"), int):
             raise RuntimeError("the endpoint returned no usage.prompt_tokens, so lengths in tokens cannot be "
                                "counted; use --dataset, or --prompt-words to set the prompt size in words")
@@ -166,8 +167,9 @@ def message_counter(
 
 
 def usage_counter(
-    url: str, api_key: str | None, model: str, extra_body: dict[str, Any], seed: int = 0
+    url: str, api_key: str | None, model: str, extra_body: dict[str, Any], seed: int = 0,
+    headers: dict[str, str] | None = None,
 ) -> Callable[[int], int]:
     """A `count_tokens` for `calibrate_prompt` that asks the endpoint itself."""
-    count_messages = message_counter(url, api_key, model, extra_body)
+    count_messages = message_counter(url, api_key, model, extra_body, headers)
     return lambda words: count_messages(PromptPlan(words).messages(random.Random(seed)))

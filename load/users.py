@@ -67,6 +67,7 @@ class ProcessState:
                         "Accept": "text/event-stream" if config.stream else "application/json"}
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
+        self.headers.update(config.headers)
 
     def begin_step(self, step: StepSpec) -> None:
         """Start a step now: fresh records, this process's share of the count and the rate."""

@@ -19,7 +19,6 @@ import aiohttp
 import aiohttp.http_exceptions
 from aiohttp import web
 
-import spec
 from reference_server import generation
 from reference_server.engines.base import Engine
 from reference_server.errors import ApiError
@@ -27,6 +26,9 @@ from reference_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reference_server.metrics import RequestTracker, ServerMetrics, TimedEngine
 from reference_server.sse import DONE_EVENT, encode_event
 from reference_server.validation import ChatRequest, fit_to_context, parse_request
+from spec.endpoint import CHAT_SUFFIX, DEFAULT_ROOT, MODELS_SUFFIX
+
+OPENAI_ROOT = "/v1"
 
 log = logging.getLogger("reference_server")
 
@@ -389,8 +391,10 @@ def build_app(engine: Engine, config: ServerConfig | None = None) -> web.Applica
     app[SERVER_KEY] = server  # for tests and tools that need the Server behind an app
     app.router.add_get("/health", server.health)
     app.router.add_get("/metrics", server.prometheus)
-    app.router.add_get(spec.MODELS_PATH, server.models)
-    app.router.add_post(spec.CHAT_PATH, server.chat_completions)
+    # The spec's root, and /v1 as well: where every OpenAI-compatible client looks by default.
+    for root in (DEFAULT_ROOT, OPENAI_ROOT):
+        app.router.add_get(root + MODELS_SUFFIX, server.models)
+        app.router.add_post(root + CHAT_SUFFIX, server.chat_completions)
 
     async def close_engine(_: web.Application) -> None:
         engine.close()

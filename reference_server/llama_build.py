@@ -169,7 +169,7 @@ def _build(version: str, profile: str, args: str, folder: Path, quiet: bool) -> 
         shutil.move(str(built), staging / built.name)
         (staging / "build-info.json").write_text(json.dumps({
             "dist": DIST, "version": version, "profile": profile, "cmake_args": args,
-            "machine": platform.machine(), "built_on_cpu": _cpu_model(),
+            "machine": platform.machine(), "built_on_cpu": cpu_model(),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(time.monotonic() - started, 1)}, indent=2) + "\n", encoding="utf-8")
         if folder.exists():
@@ -179,7 +179,8 @@ def _build(version: str, profile: str, args: str, folder: Path, quiet: bool) -> 
     return find_wheel(folder)  # type: ignore[return-value]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name, for records of where something was built or measured."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
             if line.startswith("model name"):

@@ -79,7 +79,8 @@ class Fault:
     # this fault's reason, not for any other (a proxy that crashes would fail it too).
     reasons: tuple[str, ...] = ()
     # A -k expression of checks that must NOT fail under this fault (besides `catches`): one
-    # deviation, one failure (e.g. an integer error code fails the envelope check, no range check).
+    # deviation, one failure. They pass, or (when their work needs what the fault breaks) report
+    # "not supported" naming the feature (e.g. an integer error code fails the envelope check only).
     spares: str = ""
     on_request: RequestHook | None = None
     on_json: JsonHook | None = None
@@ -306,6 +307,27 @@ def _no_usage_stream(call: Call, events: list[bytes]) -> list[bytes]:
                 continue  # the usage-only chunk is left out altogether
         kept.append(item)
     return encode(kept)
+
+
+def _no_logprobs_choice(call: Call, choice: dict[str, Any]) -> None:
+    choice["logprobs"] = None
+
+
+def _no_logprobs_chunk(call: Call, chunk: dict[str, Any]) -> None:
+    for choice in _choices(chunk):
+        choice["logprobs"] = None
+
+
+def _no_logprobs_unless_top(call: Call, choice: dict[str, Any]) -> None:
+    if not (isinstance(call.body, dict) and call.body.get("top_logprobs")):
+        choice["logprobs"] = None
+
+
+def _top_k_unknown(call: Call, reply: Reply) -> Reply:
+    if isinstance(call.body, dict) and "top_k" in call.body:
+        headers = CIMultiDict({"Content-Type": "application/json"})
+        return Reply(422, headers, b'{"detail": "Unexpected fields in the request: {\'top_k\'}"}')
+    return reply
 
 
 def _stops(call: Call) -> list[str]:
@@ -790,15 +812,6 @@ def _usage_null(call: Call, chunk: dict[str, Any]) -> None:
     chunk.setdefault("usage", None)
 
 
-def _no_logprobs_choice(call: Call, choice: dict[str, Any]) -> None:
-    choice["logprobs"] = None
-
-
-def _no_logprobs_chunk(call: Call, chunk: dict[str, Any]) -> None:
-    for choice in _choices(chunk):
-        choice.pop("logprobs", None)
-
-
 def _force_n1_in_streams(call: Call) -> None:
     if call.streamed:
         _force_n1(call)
@@ -821,6 +834,20 @@ FAULTS: tuple[Fault, ...] = (
           reasons=("body has no usage", "no chunk of the stream carries usage",
                    'Response violates schema: "usage" is a required property'),
           on_json=_no_usage_json, on_stream=_no_usage_stream, description="usage is never sent"),
+    Fault("no_stream_usage", ("usage.stream_last_chunk_only",),
+          reasons=("no chunk of the stream carries usage",),
+          spares="usage.totals_add_up or usage.max_tokens_bound or usage.matches_stream_tokens",
+          on_stream=_no_usage_stream, description="a stream never carries usage, even asked for"),
+    Fault("no_logprobs", ("logprobs.shape",), reasons=("the choice has no logprobs.content",),
+          spares="usage.matches or logit_bias or sampling.",
+          on_json=each_choice(_no_logprobs_choice), on_stream=each_chunk(_no_logprobs_chunk),
+          description="logprobs: true is accepted and no logprobs are returned"),
+    Fault("logprobs_need_top", ("logprobs.shape",), reasons=("logprobs: true without top_logprobs",),
+          spares="usage.matches_logprobs_nonstream", on_json=each_choice(_no_logprobs_unless_top),
+          description="logprobs: true returns logprobs only when top_logprobs is given too (llama-cpp-python)"),
+    Fault("top_k_unknown", ("ranges.top_k.inside",), reasons=("expected 200, got 422",),
+          spares="ranges.top_k or sampling.top_k_effect",
+          on_reply=_top_k_unknown, description="top_k is an unknown field, refused with 422 (transformers serve)"),
     Fault("stop_dropped", ("stop.contains_and_ends", "stop.stream"),
           reasons=('must contain and end with the stop sequence', 'must contain and end with the stop sequence'),
           on_json=each_choice(_stop_dropped_choice), on_stream=_stop_dropped_stream,
@@ -834,6 +861,7 @@ FAULTS: tuple[Fault, ...] = (
           description="seed is ignored"),
     Fault("n_ignored", ("n.choices_indices",),
           reasons=('choice indices [0], expected 0, 1, 2',), on_request=_force_n1,
+          spares="streaming.role_first or streaming.finish_reason_once",
           description="n is ignored (always 1)"),
     Fault("integer_code", ("errors.envelope",), reasons=("error/code: 400 is not of type 'string', 'null'",),
           spares="ranges or errors or context", on_json=_integer_code,
@@ -983,6 +1011,11 @@ FAULTS: tuple[Fault, ...] = (
           description="the connection is closed right after a streamed answer, without Connection: close"),
 )
 
+def _fault(name: str) -> Fault:
+    (found,) = [fault for fault in FAULTS if fault.name == name]
+    return found
+
+
 # Variants the spec allows: every check passes through them (tests/test_broken_servers.py).
 VARIANTS: tuple[Fault, ...] = (
     Fault("usage_null_on_chunks", (), on_stream=each_chunk(_usage_null),
@@ -991,18 +1024,18 @@ VARIANTS: tuple[Fault, ...] = (
 
 # Endpoints lacking a feature other checks rely on: those checks report "not supported" naming it
 # (`catches` lists them, `reasons` the fragment naming the feature), never "failed".
-LACKING: tuple[Fault, ...] = (
-    Fault("no_logprobs", ("usage.matches_stream_tokens", "usage.matches_logprobs_nonstream"),
-          reasons=("relies on logprobs",) * 2,
-          on_json=each_choice(_no_logprobs_choice), on_stream=each_chunk(_no_logprobs_chunk),
-          description="logprobs: true is accepted but no logprobs come back (llama-cpp-python's server)"),
-    Fault("seed_ignored", ("stop.contains_and_ends", "stop.stream"), reasons=("relies on seed",) * 2,
-          on_request=_drop_seed, description="seed is ignored"),
-    Fault("n_ignored_in_streams", ("streaming.finish_reason_once",), reasons=("relies on n in streams",),
-          on_request=_force_n1_in_streams, description="n is ignored when streaming"),
-    Fault("no_stream_usage", ("usage.totals_add_up", "usage.max_tokens_bound"),
-          reasons=("relies on usage in the stream",) * 2, on_stream=_no_usage_stream,
-          description="a stream carries no usage"),
+# An n>1 stream answered with one choice (n honoured only without streaming): no check's own rule.
+N_IGNORED_IN_STREAMS = Fault("n_ignored_in_streams", (), on_request=_force_n1_in_streams,
+                             description="n is ignored when streaming")
+
+# Checks that report "not supported" naming the feature (never "failed") under a fault that takes
+# away a feature they rely on: (fault, those checks, the fragment naming the feature).
+LACKING: tuple[tuple[Fault, tuple[str, ...], str], ...] = (
+    (_fault("no_logprobs"), ("usage.matches_stream_tokens", "usage.matches_logprobs_nonstream"),
+     "relies on logprobs"),
+    (_fault("seed_ignored"), ("stop.contains_and_ends", "stop.stream"), "relies on seed"),
+    (N_IGNORED_IN_STREAMS, ("streaming.finish_reason_once",), "relies on n in streams"),
+    (_fault("no_stream_usage"), ("usage.totals_add_up", "usage.max_tokens_bound"), "relies on usage in the stream"),
 )
 
 # A correct stream in unusual framing: every line ends in a lone CR (valid SSE).

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from broken_servers import FAULTS, LACKING, Fault, broken_server
+from broken_servers import FAULTS, Fault, broken_server
 from test_broken_servers import TEXT_ONLY, run_fresh, target_at
 
 from reference_server.launcher import RunningServer, running_server
@@ -23,7 +23,7 @@ MODEL_CHECKS = (
 )
 EFFECT_FAULTS = [fault for fault in FAULTS if any(c.startswith("sampling.") or c == "logit_bias.ban"
                                                   for c in fault.catches)]
-NO_LOGPROBS = next(fault for fault in LACKING if fault.name == "no_logprobs")
+NO_LOGPROBS = next(fault for fault in FAULTS if fault.name == "no_logprobs")
 
 
 @pytest.fixture(scope="module")

@@ -378,7 +378,7 @@ def test_unknown_model_is_404(server: RunningServer) -> None:
     assert error["code"] == "model_not_found"
 
 
-@pytest.mark.parametrize("path", ["/nope", "/v3/openai/completions", "/v1/chat/completions"])
+@pytest.mark.parametrize("path", ["/nope", "/v3/openai/completions", "/v1/completions"])
 def test_unknown_route_is_404_in_the_envelope(server: RunningServer, path: str) -> None:
     assert_error(call(server, request(server), path=path), 404)
 

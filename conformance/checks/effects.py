@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from conformance.context import Context
-from conformance.registry import CheckFailed, NotSupported, Skipped, check
+from conformance.registry import CheckFailed, Skipped, check
 
 PROMPT = ("Write a long story about a cat, a dog and a fox who travel together. "
           "Use many different words and describe every place they visit.")
@@ -45,8 +45,8 @@ def _refused_as_unsupported(ctx: Context, body: dict[str, Any], tested: str | No
         return ctx.ok_json(body)[1]
     except CheckFailed as exc:
         if tested and exc.exchange is not None and exc.exchange.status in (400, 422):
-            raise NotSupported(f"{tested}={body.get(tested)!r} was refused with HTTP {exc.exchange.status}, so its "
-                               f"effect cannot be seen (the ranges.{tested}.* checks judge acceptance)") from exc
+            ctx.lacks(f"{tested} ({tested}={body.get(tested)!r} is refused with HTTP {exc.exchange.status}, so its "
+                      "effect cannot be seen)", f"ranges.{tested}.inside")
         raise
 
 

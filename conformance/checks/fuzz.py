@@ -31,7 +31,8 @@ from schemathesis.specs.openapi.checks import (
 import spec
 from conformance.context import Context, schema_errors
 from conformance.registry import CheckFailed, check
-from conformance.target import REDACTED, Exchange, Target
+from conformance.target import HEADER_REDACTED, REDACTED, Exchange, Target
+from spec.endpoint import auth_headers
 from spec.sse import parse_sse
 
 FEATURE = "schema"
@@ -56,9 +57,13 @@ FEATURE_FIELDS = {
 
 
 def _operation(target: Target) -> Any:
+    """The spec's chat operation, moved to the path the target serves it at (its API root's)."""
     config = schemathesis.Config.from_dict({"max-stream-events": 1_000_000, "request-timeout": target.timeout_s})
-    schema = schemathesis.openapi.from_dict(copy.deepcopy(spec.load_spec()), config=config)
-    return schema[spec.CHAT_PATH]["POST"]
+    document = copy.deepcopy(spec.load_spec())
+    chat_path = target.endpoint.chat_path
+    document["paths"] = {chat_path: document["paths"][spec.CHAT_PATH]}
+    schema = schemathesis.openapi.from_dict(document, config=config)
+    return schema[chat_path]["POST"]
 
 
 def _is_int(value: Any) -> bool:
@@ -117,12 +122,17 @@ def _shape(body: Any, target: Target, mode: GenerationMode) -> None:
                 message["content"] = _short(message["content"])
 
 
-def _exchange(response: Any) -> Exchange:
+def _exchange(response: Any, target: Target) -> Exchange:
     """The exchange a schemathesis response shows, with the API key left out."""
     request = response.request
+    secret = {name.lower() for name, _ in target.headers}
     headers = {}
     for name, value in request.headers.items():
-        headers[name] = f"Bearer {REDACTED}" if name.lower() == "authorization" else value
+        if name.lower() == "authorization":
+            value = f"Bearer {REDACTED}"
+        elif name.lower() in secret:
+            value = HEADER_REDACTED
+        headers[name] = value
     body = request.body
     if isinstance(body, str):
         body = body.encode("utf-8")
@@ -193,7 +203,7 @@ def _schemathesis_problems(case: Any, response: Any, mode: GenerationMode, targe
         checks = [not_a_server_error, status_code_conformance, content_type_conformance,
                   response_schema_conformance, positive_data_acceptance]
     try:
-        case.validate_response(response, checks=checks, transport_kwargs={"base_url": target.base_url})
+        case.validate_response(response, checks=checks, transport_kwargs={"base_url": target.endpoint.origin})
     except FailureGroup as group:
         return [_brief(f"{failure.title}: {failure.message}") for failure in group.exceptions]
     except AssertionError as exc:  # a single failure, raised on its own
@@ -205,7 +215,7 @@ def fuzz(ctx: Context, mode: GenerationMode) -> None:
     """Send `target.max_examples` generated requests; fail on the first that breaks a rule."""
     target = ctx.target
     operation = _operation(target)
-    headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else None
+    headers = auth_headers(target.api_key, dict(target.headers)) or None
     strategy = operation.as_strategy(generation_mode=mode, headers=headers)
     found: list[tuple[int, str, Exchange | None]] = []
     sent = [0]
@@ -222,7 +232,7 @@ def fuzz(ctx: Context, mode: GenerationMode) -> None:
         meta = case.meta  # re-judge the case after shaping
         sent[0] += 1
         try:
-            response = case.call(base_url=target.base_url, session=session, timeout=target.timeout_s)
+            response = case.call(base_url=target.endpoint.origin, session=session, timeout=target.timeout_s)
         except requests.RequestException as exc:
             found.append((sent[0], f"transport error: {exc.__class__.__name__}: {exc}", None))
             return
@@ -231,7 +241,7 @@ def fuzz(ctx: Context, mode: GenerationMode) -> None:
             what = ""
             if meta is not None and getattr(meta.phase.data, "description", None):
                 what = f" [{meta.phase.data.description}]"
-            found.append((sent[0], "; ".join(dict.fromkeys(problems)) + what, _exchange(response)))
+            found.append((sent[0], "; ".join(dict.fromkeys(problems)) + what, _exchange(response, target)))
 
     try:
         run()

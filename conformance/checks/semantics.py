@@ -236,7 +236,11 @@ def _decoded(entry: dict[str, Any]) -> str | None:
 @check("logprobs.shape", "logprobs", "logprobs")
 def logprobs_shape(ctx: Context) -> None:
     """logprobs with top_logprobs 3: one entry per generated token, logprobs <= 0, exactly 3
-    alternatives sorted most likely first, bytes that decode to the token."""
+    alternatives sorted most likely first, bytes that decode to the token;
+    and `logprobs: true` alone (no top_logprobs) returns the entries too."""
+    exchange, data = ctx.ok_json(ctx.body(logprobs=True, max_tokens=4))
+    ctx.expect(_entries(data) is not None, "logprobs: true without top_logprobs, but the choice has no "
+               "logprobs.content", exchange)
     exchange, data = ctx.ok_json(_story(ctx, ctx.target.seed, max_tokens=8, logprobs=True, top_logprobs=3))
     choice = _choice(data)
     entries = _entries(data)

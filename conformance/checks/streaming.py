@@ -23,7 +23,9 @@ def _stream_n1(ctx: Context) -> StreamResult:
 
 
 def _stream_multi(ctx: Context) -> tuple[StreamResult, int]:
-    """The n=2 stream, or the n=1 one when the target declared `n` unsupported."""
+    """The n=2 stream, or the n=1 one when the target declared `n` unsupported. A stream that
+    ignores n (one choice) is n.choices_indices' failure; the checks here then judge what they can
+    or say not supported (one deviation, one failure)."""
     if "n" in ctx.target.skip_features:
         return _stream_n1(ctx), 1
     body = ctx.body(n=MULTI_N, max_tokens=8, seed=ctx.target.seed)

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from conformance.context import Context, StreamResult, schema_errors
-from conformance.registry import CheckFailed, NotSupported, check
+from conformance.registry import CheckFailed, check
 from conformance.target import Exchange
 
 LONG_PROMPT = ("Write a long story about a lighthouse keeper and a storm, in many sentences, "
                "with at least three hundred words.")
 SHORT_MAX = 3
+ASK_USAGE = {"stream_options": {"include_usage": True}}  # what an OpenAI client sends to get stream usage
 
 
 def _completion(ctx: Context, body: dict[str, Any]) -> tuple[Exchange, dict[str, Any]]:
@@ -44,26 +45,19 @@ def _chunks(ctx: Context, result: StreamResult) -> list[dict[str, Any]]:
 
 
 def _stream_usage(ctx: Context, result: StreamResult) -> dict[str, int]:
-    """The usage of the stream's last JSON chunk (where the spec puts it)."""
-    last = _chunks(ctx, result)[-1]
-    ctx.expect(last.get("usage") is not None, "stream: the last JSON chunk carries no usage", result.exchange)
-    return _usage(ctx, last["usage"], result.exchange, "stream")
+    """The usage a stream carries, for checks of its numbers. Where it sits, and that it comes
+    unasked, is usage.stream_last_chunk_only's to judge (one deviation, one failure): a stream
+    without any usage, even asked for with stream_options, makes these checks not supported."""
+    carriers = [chunk for chunk in _chunks(ctx, result) if chunk.get("usage") is not None]
+    if not carriers:
+        ctx.lacks("usage in the stream (asked for with stream_options.include_usage)", "usage.stream_last_chunk_only")
+    return _usage(ctx, carriers[-1]["usage"], result.exchange, "stream")
 
 
-def _stream_usage_for(ctx: Context, result: StreamResult) -> dict[str, int]:
-    """The stream's usage for a check about something else: a stream without any usage is not
-    this check's failure (usage.stream_last_chunk_only judges that), so it is not supported."""
-    chunks = _chunks(ctx, result)
-    if all(chunk.get("usage") is None for chunk in chunks):
-        raise NotSupported("relies on usage in the stream, which the endpoint does not send "
-                           "(usage.stream_last_chunk_only judges that)")
-    return _stream_usage(ctx, result)
-
-
-def _needs_logprobs(entries: int) -> None:
+def _needs_logprobs(ctx: Context, entries: int) -> None:
     """A check counting logprob entries needs the endpoint to return logprobs at all."""
     if entries == 0:
-        raise NotSupported("relies on logprobs: logprobs: true was accepted but no logprobs.content came back")
+        ctx.lacks("logprobs (logprobs: true was accepted but no logprobs.content came back)", "logprobs.shape")
 
 
 @check("usage.nonstream_present", "usage", "semantic")
@@ -81,7 +75,7 @@ def totals_add_up(ctx: Context) -> None:
     """prompt_tokens + completion_tokens == total_tokens, streamed and not."""
     exchange, data = _completion(ctx, ctx.body())
     _usage(ctx, data.get("usage"), exchange, "non-stream")
-    _stream_usage_for(ctx, ctx.ok_stream(ctx.body()))
+    _stream_usage(ctx, ctx.ok_stream(ctx.body(**ASK_USAGE)))
 
 
 @check("usage.max_tokens_bound", "usage", "semantic")
@@ -98,8 +92,8 @@ def max_tokens_bound(ctx: Context) -> None:
     usage = _usage(ctx, data.get("usage"), exchange, "non-stream")
     ctx.expect(usage["completion_tokens"] <= SHORT_MAX,
                f"completion_tokens {usage['completion_tokens']} > max_tokens {SHORT_MAX}", exchange)
-    result = ctx.ok_stream(body)
-    usage = _stream_usage_for(ctx, result)
+    result = ctx.ok_stream({**body, **ASK_USAGE})
+    usage = _stream_usage(ctx, result)
     ctx.expect(usage["completion_tokens"] <= SHORT_MAX,
                f"stream: completion_tokens {usage['completion_tokens']} > max_tokens {SHORT_MAX}", result.exchange)
 
@@ -123,10 +117,10 @@ def stream_last_chunk_only(ctx: Context) -> None:
 def matches_stream_tokens(ctx: Context) -> None:
     """With logprobs, streamed completion_tokens equals the number of logprob entries streamed."""
     ctx.uses("logprobs")
-    result = ctx.ok_stream(ctx.body(logprobs=True, max_tokens=12))
+    result = ctx.ok_stream(ctx.body(logprobs=True, max_tokens=12, **ASK_USAGE))
     seen = sum(len(entries) for entries in result.logprob_tokens().values())
-    _needs_logprobs(seen)
-    usage = _stream_usage_for(ctx, result)
+    _needs_logprobs(ctx, seen)
+    usage = _stream_usage(ctx, result)
     ctx.expect(seen == usage["completion_tokens"],
                f"the stream carried {seen} logprob entries, usage says completion_tokens "
                f"{usage['completion_tokens']}", result.exchange)
@@ -144,7 +138,7 @@ def matches_logprobs_nonstream(ctx: Context) -> None:
     logprobs = choices[0].get("logprobs")
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
     count = len(content) if isinstance(content, list) else 0
-    _needs_logprobs(count)
+    _needs_logprobs(ctx, count)
     ctx.expect(count == usage["completion_tokens"],
                f"{count} logprob entries (choices[0].logprobs is {'set' if logprobs else repr(logprobs)}), usage says "
                f"completion_tokens {usage['completion_tokens']}", exchange)
