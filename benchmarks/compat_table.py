@@ -95,7 +95,7 @@ def render(out: Path, names: list[str], triage_path: Path | None = None, *,
 
 def _servers_table(columns: list[dict[str, Any]]) -> str:
     rows = ["## Servers", "",
-            "| server | version | profile | passed | failed | error | not supported | skipped | wall |",
+            "| server | version | profile | passed | failed (must / should) | error | not supported | skipped | wall |",
             "|---|---|---|---|---|---|---|---|---|"]
     for col in columns:
         report = col.get("report")
@@ -105,11 +105,30 @@ def _servers_table(columns: list[dict[str, Any]]) -> str:
             continue
         summary = report["summary"]
         verdict = f" (ABORTED: {_short(report['aborted'])})" if report.get("aborted") else ""
+        cells = [str(summary.get(k, 0)) for k in ORDER]
+        cells[ORDER.index("failed")] = _failed_by_severity(report)
         rows.append(f"| {col['server']} | {_escape(col.get('version', '-'))} | {report['target'].get('profile')} | "
-                    + " | ".join(str(summary.get(k, 0)) for k in ORDER)
+                    + " | ".join(cells)
                     + f"{verdict} | {col.get('wall_s', '-')} s (checks {report['duration_s']:.0f} s) |")
-    rows += ["", "Wall: install check, start and the whole conformance run, one server at a time."]
+    rows += ["", "failed (must / should): all failures, then those of must-level checks (an absolute requirement, "
+             "RFC 2119; they fail a conformance run) and of should-level ones (a recommendation; they fail it "
+             "only with --fail-on should).",
+             "Wall: install check, start and the whole conformance run, one server at a time."]
     return "\n".join(rows)
+
+
+def _failed_by_severity(report: dict[str, Any]) -> str:
+    """'55 (50 / 5)': the failures, then how many are must- and should-level (from by_severity, or
+    counted from the checks of a report written before severities)."""
+    by_severity = report.get("by_severity") or {}
+    if not by_severity:
+        by_severity = {}
+        for item in report.get("checks", []):
+            row = by_severity.setdefault(item.get("severity", "must"), {})
+            row[item["outcome"]] = row.get(item["outcome"], 0) + 1
+    must = by_severity.get("must", {}).get("failed", 0)
+    should = by_severity.get("should", {}).get("failed", 0)
+    return f"{report['summary'].get('failed', 0)} ({must} / {should})"
 
 
 def _features_table(columns: list[dict[str, Any]]) -> str:

@@ -51,19 +51,23 @@ def _write(folder: Path, name: str, checks: list[dict], reason: str | None = Non
 
 
 def test_table_marks_each_failure_with_its_triage(tmp_path: Path) -> None:
-    def item(check_id: str, outcome: str, message: str = "") -> dict:
-        return {"id": check_id, "feature": check_id.split(".")[0], "outcome": outcome, "message": message}
+    def item(check_id: str, outcome: str, message: str = "", severity: str = "must") -> dict:
+        return {"id": check_id, "feature": check_id.split(".")[0], "outcome": outcome, "message": message,
+                "severity": severity}
 
     _write(tmp_path, "a", [item("stop.x", "passed"), item("n.y", "failed", "n ignored | when streaming"),
-                           item("ranges.t", "failed", "500")])
+                           item("ranges.t", "failed", "500", severity="should")])
     _write(tmp_path, "b", [item("stop.x", "failed", "cut off"), item("n.y", "not_supported")])
     _write(tmp_path, "c", [], reason="pip install failed")
     triage = tmp_path / "triage.yaml"
     triage.write_text("a:\n  n.*: {verdict: deviation, rule: 'n choices', tracker: 'https://x/1'}\n"
                       "'*':\n  stop.x: {verdict: deviation, rule: 'stop kept'}\n")
     text = compat_table.render(tmp_path, ["a", "b", "c"], triage)
-    assert "| `stop.x` | pass | **FAIL** | - |" in text
-    assert "| `n.y` | **FAIL** | n/s | - |" in text
+    assert "| a | a 1.0 | openai | 1 | 2 (1 / 1) | 0 | 0 | 0 | 12.5 s (checks 10 s) |" in text  # must / should
+    assert "| b | b 1.0 | openai | 0 | 1 (1 / 0) |" in text
+    assert "| `stop.x` | must | pass | **FAIL** | - |" in text
+    assert "| `ranges.t` | should | **FAIL** | - | - |" in text
+    assert "| `n.y` | must | **FAIL** | n/s | - |" in text
     assert "| stop | 1/1 | 0/1 | - |" in text and "| n | 0/1 | 0/0 (1 n/s) | - |" in text
     assert "| `n.y` | n ignored \\| when streaming | **deviation**; n choices; tracker: https://x/1 |" in text
     assert "| `ranges.t` | 500 | UNTRIAGED |" in text
