@@ -577,6 +577,34 @@ def _drop_field(name: str) -> RequestHook:
     return drop
 
 
+def _always_greedy(call: Call) -> None:
+    """Any temperature asked is replaced by a near-zero one (transformers serve without do_sample)."""
+    if isinstance(call.body, dict) and "temperature" in call.body:
+        call.body["temperature"] = 0.01
+
+
+def cold_first_answer(ignored: str | None) -> Fault:
+    """A fault (state of its own, so not in FAULTS) whose first answer to each messages list differs
+    from every later one, as llama-cpp-python's does before its prompt cache holds the prompt; with
+    `ignored`, that parameter is also dropped from every request."""
+    seen: set[str] = set()
+
+    def first_differs(call: Call, status: int, data: Any) -> tuple[int, Any]:
+        key = json.dumps(call.body.get("messages") if isinstance(call.body, dict) else None, sort_keys=True)
+        if status == 200 and isinstance(data, dict) and key not in seen:
+            seen.add(key)
+            for choice in data.get("choices") or []:
+                choice["message"]["content"] = (choice["message"].get("content") or "") + " (cold)"
+        return status, data
+
+    name = f"cold_first_answer_{ignored}_ignored" if ignored else "cold_first_answer"
+    return Fault(name, (f"sampling.{ignored}_effect",) if ignored else (),
+                 reasons=(f"{ignored} is ignored",) if ignored else (),
+                 on_request=_drop_field(ignored) if ignored else None, on_json=first_differs,
+                 description="the first answer to each prompt differs from the later ones"
+                             + (f"; {ignored} is dropped" if ignored else ""))
+
+
 def _accept_everything(call: Call, status: int, data: Any) -> tuple[int, Any]:
     return (200, _canned_completion()) if status == 400 else (status, data)
 
@@ -910,6 +938,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("bans_dropped", ("logit_bias.ban",), reasons=("it must begin otherwise",),
           on_request=_drop_bans,
           description="negative logit_bias entries are dropped (a ban is ignored)"),
+    Fault("always_greedy", ("sampling.temperature_effect",),
+          reasons=("the endpoint decodes greedily, temperature is ignored",), on_request=_always_greedy,
+          description="every temperature is replaced by 0.01 (greedy decoding whatever is asked)"),
     Fault("top_k_ignored", ("sampling.top_k_effect",), reasons=("top_k is ignored",),
           on_request=_drop_field("top_k"),
           description="top_k is ignored"),
@@ -1036,6 +1067,8 @@ LACKING: tuple[tuple[Fault, tuple[str, ...], str], ...] = (
     (_fault("seed_ignored"), ("stop.contains_and_ends", "stop.stream"), "relies on seed"),
     (N_IGNORED_IN_STREAMS, ("streaming.finish_reason_once",), "relies on n in streams"),
     (_fault("no_stream_usage"), ("usage.totals_add_up", "usage.max_tokens_bound"), "relies on usage in the stream"),
+    (_fault("always_greedy"), ("sampling.top_p_effect", "sampling.min_p_effect", "sampling.top_k_effect"),
+     "relies on sampling at a high temperature"),
 )
 
 # A correct stream in unusual framing: every line ends in a lone CR (valid SSE).

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from broken_servers import FAULTS, LACKING, VARIANTS, Fault, broken_server
+from broken_servers import FAULTS, LACKING, VARIANTS, Fault, broken_server, cold_first_answer
 
 from conformance import registry
 from conformance.context import Context
@@ -155,3 +155,23 @@ def test_a_lacking_feature_is_not_supported_not_failed(server: RunningServer, fa
     bad = {check_id: f"{results[check_id].outcome}: {results[check_id].message}" for check_id in also
            if results[check_id].outcome != "passed"}
     assert not bad, bad
+
+
+def test_a_penalty_ignored_is_caught_where_the_first_answer_differs(server: RunningServer) -> None:
+    """llama-cpp-python ignores repetition_penalty, but its first answer to a prompt differs from the
+    later ones: the penalized answer differed from that first plain one, and the check passed."""
+    with broken_server(server.base_url, cold_first_answer("repetition_penalty"), server.api_key) as url:
+        result = run_fresh(target_at(server, url), ("sampling.repetition_penalty_effect",))[
+            "sampling.repetition_penalty_effect"]
+    assert result.outcome == "failed", f"{result.outcome}: {result.message}"
+    assert "repetition_penalty is ignored" in result.message
+
+
+def test_an_unsteady_endpoint_that_applies_the_penalty_is_not_failed(server: RunningServer) -> None:
+    """The same unsteady first answer with the penalty applied: no evidence either way, so the
+    check says it cannot judge instead of failing (or passing on noise)."""
+    with broken_server(server.base_url, cold_first_answer(None), server.api_key) as url:
+        result = run_fresh(target_at(server, url), ("sampling.repetition_penalty_effect",))[
+            "sampling.repetition_penalty_effect"]
+    assert result.outcome == "skipped", f"{result.outcome}: {result.message}"
+    assert "differs between identical requests" in result.message

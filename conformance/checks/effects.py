@@ -10,15 +10,19 @@ parameter, so no model's particular words are assumed:
 * a strong penalty changes a seeded near-greedy answer that repeats words.
 
 A check that cannot see the spread it needs (the endpoint's high-temperature samples do not
-differ) reports that it cannot judge, instead of passing. A refused value (400) is not judged
-here: the ranges checks own acceptance.
+differ) reports that it cannot judge, instead of passing; when even FIRST_SAMPLES seeds at the
+top of the range give one text, the endpoint decodes greedily whatever the temperature:
+temperature_effect fails, and the filters' checks are not supported (nothing is sampled for them
+to narrow). A penalty's change counts only when the plain answer is asked twice and comes back
+the same (an endpoint whose answers move between identical requests proves nothing by a change).
+A refused value (400) is not judged here: the ranges checks own acceptance.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from conformance.context import Context
 from conformance.registry import CheckFailed, Skipped, check
@@ -30,6 +34,9 @@ NEAR_GREEDY = 0.01
 SAMPLES = 4  # seeds per group
 SPREAD = 3  # distinct texts out of SAMPLES that count as spread (a collapsed sampler gives 1, maybe 2)
 SAMPLE_TOKENS = 8
+FIRST_SAMPLES = 8  # seeds whose first token is compared
+FIRST_HOT = 1.9  # the first token spreads most at a temperature near the top of every profile's range
+TOP_K = 2  # the smallest top_k the documented range allows (1 < top_k)
 SEED_OFFSET = 100  # away from the seeds other checks use, so no memo is shared by accident
 # Prompts whose answers repeat words (most models repeat the asked-for opening); the first that
 # repeats decides, the next ones are tried while the penalty leaves the answer as it was.
@@ -71,12 +78,35 @@ def _distinct(texts: list[str]) -> int:
     return len(set(texts))
 
 
+def _greedy_texts(ctx: Context) -> list[str] | None:
+    """The texts of FIRST_SAMPLES seeds at temperature FIRST_HOT when they are all one text (the
+    endpoint decodes greedily whatever the temperature), else None. At that temperature a sampling
+    endpoint spreads for any real model, so one text means temperature is not applied."""
+    def run() -> list[str]:
+        seeds = [ctx.target.seed + SEED_OFFSET + i for i in range(FIRST_SAMPLES)]
+        return [_text(_refused_as_unsupported(
+            ctx, ctx.body(messages=[{"role": "user", "content": PROMPT}], max_tokens=SAMPLE_TOKENS, seed=seed,
+                          temperature=FIRST_HOT), None)) for seed in seeds]
+
+    texts = ctx.memo("effects.greedy_check", run)
+    return texts if _distinct(texts) == 1 else None
+
+
+def _no_spread(ctx: Context, what: str, seen: str) -> NoReturn:
+    """The control did not spread: not supported when the endpoint never samples (temperature_effect
+    fails for that), else cannot judge."""
+    if (greedy := _greedy_texts(ctx)) is not None:
+        ctx.lacks(f"sampling at a high temperature ({FIRST_SAMPLES} seeds at temperature {FIRST_HOT} gave one text, "
+                  f"{greedy[0]!r}: the endpoint decodes greedily)", "sampling.temperature_effect")
+    raise Skipped(f"cannot judge {what}: {seen}")
+
+
 def _hot_spread(ctx: Context, what: str) -> list[str]:
     """The control: texts at temperature HOT with no filter, which must spread for `what` to be seen."""
     texts = _samples(ctx, None, temperature=HOT)
     if _distinct(texts) < SPREAD:
-        raise Skipped(f"cannot judge {what}: {SAMPLES} seeds at temperature {HOT} gave only {_distinct(texts)} "
-                      f"distinct text(s), too little spread to see a filter narrow it: {texts}")
+        _no_spread(ctx, what, f"{SAMPLES} seeds at temperature {HOT} gave only {_distinct(texts)} distinct text(s), "
+                              f"too little spread to see a filter narrow it: {texts}")
     return texts
 
 
@@ -105,6 +135,11 @@ check("sampling.min_p_effect", "sampling", "effect")(
 def temperature_effect(ctx: Context) -> None:
     """A near-zero temperature picks the most likely token: SAMPLES seeds give (nearly) one text,
     where at a high temperature they spread."""
+    hot = _samples(ctx, None, temperature=HOT)
+    if _distinct(hot) < SPREAD and (greedy := _greedy_texts(ctx)) is not None:
+        ctx.fail(f"temperature {FIRST_HOT} must spread the sampled texts, but {FIRST_SAMPLES} seeds all gave "
+                 f"{greedy[0]!r} (and {SAMPLES} seeds at temperature {HOT} gave {_distinct(hot)} distinct): the "
+                 "endpoint decodes greedily, temperature is ignored", ctx.last_exchange())
     hot = _hot_spread(ctx, "temperature")
     texts = _samples(ctx, "temperature", temperature=NEAR_GREEDY)
     ctx.expect(_distinct(texts) < SPREAD,
@@ -113,9 +148,6 @@ def temperature_effect(ctx: Context) -> None:
                f"({_distinct(hot)} distinct): temperature is ignored")
 
 
-FIRST_SAMPLES = 8  # seeds whose first token is compared
-FIRST_HOT = 1.9  # the first token spreads most at a temperature near the top of every profile's range
-TOP_K = 2  # the smallest top_k the documented range allows (1 < top_k)
 
 
 def _first_tokens(ctx: Context, tested: str | None, **params: Any) -> list[str]:
@@ -137,8 +169,9 @@ def top_k_effect(ctx: Context) -> None:
     most 2 tokens (so at most 2 texts), where without top_k it takes more."""
     free = _first_tokens(ctx, None)
     if _distinct(free) <= TOP_K:
-        raise Skipped(f"cannot judge top_k: {FIRST_SAMPLES} seeds at temperature {FIRST_HOT} began with only "
-                      f"{_distinct(free)} distinct token(s) ({sorted(set(free))}), no more than top_k {TOP_K} allows")
+        _no_spread(ctx, "top_k", f"{FIRST_SAMPLES} seeds at temperature {FIRST_HOT} began with only "
+                                 f"{_distinct(free)} distinct token(s) ({sorted(set(free))}), no more than top_k "
+                                 f"{TOP_K} allows")
     kept = _first_tokens(ctx, "top_k", top_k=TOP_K)
     ctx.expect(_distinct(kept) <= TOP_K,
                f"top_k {TOP_K} at temperature {FIRST_HOT}: {FIRST_SAMPLES} seeds began with {_distinct(kept)} "
@@ -157,29 +190,41 @@ def _repeats(text: str) -> bool:
     return len(words) != len(set(words))
 
 
-def _near_greedy(ctx: Context, prompt: str, tested: str | None, **params: Any) -> str:
+def _near_greedy(ctx: Context, prompt: str, tested: str | None, again: bool = False, **params: Any) -> str:
+    """The seeded near-greedy answer to `prompt` with `params`; `again` asks the same once more (its
+    own memo), to see whether the endpoint answers it the same way twice."""
     body = ctx.body(messages=[{"role": "user", "content": prompt}], max_tokens=PENALTY_TOKENS,
                     temperature=NEAR_GREEDY, seed=ctx.target.seed + SEED_OFFSET, **params)
-    key = "effects.greedy." + repr((prompt, sorted(params.items())))
+    key = "effects.greedy." + repr((prompt, sorted(params.items()), again))
     return ctx.memo(key, lambda: _text(_refused_as_unsupported(ctx, body, tested)))
 
 
 def _penalty_check(param: str) -> Callable[[Context], None]:
     def run(ctx: Context) -> None:
-        judged = []
+        judged, unsteady = [], []
         for prompt in PENALTY_PROMPTS:
             plain = _near_greedy(ctx, prompt, None)
             if not _repeats(plain):
                 continue  # nothing repeats: no penalty would change this answer
             penalized = _near_greedy(ctx, prompt, param, **{param: STRONG_PENALTY})
-            if penalized != plain:
+            # Asked again after the penalized request: an endpoint whose near-greedy answer moves
+            # between identical requests (llama-cpp-python's first answer to a prompt, before its
+            # prompt cache holds it) would otherwise pass with the penalty ignored.
+            again = _near_greedy(ctx, prompt, None, again=True)
+            if penalized in (plain, again):
+                judged.append(penalized)  # may simply not hinge on a repeat: try the next prompt
+            elif plain == again:
                 return
-            judged.append(plain)  # this answer may simply not hinge on a repeat: try the next prompt
-        if not judged:
-            raise Skipped(f"cannot judge {param}: no near-greedy answer repeated a word, so no penalty had "
-                          "anything to act on")
-        ctx.fail(f"{param} {STRONG_PENALTY} left every seeded near-greedy answer that repeats words unchanged "
-                 f"({judged}): {param} is ignored", ctx.last_exchange())
+            else:
+                unsteady.append(prompt)  # changed, but so does the plain answer: not evidence
+        if judged:
+            ctx.fail(f"{param} {STRONG_PENALTY} left every seeded near-greedy answer that repeats words unchanged "
+                     f"({judged}): {param} is ignored", ctx.last_exchange())
+        if unsteady:
+            raise Skipped(f"cannot judge {param}: the near-greedy answer to {unsteady} differs between identical "
+                          "requests, so a change under the penalty is no evidence of it")
+        raise Skipped(f"cannot judge {param}: no near-greedy answer repeated a word, so no penalty had "
+                      "anything to act on")
 
     run.__doc__ = (f"{param} {STRONG_PENALTY} changes a seeded near-greedy answer that repeats words "
                    "(against the same request without it).")
