@@ -13,8 +13,8 @@ A check that cannot see the spread it needs (the endpoint's high-temperature sam
 differ) reports that it cannot judge, instead of passing; when even FIRST_SAMPLES seeds at the
 top of the range give one text, the endpoint decodes greedily whatever the temperature:
 temperature_effect fails, and the filters' checks are not supported (nothing is sampled for them
-to narrow). A penalty's change counts only when the plain answer is asked twice and comes back
-the same (an endpoint whose answers move between identical requests proves nothing by a change).
+to narrow). A penalty's change counts only against a plain answer that came back the same twice in a row
+(an endpoint whose first answer to a prompt differs from the later ones proves nothing by a change).
 A refused value (400) is not judged here: the ranges checks own acceptance.
 """
 
@@ -190,39 +190,51 @@ def _repeats(text: str) -> bool:
     return len(words) != len(set(words))
 
 
-def _near_greedy(ctx: Context, prompt: str, tested: str | None, again: bool = False, **params: Any) -> str:
-    """The seeded near-greedy answer to `prompt` with `params`; `again` asks the same once more (its
-    own memo), to see whether the endpoint answers it the same way twice."""
+def _near_greedy(ctx: Context, prompt: str, tested: str | None, ask: int = 0, **params: Any) -> str:
+    """The seeded near-greedy answer to `prompt` with `params`; `ask` numbers repeats of the same
+    request (each its own memo)."""
     body = ctx.body(messages=[{"role": "user", "content": prompt}], max_tokens=PENALTY_TOKENS,
                     temperature=NEAR_GREEDY, seed=ctx.target.seed + SEED_OFFSET, **params)
-    key = "effects.greedy." + repr((prompt, sorted(params.items()), again))
+    key = "effects.greedy." + repr((prompt, sorted(params.items()), ask))
     return ctx.memo(key, lambda: _text(_refused_as_unsupported(ctx, body, tested)))
+
+
+STEADY_ASKS = 3  # the plain request is asked up to this often for two answers in a row that agree
+
+
+def _steady_plain(ctx: Context, prompt: str) -> str | None:
+    """The plain near-greedy answer once two asks in a row agree, or None when they never do. An
+    endpoint may answer a prompt's first request differently from the later ones (llama-cpp-python,
+    before its prompt cache holds the prompt): compared with that answer, an ignored penalty would
+    seem to change the text."""
+    last = _near_greedy(ctx, prompt, None)
+    for ask in range(1, STEADY_ASKS):
+        answer = _near_greedy(ctx, prompt, None, ask)
+        if answer == last:
+            return answer
+        last = answer
+    return None
 
 
 def _penalty_check(param: str) -> Callable[[Context], None]:
     def run(ctx: Context) -> None:
         judged, unsteady = [], []
         for prompt in PENALTY_PROMPTS:
-            plain = _near_greedy(ctx, prompt, None)
-            if not _repeats(plain):
+            if not _repeats(_near_greedy(ctx, prompt, None)):
                 continue  # nothing repeats: no penalty would change this answer
-            penalized = _near_greedy(ctx, prompt, param, **{param: STRONG_PENALTY})
-            # Asked again after the penalized request: an endpoint whose near-greedy answer moves
-            # between identical requests (llama-cpp-python's first answer to a prompt, before its
-            # prompt cache holds it) would otherwise pass with the penalty ignored.
-            again = _near_greedy(ctx, prompt, None, again=True)
-            if penalized in (plain, again):
-                judged.append(penalized)  # may simply not hinge on a repeat: try the next prompt
-            elif plain == again:
+            plain = _steady_plain(ctx, prompt)
+            if plain is None:
+                unsteady.append(prompt)  # no reference a change could be measured against
+                continue
+            if _near_greedy(ctx, prompt, param, **{param: STRONG_PENALTY}) != plain:
                 return
-            else:
-                unsteady.append(prompt)  # changed, but so does the plain answer: not evidence
+            judged.append(plain)  # this answer may simply not hinge on a repeat: try the next prompt
         if judged:
             ctx.fail(f"{param} {STRONG_PENALTY} left every seeded near-greedy answer that repeats words unchanged "
                      f"({judged}): {param} is ignored", ctx.last_exchange())
         if unsteady:
-            raise Skipped(f"cannot judge {param}: the near-greedy answer to {unsteady} differs between identical "
-                          "requests, so a change under the penalty is no evidence of it")
+            raise Skipped(f"cannot judge {param}: the near-greedy answer to {unsteady} never came back the same "
+                          f"twice in a row in {STEADY_ASKS} identical requests, so there is no answer to compare with")
         raise Skipped(f"cannot judge {param}: no near-greedy answer repeated a word, so no penalty had "
                       "anything to act on")
 
