@@ -870,6 +870,9 @@ FAULTS: tuple[Fault, ...] = (
           spares="usage.matches or logit_bias or sampling.",
           on_json=each_choice(_no_logprobs_choice), on_stream=each_chunk(_no_logprobs_chunk),
           description="logprobs: true is accepted and no logprobs are returned"),
+    Fault("no_stream_logprobs", ("logprobs.spell_content_stream",),
+          reasons=("the same request not streamed returns them",), on_stream=each_chunk(_no_logprobs_chunk),
+          description="logprobs come back only when not streaming"),
     Fault("logprobs_need_top", ("logprobs.shape",), reasons=("logprobs: true without top_logprobs",),
           spares="usage.matches_logprobs_nonstream", on_json=each_choice(_no_logprobs_unless_top),
           description="logprobs: true returns logprobs only when top_logprobs is given too (llama-cpp-python)"),
@@ -1062,8 +1065,8 @@ N_IGNORED_IN_STREAMS = Fault("n_ignored_in_streams", (), on_request=_force_n1_in
 # Checks that report "not supported" naming the feature (never "failed") under a fault that takes
 # away a feature they rely on: (fault, those checks, the fragment naming the feature).
 LACKING: tuple[tuple[Fault, tuple[str, ...], str], ...] = (
-    (_fault("no_logprobs"), ("usage.matches_stream_tokens", "usage.matches_logprobs_nonstream"),
-     "relies on logprobs"),
+    (_fault("no_logprobs"), ("usage.matches_stream_tokens", "usage.matches_logprobs_nonstream",
+                             "logprobs.spell_content", "logprobs.spell_content_stream"), "relies on logprobs"),
     (_fault("seed_ignored"), ("stop.contains_and_ends", "stop.stream"), "relies on seed"),
     (N_IGNORED_IN_STREAMS, ("streaming.finish_reason_once",), "relies on n in streams"),
     (_fault("no_stream_usage"), ("usage.totals_add_up", "usage.max_tokens_bound"), "relies on usage in the stream"),

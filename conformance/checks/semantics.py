@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import jsonschema
 
@@ -292,6 +292,11 @@ def spelling_problem(entries: list[dict[str, Any]], content: str, finish: str | 
 SPELL_PROMPT = "Write two short sentences about the sea."
 
 
+def _lacks_logprobs(ctx: Context) -> NoReturn:
+    """No logprobs at all for `logprobs: true` is logprobs.shape's failure (one deviation, one failure)."""
+    ctx.lacks("logprobs (logprobs: true was accepted but no logprobs.content came back)", "logprobs.shape")
+
+
 @check("logprobs.spell_content", "logprobs", "logprobs")
 def logprobs_spell_content(ctx: Context) -> None:
     """The logprob entries of a non-stream answer, joined, are exactly its content."""
@@ -299,7 +304,8 @@ def logprobs_spell_content(ctx: Context) -> None:
                                           seed=ctx.target.seed))
     for choice in data["choices"]:
         entries = (choice.get("logprobs") or {}).get("content")
-        ctx.expect(entries is not None, "logprobs: true but the choice has no logprobs.content", exchange)
+        if entries is None:
+            _lacks_logprobs(ctx)
         problem = spelling_problem(entries, choice["message"].get("content") or "", choice.get("finish_reason"))
         ctx.expect(problem is None, f"choice {choice.get('index')}: {problem}", exchange)
 
@@ -310,7 +316,13 @@ def logprobs_spell_content_stream(ctx: Context) -> None:
     result = ctx.ok_stream(ctx.body(messages=_user(SPELL_PROMPT), max_tokens=16, logprobs=True,
                                     seed=ctx.target.seed))
     texts, entries, reasons = result.texts(), result.logprob_tokens(), result.finish_reasons()
-    ctx.expect(any(entries.values()), "logprobs: true but no chunk carried logprobs.content", result.exchange)
+    if not any(entries.values()):
+        exchange, data = ctx.ok_json(ctx.body(messages=_user(SPELL_PROMPT), max_tokens=16, logprobs=True,
+                                              seed=ctx.target.seed))
+        if all((choice.get("logprobs") or {}).get("content") is None for choice in data["choices"]):
+            _lacks_logprobs(ctx)
+        ctx.fail("logprobs: true but no chunk of the stream carried logprobs.content (the same request not "
+                 "streamed returns them)", result.exchange)
     for index, text in sorted(texts.items()):
         finish = (reasons.get(index) or [None])[-1]
         problem = spelling_problem(entries.get(index, []), text, finish)
