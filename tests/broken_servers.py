@@ -577,6 +577,12 @@ def _drop_field(name: str) -> RequestHook:
     return drop
 
 
+def _bias_500(call: Call, reply: Reply) -> Reply:
+    if isinstance(call.body, dict) and "logit_bias" in call.body:
+        return Reply(500, CIMultiDict({"Content-Type": "text/plain"}), b"Internal Server Error")
+    return reply
+
+
 def _always_greedy(call: Call) -> None:
     """Any temperature asked is replaced by a near-zero one (transformers serve without do_sample)."""
     if isinstance(call.body, dict) and "temperature" in call.body:
@@ -879,6 +885,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("top_k_unknown", ("ranges.top_k.inside",), reasons=("expected 200, got 422",),
           spares="ranges.top_k or sampling.top_k_effect",
           on_reply=_top_k_unknown, description="top_k is an unknown field, refused with 422 (transformers serve)"),
+    Fault("logit_bias_500", ("ranges.logit_bias.*.inside",), reasons=("expected 200, got 500",),
+          spares="ranges.logit_bias or logit_bias", on_reply=_bias_500,
+          description="any request with logit_bias is answered 500 (transformers serve)"),
     Fault("stop_dropped", ("stop.contains_and_ends", "stop.stream"),
           reasons=('must contain and end with the stop sequence', 'must contain and end with the stop sequence'),
           on_json=each_choice(_stop_dropped_choice), on_stream=_stop_dropped_stream,

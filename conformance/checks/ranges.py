@@ -109,7 +109,7 @@ def _openai_includes(rng: spec.ParamRange, profile: str, value: float) -> bool:
     return openai is not None and openai.contains(value)
 
 
-def _needs_param(ctx: Context, path: str, inside: Any) -> None:
+def needs_param(ctx: Context, path: str, inside: Any) -> None:
     """Not supported when the endpoint refuses even a valid value of the parameter (it does not
     know it: transformers serve answers 422 to top_k): `inside` fails for that, once, and the
     parameter's other range checks cannot tell anything (one deviation, one failure)."""
@@ -124,7 +124,7 @@ def _accepts(path: str, value: Any, relies: tuple[str, ...], inside: Any = None)
         if relies:
             ctx.uses(*relies)
         if inside is not None:
-            _needs_param(ctx, path, inside)
+            needs_param(ctx, path, inside)
         ctx.ok_json(_body(ctx, path, value))
 
     return run
@@ -134,7 +134,7 @@ def _rejects(path: str, value: Any, relies: tuple[str, ...], what: str, inside: 
     def run(ctx: Context) -> None:
         if relies:
             ctx.uses(*relies)
-        _needs_param(ctx, path, inside)
+        needs_param(ctx, path, inside)
         exchange = ctx.chat(_body(ctx, path, value))
         ctx.expect_error(exchange, [400], param=_param(path), what=what)
 
