@@ -236,6 +236,7 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
              for _ in range(requests_total)]
     read_tokens = [0] * requests_total
     closed_at = [0.0] * requests_total
+    client_errors: list[str] = []  # a client's own socket error (e.g. no byte for 120 s): a finding, not a crash
 
     def one(index: int) -> None:
         mode, amount = plans[index]
@@ -243,7 +244,12 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
                            "messages": [{"role": "user", "content": f"Tell story number {index}."}]}).encode()
         head = (f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
-        sock = socket.create_connection((host, port), timeout=120)
+        try:
+            sock = socket.create_connection((host, port), timeout=120)
+        except OSError as exc:
+            client_errors.append(f"request {index}: connect: {exc!r}")
+            closed_at[index] = time.monotonic()
+            return
         try:
             sock.sendall(head + body)
             if mode == "before_first_byte":
@@ -256,6 +262,8 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
                     return
                 buffer += data
                 read_tokens[index] = len(CONTENT_EVENT.findall(buffer))
+        except OSError as exc:
+            client_errors.append(f"request {index} ({mode} {amount}): {exc!r}")
         finally:
             sock.close()
             closed_at[index] = time.monotonic()
@@ -288,7 +296,7 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
             "tokens_generated": generated, "tokens_no_client_read": generated - delivered,
             "tokens_no_client_read_per_request": round((generated - delivered) / requests_total, 2),
             "tokens_generated_while_idle": generated_later - generated_at_idle,
-            "next_request_status": after.status_code}
+            "next_request_status": after.status_code, "client_errors": client_errors}
 
 
 def rss_kib(pid: int) -> int | None:
@@ -415,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(doc, indent=1))
         if args.out:
             args.out.write_text(json.dumps(doc, indent=1))
-        return 0 if doc["in_flight_at_end"] == 0 and doc["next_request_status"] == 200 else 1
+        return 0 if (doc["in_flight_at_end"] == 0 and doc["next_request_status"] == 200
+                     and not doc["client_errors"]) else 1
     if args.command == "soak":
         args.report_dir.mkdir(parents=True, exist_ok=True)
         doc = soak(args.engine, args.minutes, args.users or args.max_queue + 4, args.max_queue, args.output_tokens,

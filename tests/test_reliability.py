@@ -17,11 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def reliability(*args: str, timeout: float = 600) -> dict:
     result = subprocess.run([sys.executable, "benchmarks/reliability.py", *args], capture_output=True, text=True,
                             timeout=timeout, cwd=ROOT)
-    start = result.stdout.index("{")
+    start = result.stdout.find("{")
+    assert start >= 0, f"exit {result.returncode}, no figures on stdout; stderr:\n{result.stderr[-3000:]}"
     return {"exit": result.returncode, **json.loads(result.stdout[start:])}
 
 
 def check_storm(doc: dict, max_wasted_per_request: float) -> None:
+    assert not doc["client_errors"], doc["client_errors"]
     assert doc["exit"] == 0
     assert doc["closed_before_first_byte"] > 0 and doc["closed_after_tokens"] > 0
     assert doc["in_flight_at_end"] == 0
