@@ -75,7 +75,8 @@ class TokenScale:
 
 
 def fit_token_scale(count_tokens: Callable[[int], int], low_words: int = 4, high_words: int = 128) -> TokenScale:
-    """The line through the token counts of two synthetic prompts (see `usage_counter`)."""
+    """The line through the token counts of two synthetic prompts (`count_tokens`: words -> the
+    endpoint's usage.prompt_tokens of a synthetic prompt of that many words)."""
     low, high = count_tokens(low_words), count_tokens(high_words)
     per_word = max((high - low) / (high_words - low_words), 1e-6)
     return TokenScale(overhead=low - per_word * low_words, per_word=per_word)
@@ -164,12 +165,3 @@ def message_counter(
         return usage["prompt_tokens"]
 
     return count
-
-
-def usage_counter(
-    url: str, api_key: str | None, model: str, extra_body: dict[str, Any], seed: int = 0,
-    headers: dict[str, str] | None = None,
-) -> Callable[[int], int]:
-    """A `count_tokens` for `calibrate_prompt` that asks the endpoint itself."""
-    count_messages = message_counter(url, api_key, model, extra_body, headers)
-    return lambda words: count_messages(PromptPlan(words).messages(random.Random(seed)))
