@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             say(f"== {name}")
             run_server(name, args, command)
     doc = compat_table.render(args.out, names, args.triage,
-                              excluded={s: why for s, (_, why) in DEFAULT_EXCLUDE.items()})
+                              excluded={} if args.no_default_exclude else
+                              {s: why for s, (_, why) in DEFAULT_EXCLUDE.items()})
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(doc, encoding="utf-8")
     say(f"wrote {args.doc}")

@@ -91,7 +91,8 @@ def run_one(item: Check, ctx: Context) -> CheckResult:
 
 
 def probe(target: Target) -> str | None:
-    """What went wrong with the smallest valid chat request (max_tokens 1), or None when it got a 200."""
+    """What went wrong with the smallest valid chat request (max_tokens 1), or None when it got a 200
+    (or a 429/503: the endpoint answers, it only asks the client to slow down)."""
     timeout = min(target.timeout_s, PROBE_TIMEOUT_S)
     client = Client(dataclasses.replace(target, timeout_s=timeout))
     try:
@@ -102,7 +103,8 @@ def probe(target: Target) -> str | None:
         return f"got no answer ({exc.__class__.__name__})"
     finally:
         client.close()
-    return None if exchange.status == 200 else f"was answered HTTP {exchange.status}"
+    # A 429 or 503 is an endpoint pacing its clients (a gateway's rate limit), alive: not a reason to stop.
+    return None if exchange.status in (200, 429, 503) else f"was answered HTTP {exchange.status}"
 
 
 def endpoint_gone(

@@ -93,6 +93,22 @@ class Exchange:
         return " ".join(parts)
 
 
+def request_headers(target: Target, headers: dict[str, str] | None = None,
+                    auth: bool = True) -> tuple[dict[str, str], dict[str, str]]:
+    """(sent, shown) headers of a request to `target`: its --header values and bearer key (unless
+    `auth` is False), then `headers`; `shown` redacts every credential for the reports."""
+    given = dict(headers or {})
+    overridden = {name.lower() for name in given} | (set() if auth else {"authorization"})
+    sent = {name: value for name, value in target.headers if name.lower() not in overridden}
+    shown = {name: HEADER_REDACTED for name in sent}
+    sent.update(given)
+    shown.update(given)
+    if auth and target.api_key and not any(name.lower() == "authorization" for name in sent):
+        sent["Authorization"] = f"Bearer {target.api_key}"
+        shown["Authorization"] = f"Bearer {REDACTED}"
+    return sent, shown
+
+
 class Client:
     """Sends requests to the target and records each exchange."""
 
@@ -125,15 +141,7 @@ class Client:
         stream: bool = False,
     ) -> Exchange:
         """Send one request; `auth=False` leaves the Authorization header out (also a --header one)."""
-        given = dict(headers or {})
-        overridden = {name.lower() for name in given} | (set() if auth else {"authorization"})
-        sent = {name: value for name, value in self.target.headers if name.lower() not in overridden}
-        shown = {name: HEADER_REDACTED for name in sent}
-        sent.update(given)
-        shown.update(given)
-        if auth and self.target.api_key and not any(name.lower() == "authorization" for name in sent):
-            sent["Authorization"] = f"Bearer {self.target.api_key}"
-            shown["Authorization"] = f"Bearer {REDACTED}"
+        sent, shown = request_headers(self.target, headers, auth)
         exchange = Exchange(method=method, url=url, headers=shown, body=body)
         self.exchanges.append(exchange)
         start = time.perf_counter()

@@ -25,7 +25,7 @@ from load.prompts import message_counter, post_json
 from load.scrape import DEFAULT_SERIES, Scrapes, fetch, parse_series
 from load.slo import parse_slo
 from load.workloads import from_wire as workload_from_wire
-from load.workloads.build import DEFAULT_OUTPUT_TOKENS, add_workload_arguments, build_workload
+from load.workloads.build import DEFAULT_OUTPUT_TOKENS, add_workload_arguments, build_workload, workload_kind
 from load.workloads.trace import TraceWorkload
 from spec import endpoint
 
@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = parser.add_argument_group("server side")
     server.add_argument("--scrape-metrics", default=None, metavar="URL",
-                        help="sample this Prometheus endpoint during the run (a path like /metrics: under the "
-                             "target's base URL) and plot the chosen series on the steps' time axis")
+                        help="sample this Prometheus endpoint during the run (a path like /metrics: on the "
+                             "target's host, with its key and --header values) and plot the chosen series on the "
+                             "steps' time axis")
     server.add_argument("--scrape-series", default=",".join(DEFAULT_SERIES),
                         help="series to keep, with or without their prefix (num_requests_waiting matches "
                              "vllm:num_requests_waiting); the sum over label sets; *_total counters as rates")
@@ -259,9 +260,6 @@ def make_config(args: argparse.Namespace, base_url: str, api_key: str | None, mo
 
 def trace_steps(args: argparse.Namespace, steps: list[StepSpec], workload: TraceWorkload) -> list[StepSpec]:
     """A trace replay is one open-loop step at the trace's own times: at most its rows, labelled by speed."""
-    if args.rate is not None or args.sweep or args.find_capacity:
-        raise UsageError("--workload trace sends at the trace's times: no --rate, --sweep or --find-capacity "
-                         "(use --trace-speed)")
     rows = len(workload.rows)
     count = rows if args.max_requests is None else min(rows, args.max_requests)
     if workload.span_s > steps[0].duration_s:
@@ -342,19 +340,23 @@ def capacity_search(args: argparse.Namespace, steps: list[StepSpec], slo: dict[s
                           max_time_s=args.capacity_max_time, tolerance=args.capacity_tolerance)
 
 
-def scrape_target(args: argparse.Namespace, base_url: str) -> Scrapes | None:
-    """What --scrape-metrics asks for, checked with one scrape now (exit 2 if it cannot be had)."""
+def scrape_target(args: argparse.Namespace, base_url: str, api_key: str | None) -> Scrapes | None:
+    """What --scrape-metrics asks for, checked with one scrape now (exit 2 if it cannot be had). A
+    path is on the target's host (not under its API root: /metrics sits at the root) and gets the
+    target's key and --header values; a full URL elsewhere gets none of them."""
     if not args.scrape_metrics:
         return None
     if args.scrape_interval <= 0:
         raise UsageError("--scrape-interval must be > 0")
-    url = base_url + args.scrape_metrics if args.scrape_metrics.startswith("/") else args.scrape_metrics
+    on_target = args.scrape_metrics.startswith("/")
+    url = resolve_endpoint(base_url).origin + args.scrape_metrics if on_target else args.scrape_metrics
+    headers = endpoint.auth_headers(api_key, parse_headers(args)) if on_target else {}
     try:
         series = parse_series(args.scrape_series)
-        fetch(url, timeout_s=10.0)
+        fetch(url, timeout_s=10.0, headers=headers)
     except (RuntimeError, ValueError) as exc:
         raise UsageError(f"--scrape-metrics: {exc}") from None
-    return Scrapes(url=url, series=series)
+    return Scrapes(url=url, series=series, headers=headers)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -365,6 +367,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--slo: {exc}") from None
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
+    if workload_kind(args) == "trace" and (args.rate is not None or args.sweep or args.find_capacity):
+        # checked before any server starts: the trace sets its own send times
+        raise UsageError("--workload trace sends at the trace's times: no --rate, --sweep or --find-capacity "
+                         "(use --trace-speed)")
     steps = build_steps(args)
     search = capacity_search(args, steps, slo) if args.find_capacity else None
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -374,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
         workload = workload_from_wire(config.workload)
         if isinstance(workload, TraceWorkload):
             steps = trace_steps(args, steps, workload)
-        scrapes = scrape_target(args, base_url)
+        scrapes = scrape_target(args, base_url, api_key)
         # Locust (and its gevent monkey-patching) only now, after the plain-HTTP preflight.
         import gevent
 

@@ -217,14 +217,20 @@ def compare_runs(
 
 
 def regressions(result: Mapping[str, Any], limit_pct: float) -> list[str]:
-    """Each metric worse than the baseline by more than `limit_pct` percent, and significantly."""
+    """Each metric worse than the baseline by more than `limit_pct` percent, and significantly. From a
+    baseline of 0 (an error rate, most often) there is no percentage: any significant worsening counts."""
     found = []
     for row in result["rows"]:
         for cell in row["runs"][1:]:
+            if not (cell.get("worse") and cell.get("significant")):
+                continue
             pct = cell.get("delta_pct")
-            if cell.get("worse") and cell.get("significant") and pct is not None and abs(pct) > limit_pct:
+            base = row["runs"][0]["value"]
+            if pct is None and base == 0:
+                found.append(f"{cell['run']} {row['step']} {row['metric']}: {cell['value']:.4g} against 0")
+            elif pct is not None and abs(pct) > limit_pct:
                 found.append(f"{cell['run']} {row['step']} {row['metric']}: {pct:+.1f}% "
-                             f"({cell['value']:.4g} against {row['runs'][0]['value']:.4g})")
+                             f"({cell['value']:.4g} against {base:.4g})")
     return found
 
 

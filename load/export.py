@@ -14,7 +14,10 @@ where the moment never came; durations in milliseconds):
 - `stream`, `status` (HTTP, null when none came), `ok`, `error_kind` (see load.records.ERROR_KINDS),
   `error`, `retry_after` (a 429's header), `retried` (sent again after a stale keep-alive connection);
 - `prompt_tokens`, `completion_tokens` (the server's usage), `content_events` (counted by us);
-- `request_id`: the answer's `id` when the endpoint gave one.
+- `request_id`: the answer's `id` when the endpoint gave one;
+- what the workload asked for: `max_tokens`, `requested_prompt_tokens` (null when lengths were not
+  planned in tokens), `prefix_blocks` ([block id, tokens] of the shared prefix blocks it carried),
+  `turn` (multi-turn sessions, 1-based; null otherwise).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def request_line(record: RequestRecord, step: int, label: str, window: Window) -
         "error": record.error, "retry_after": record.retry_after, "retried": record.retried,
         "prompt_tokens": record.usage_prompt, "completion_tokens": record.usage_completion,
         "content_events": record.chunk_tokens, "request_id": record.request_id,
+        "max_tokens": record.max_tokens, "requested_prompt_tokens": record.requested_prompt_tokens,
+        "prefix_blocks": record.prefix_blocks, "turn": record.turn,
     }
 
 

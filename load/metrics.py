@@ -54,11 +54,6 @@ def _pkey(p: float) -> str:
     return f"p{p:g}".replace(".", "_")
 
 
-def percentile_key(p: float) -> str:
-    """The key a percentile has in summaries: 50 -> 'p50', 99.9 -> 'p99_9'."""
-    return _pkey(p)
-
-
 @dataclass(frozen=True)
 class Window:
     """The measured part of a step, in ns relative to the step's origin."""

@@ -30,10 +30,10 @@ def parse_series(text: str) -> list[str]:
     return names
 
 
-def fetch(url: str, timeout_s: float) -> str:
+def fetch(url: str, timeout_s: float, headers: dict[str, str] | None = None) -> str:
     """The exposition text; RuntimeError with a one-line reason when it cannot be had."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout_s) as reply:
             return reply.read().decode("utf-8", errors="replace")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise RuntimeError(f"cannot scrape {url}: {getattr(exc, 'reason', exc)}") from None
@@ -60,6 +60,7 @@ class Scrapes:
 
     url: str
     series: list[str]
+    headers: dict[str, str] = field(default_factory=dict)  # the target's auth, when on the target's host
     samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
     failures: int = 0
     last_error: str | None = None
@@ -90,7 +91,7 @@ def scrape_loop(scrapes: Scrapes, interval_s: float, timeout_s: float) -> None:
     while True:
         stamp = time.monotonic()
         try:
-            scrapes.samples.append((stamp, pick(fetch(scrapes.url, timeout_s), scrapes.series)))
+            scrapes.samples.append((stamp, pick(fetch(scrapes.url, timeout_s, scrapes.headers), scrapes.series)))
         except (RuntimeError, ValueError) as exc:
             scrapes.failures += 1
             scrapes.last_error = str(exc)

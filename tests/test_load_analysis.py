@@ -185,7 +185,9 @@ def test_timeline_bins_in_flight_tokens_and_latencies_per_second():
 
 
 def test_requests_jsonl_holds_every_request_with_its_timings(tmp_path):
-    outcome = Outcome(StepSpec(2, 4, 10, 1), [], records=[record(1500, [1600, 1610]), record(200, [300])],
+    asked = record(1500, [1600, 1610])
+    asked.max_tokens, asked.requested_prompt_tokens, asked.prefix_blocks, asked.turn = 8, 40, [[3, 32]], 2
+    outcome = Outcome(StepSpec(2, 4, 10, 1), [], records=[asked, record(200, [300])],
                       window=Window(1000 * MS, 10_000 * MS))
     lines = list(read_requests(write_requests([outcome], tmp_path)))
     assert [line["send_s"] for line in lines] == [0.2, 1.5]  # in send order
@@ -195,7 +197,10 @@ def test_requests_jsonl_holds_every_request_with_its_timings(tmp_path):
     assert second["step"] == 2 and second["step_label"] == "4 users" and second["ok"] and second["status"] == 200
     assert second["request_id"] == "chatcmpl-1500" and second["completion_tokens"] == 2
     assert set(second) >= {"intended_s", "first_byte_s", "error_kind", "error", "retry_after", "retried",
-                           "prompt_tokens", "content_events", "worker", "stream"}
+                           "prompt_tokens", "content_events", "worker", "stream", "max_tokens",
+                           "requested_prompt_tokens", "prefix_blocks", "turn"}
+    assert (second["max_tokens"], second["requested_prompt_tokens"], second["prefix_blocks"], second["turn"]) == (
+        8, 40, [[3, 32]], 2) and first["turn"] is None
 
 
 def test_scraped_series_sum_label_sets_match_any_prefix_and_counters_become_rates():
@@ -256,7 +261,10 @@ class TestCompare:
         assert errors["worse"] and errors["significant"] and errors["value"] == pytest.approx(30 / 330)
         found = regressions(result, 20.0)
         assert any("ttft_p50" in f for f in found) and not any("itl" in f for f in found)
-        assert not regressions(result, 50.0) or all("error_rate" in f for f in regressions(result, 50.0))
+        # errors from none at all: no percentage, but a significant worsening past any limit
+        assert [f for f in regressions(result, 50.0) if "error_rate" in f] == [
+            f for f in found if "error_rate" in f] and any("error_rate" in f and "against 0" in f for f in found)
+        assert all("error_rate" in f for f in regressions(result, 50.0))
 
     def test_cli_exit_codes_and_html(self, runs, capsys):
         out = runs / "cmp"

@@ -1,5 +1,5 @@
 """Parameter ranges, generated from the spec: a value inside each range is accepted, values beyond
-each end are rejected with a 400 envelope naming the parameter, exclusive ends are rejected and
+each end are rejected with a 4xx naming the parameter (the spec says 400), exclusive ends are rejected and
 inclusive ends accepted, a wrong type is rejected and null is accepted exactly when nullable.
 
 No range is written here: every value is derived from `spec.parameter_ranges(target.profile)`.
@@ -167,11 +167,11 @@ def _checks_for(rng: spec.ParamRange, profile: str) -> Iterator[Check]:
     if low is not None:
         value = _num(low - step, rng.kind)
         yield make("below_min", "outside", _rejects(path, value, relies, f"{_param(path)}={value!r}", inside),
-                   f"{shown}: {value!r} lies below the range, so it is rejected (400 naming {_param(path)})")
+                   f"{shown}: {value!r} lies below the range, so it is rejected (4xx naming {_param(path)})")
     if high is not None:
         value = _num(high + step, rng.kind)
         yield make("above_max", "outside", _rejects(path, value, relies, f"{_param(path)}={value!r}", inside),
-                   f"{shown}: {value!r} lies above the range, so it is rejected (400 naming {_param(path)})")
+                   f"{shown}: {value!r} lies above the range, so it is rejected (4xx naming {_param(path)})")
     for side, inclusive, exclusive in (("min", rng.minimum, rng.exclusive_minimum),
                                        ("max", rng.maximum, rng.exclusive_maximum)):
         if exclusive is not None:
@@ -188,7 +188,7 @@ def _checks_for(rng: spec.ParamRange, profile: str) -> Iterator[Check]:
                        f"{shown}: the inclusive end {value!r} is accepted (200)")
     yield make("wrong_type", "wrong-type",
                _rejects(path, _WRONG_TYPE, relies, f"{_param(path)}={_WRONG_TYPE!r}", inside),
-               f"{shown}: a string is rejected (400 naming {_param(path)})")
+               f"{shown}: a string is rejected (4xx naming {_param(path)})")
     if rng.nullable:
         yield make("null", "null", _accepts(path, None, relies, inside), f"{shown}: null is accepted (nullable)")
     else:
@@ -198,7 +198,7 @@ def _checks_for(rng: spec.ParamRange, profile: str) -> Iterator[Check]:
 
 @check("ranges.stop.too_many", FEATURE, "outside")
 def stop_too_many(ctx: Context) -> None:
-    """One stop sequence more than the spec allows is rejected (400 naming stop)."""
+    """One stop sequence more than the spec allows is rejected (4xx naming stop)."""
     count = spec.max_stop_sequences() + 1
     stops = [f"zq{i}" for i in range(count)]
     exchange = ctx.chat(ctx.body(stop=stops, max_tokens=4))
@@ -207,7 +207,7 @@ def stop_too_many(ctx: Context) -> None:
 
 @check("ranges.top_logprobs.requires_logprobs", FEATURE, "cross-field")
 def top_logprobs_requires_logprobs(ctx: Context) -> None:
-    """top_logprobs without logprobs: true is rejected (400 naming top_logprobs)."""
+    """top_logprobs without logprobs: true is rejected (4xx naming top_logprobs)."""
     ctx.uses("logprobs")
     exchange = ctx.chat(ctx.body(top_logprobs=2, max_tokens=4))
     ctx.expect_error(exchange, [400], param="top_logprobs", what="top_logprobs without logprobs")
@@ -215,6 +215,6 @@ def top_logprobs_requires_logprobs(ctx: Context) -> None:
 
 @check("ranges.messages.empty", FEATURE, "outside")
 def messages_empty(ctx: Context) -> None:
-    """An empty messages list is rejected (400 in the error envelope)."""
+    """An empty messages list is rejected (4xx, the spec says 400)."""
     exchange = ctx.chat(ctx.body(messages=[], max_tokens=4))
     ctx.expect_error(exchange, [400], what="messages []")

@@ -482,22 +482,21 @@ UNKNOWN_TOKEN_ID = "2000000000"
 def _expect_key_named(ctx: Context, key: str, what: str) -> None:
     _needs_logit_bias(ctx)  # a server that fails every logit_bias tells nothing of its keys
     exchange = ctx.chat(ctx.body(logit_bias={key: 5}, max_tokens=4))
-    data = ctx.expect_error(exchange, [400], param="logit_bias", what=what)
-    message = data["error"].get("message") or ""
-    named = data["error"].get("param") or ""
-    ctx.expect(key in message or key in named,
-               f"{what}: the error must name the key {key!r}, got message {message!r} (param {named!r})", exchange)
+    ctx.expect_error(exchange, [400], param="logit_bias", what=what)
+    # Any error body (our envelope, FastAPI's {"detail": ...}, plain text): the key must be in it.
+    text = exchange.content.decode("utf-8", errors="replace")
+    ctx.expect(key in text, f"{what}: the error must name the key {key!r}, got {text[:300]!r}", exchange)
 
 
 @check("logit_bias.non_integer_key", "logit_bias", "logit_bias")
 def logit_bias_non_integer_key(ctx: Context) -> None:
-    """logit_bias with a key that is not a token id: 400 naming logit_bias and the key."""
+    """logit_bias with a key that is not a token id: refused (4xx, the spec says 400) naming the key."""
     _expect_key_named(ctx, NON_INTEGER_KEY, f"logit_bias key {NON_INTEGER_KEY!r}")
 
 
 @check("logit_bias.unknown_token", "logit_bias", "logit_bias")
 def logit_bias_unknown_token(ctx: Context) -> None:
-    """logit_bias naming a token id past the vocabulary: 400 naming logit_bias and the id."""
+    """logit_bias naming a token id past the vocabulary: refused (4xx, the spec says 400) naming the id."""
     _expect_key_named(ctx, UNKNOWN_TOKEN_ID, f"logit_bias token id {UNKNOWN_TOKEN_ID}")
 
 
@@ -558,8 +557,8 @@ INVALID_SCHEMA = {"type": "no-such-type"}
 
 @check("json_mode.invalid_schema", "json_mode", "json_mode")
 def json_mode_invalid_schema(ctx: Context) -> None:
-    """response_format json_object with a schema that is not a valid JSON Schema: 400 naming
-    response_format (not a 5xx, not an answer that no schema constrains)."""
+    """response_format json_object with a schema that is not a valid JSON Schema: refused (4xx, the
+    spec says 400) naming response_format (not a 5xx, not an answer that no schema constrains)."""
     exchange = ctx.chat(_json_body(ctx, "Give a JSON object.", 8, {"type": "json_object", "schema": INVALID_SCHEMA}))
     ctx.expect_error(exchange, [400], param="response_format",
                      what=f"response_format schema {json.dumps(INVALID_SCHEMA)}")
