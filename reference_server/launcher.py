@@ -17,6 +17,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from spec.endpoint import DEFAULT_ROOT
+
 
 def signal_name(returncode: int) -> str:
     """'signal 11 (SIGSEGV)' for a process that died by a signal (negative return code)."""
@@ -44,7 +46,7 @@ class RunningServer:
     @property
     def api_base(self) -> str:
         """The base URL an OpenAI SDK client takes (`.../v3/openai`)."""
-        return self.base_url + "/v3/openai"
+        return self.base_url + DEFAULT_ROOT
 
     def exit_status(self) -> str | None:
         """None while the server runs; once it has ended, how: 'exit code 1', 'signal 11 (SIGSEGV)'."""

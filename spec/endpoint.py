@@ -45,11 +45,6 @@ class Endpoint:
     root: str
 
     @property
-    def api_base(self) -> str:
-        """What an OpenAI SDK takes as `base_url`."""
-        return self.origin + self.root
-
-    @property
     def chat_path(self) -> str:
         return self.root + CHAT_SUFFIX
 
