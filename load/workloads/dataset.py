@@ -11,10 +11,15 @@ from load.workloads.base import PlannedRequest
 
 
 class CyclingSession:
-    """The entries in file order, from a per-user starting point (users do not all send line 1 first)."""
+    """The entries in file order, from a per-user starting point (users do not all send line 1 first).
 
-    def __init__(self, entries: list[dict[str, Any]], output_tokens: LengthSpec, rng: random.Random) -> None:
-        self._entries, self._output, self._rng = entries, output_tokens, rng
+    max_tokens: the entry's own, else a draw from `output_tokens`; with `override`, a draw from
+    `output_tokens` whenever it is given (ShareGPT with --output-tokens). An entry's `prompt_tokens`
+    (counted by the endpoint) is what was asked."""
+
+    def __init__(self, entries: list[dict[str, Any]], output_tokens: LengthSpec | None, rng: random.Random,
+                 override: bool = False) -> None:
+        self._entries, self._output, self._rng, self._override = entries, output_tokens, rng, override
         self._index = rng.randrange(len(entries))
 
     def wait_s(self) -> float:
@@ -23,8 +28,10 @@ class CyclingSession:
     def next_request(self, slot: int | None) -> PlannedRequest:
         entry = self._entries[self._index % len(self._entries)]
         self._index += 1
-        return PlannedRequest(messages=entry["messages"],
-                              max_tokens=entry.get("max_tokens") or self._output.draw(self._rng))
+        own = entry.get("max_tokens")
+        draw = self._output is not None and (self._override or not own)
+        return PlannedRequest(messages=entry["messages"], max_tokens=self._output.draw(self._rng) if draw else own,
+                              requested_prompt_tokens=entry.get("prompt_tokens"))
 
     def answered(self, text: str | None) -> None:
         return None

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from load.lengths import LengthSpec
 from load.prompts import DatasetError
-from load.workloads.base import PlannedRequest
+from load.workloads.dataset import CyclingSession
 
 HUMAN, GPT = ("human", "user"), ("gpt", "assistant", "chatgpt", "bard", "bing")
 
@@ -68,27 +68,6 @@ def count_lengths(
             for p, prompt, answer in zip(pairs, prompts, lengths, strict=True)]
 
 
-class ShareGPTSession:
-    """The conversations in file order from a per-user start; what was asked goes into the plan."""
-
-    def __init__(self, entries: list[dict[str, Any]], output_tokens: LengthSpec | None, rng: random.Random) -> None:
-        self._entries, self._output, self._rng = entries, output_tokens, rng
-        self._index = rng.randrange(len(entries))
-
-    def wait_s(self) -> float:
-        return 0.0
-
-    def next_request(self, slot: int | None) -> PlannedRequest:
-        entry = self._entries[self._index % len(self._entries)]
-        self._index += 1
-        max_tokens = self._output.draw(self._rng) if self._output else entry["max_tokens"]
-        return PlannedRequest(messages=entry["messages"], max_tokens=max_tokens,
-                              requested_prompt_tokens=entry.get("prompt_tokens"))
-
-    def answered(self, text: str | None) -> None:
-        return None
-
-
 @dataclass(frozen=True)
 class ShareGPTWorkload:
     """Counted conversations ({messages, prompt_tokens, max_tokens}); `output_tokens` replaces the
@@ -99,8 +78,8 @@ class ShareGPTWorkload:
     source: str = ""
     kind: ClassVar[str] = "sharegpt"
 
-    def session(self, rng: random.Random) -> ShareGPTSession:
-        return ShareGPTSession(self.entries, self.output_tokens, rng)
+    def session(self, rng: random.Random) -> CyclingSession:
+        return CyclingSession(self.entries, self.output_tokens, rng, override=True)
 
     def schedule(self, worker_index: int, workers: int) -> None:
         return None
