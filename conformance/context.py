@@ -107,6 +107,10 @@ class Context:
         (one deviation, one failure: the check `judged_by` fails for it)."""
         raise NotSupported(f"relies on {feature}, which the endpoint does not provide ({judged_by} fails for that)")
 
+    def lacks_logprobs(self) -> NoReturn:
+        """No logprobs at all for `logprobs: true`: logprobs.shape's failure, not supported elsewhere."""
+        self.lacks("logprobs (logprobs: true was accepted but no logprobs.content came back)", "logprobs.shape")
+
     @staticmethod
     def fail(message: str, exchange: Exchange | None = None) -> None:
         raise CheckFailed(message, exchange)

@@ -24,13 +24,11 @@ import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from conformance.checks.semantics import NEAR_GREEDY, STORY
 from conformance.context import Context
 from conformance.registry import CheckFailed, Skipped, check
 
-PROMPT = ("Write a long story about a cat, a dog and a fox who travel together. "
-          "Use many different words and describe every place they visit.")
 HOT = 1.5  # a temperature inside every profile's range at which samples spread
-NEAR_GREEDY = 0.01
 SAMPLES = 4  # seeds per group
 SPREAD = 3  # distinct texts out of SAMPLES that count as spread (a collapsed sampler gives 1, maybe 2)
 SAMPLE_TOKENS = 8
@@ -41,7 +39,7 @@ SEED_OFFSET = 100  # away from the seeds other checks use, so no memo is shared 
 # Prompts whose answers repeat words (most models repeat the asked-for opening); the first that
 # repeats decides, the next ones are tried while the penalty leaves the answer as it was.
 PENALTY_PROMPTS = ("Write five sentences that each begin with 'I like'.",
-                   "Write a poem in which every line begins with 'The cat'.", PROMPT)
+                   "Write a poem in which every line begins with 'The cat'.", STORY)
 PENALTY_TOKENS = 32
 STRONG_PENALTY = 1.9  # inside every profile's range (documented ends are exclusive at 2)
 
@@ -62,13 +60,13 @@ def _text(data: dict[str, Any]) -> str:
 
 
 def _samples(ctx: Context, tested: str | None, **params: Any) -> list[str]:
-    """The texts of SAMPLES seeded runs of PROMPT with `params` (memoized per parameter set)."""
+    """The texts of SAMPLES seeded runs of STORY with `params` (memoized per parameter set)."""
     key = "effects.samples." + repr(sorted(params.items()))
 
     def run() -> list[str]:
         seeds = [ctx.target.seed + SEED_OFFSET + i for i in range(SAMPLES)]
         return [_text(_refused_as_unsupported(
-            ctx, ctx.body(messages=[{"role": "user", "content": PROMPT}], max_tokens=SAMPLE_TOKENS, seed=seed,
+            ctx, ctx.body(messages=[{"role": "user", "content": STORY}], max_tokens=SAMPLE_TOKENS, seed=seed,
                           **params), tested)) for seed in seeds]
 
     return ctx.memo(key, run)
@@ -85,7 +83,7 @@ def _greedy_texts(ctx: Context) -> list[str] | None:
     def run() -> list[str]:
         seeds = [ctx.target.seed + SEED_OFFSET + i for i in range(FIRST_SAMPLES)]
         return [_text(_refused_as_unsupported(
-            ctx, ctx.body(messages=[{"role": "user", "content": PROMPT}], max_tokens=SAMPLE_TOKENS, seed=seed,
+            ctx, ctx.body(messages=[{"role": "user", "content": STORY}], max_tokens=SAMPLE_TOKENS, seed=seed,
                           temperature=FIRST_HOT), None)) for seed in seeds]
 
     texts = ctx.memo("effects.greedy_check", run)
@@ -151,13 +149,13 @@ def temperature_effect(ctx: Context) -> None:
 
 
 def _first_tokens(ctx: Context, tested: str | None, **params: Any) -> list[str]:
-    """The one-token answers of FIRST_SAMPLES seeded runs of PROMPT (memoized per parameter set)."""
+    """The one-token answers of FIRST_SAMPLES seeded runs of STORY (memoized per parameter set)."""
     key = "effects.first." + repr(sorted(params.items()))
 
     def run() -> list[str]:
         seeds = [ctx.target.seed + SEED_OFFSET + i for i in range(FIRST_SAMPLES)]
         return [_text(_refused_as_unsupported(
-            ctx, ctx.body(messages=[{"role": "user", "content": PROMPT}], max_tokens=1, seed=seed,
+            ctx, ctx.body(messages=[{"role": "user", "content": STORY}], max_tokens=1, seed=seed,
                           temperature=FIRST_HOT, **params), tested)) for seed in seeds]
 
     return ctx.memo(key, run)

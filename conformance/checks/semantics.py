@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import jsonschema
 
@@ -293,11 +293,6 @@ def spelling_problem(entries: list[dict[str, Any]], content: str, finish: str | 
 SPELL_PROMPT = "Write two short sentences about the sea."
 
 
-def _lacks_logprobs(ctx: Context) -> NoReturn:
-    """No logprobs at all for `logprobs: true` is logprobs.shape's failure (one deviation, one failure)."""
-    ctx.lacks("logprobs (logprobs: true was accepted but no logprobs.content came back)", "logprobs.shape")
-
-
 @check("logprobs.spell_content", "logprobs", "logprobs")
 def logprobs_spell_content(ctx: Context) -> None:
     """The logprob entries of a non-stream answer, joined, are exactly its content."""
@@ -306,7 +301,7 @@ def logprobs_spell_content(ctx: Context) -> None:
     for choice in data["choices"]:
         entries = (choice.get("logprobs") or {}).get("content")
         if entries is None:
-            _lacks_logprobs(ctx)
+            ctx.lacks_logprobs()
         problem = spelling_problem(entries, choice["message"].get("content") or "", choice.get("finish_reason"))
         ctx.expect(problem is None, f"choice {choice.get('index')}: {problem}", exchange)
 
@@ -321,7 +316,7 @@ def logprobs_spell_content_stream(ctx: Context) -> None:
         exchange, data = ctx.ok_json(ctx.body(messages=_user(SPELL_PROMPT), max_tokens=16, logprobs=True,
                                               seed=ctx.target.seed))
         if all((choice.get("logprobs") or {}).get("content") is None for choice in data["choices"]):
-            _lacks_logprobs(ctx)
+            ctx.lacks_logprobs()
         ctx.fail("logprobs: true but no chunk of the stream carried logprobs.content (the same request not "
                  "streamed returns them)", result.exchange)
     for index, text in sorted(texts.items()):
