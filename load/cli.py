@@ -22,6 +22,7 @@ from load.capacity import CapacitySearch
 from load.config import API_PATH, LoadConfig, StepSpec
 from load.lengths import SPEC_HELP
 from load.prompts import message_counter, post_json
+from load.reasoning import summary_line as reasoning_summary_line
 from load.scrape import DEFAULT_SERIES, Scrapes, fetch, parse_series
 from load.slo import parse_slo
 from load.workloads import from_wire as workload_from_wire
@@ -284,6 +285,8 @@ def print_summary(doc: dict[str, Any]) -> None:
         print(f"{step['label']:<16}{m['requests_per_s']:>8.2f}{m['output_tokens_per_s']:>10.1f}"
               f"{ms('ttft', 'p50'):>10}{ms('ttft', 'p99'):>10}{ms('itl', 'p50'):>9}{ms('itl', 'p99'):>9}"
               f"{ms('e2e', 'p50'):>10}{m['requests_failed']:>8}  {slo}")
+        if (first_content := reasoning_summary_line(m)) is not None:  # a reasoning model's TTFC, tokens
+            print(f"{'':<16}{first_content}")
         if m.get("errors_by_kind"):
             kinds = ", ".join(f"{kind} {count}" for kind, count in m["errors_by_kind"].items())
             print(f"{'':<16}errors by kind: {kinds}")
