@@ -88,13 +88,14 @@ def test_engine_marks_the_first_n_tokens_and_keeps_their_deadlines() -> None:
     async def main() -> list[tuple[bool, float]]:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        engine = MockEngine(ttft_ms=40, itl_ms=10, reasoning_tokens=4)
+        engine = MockEngine(ttft_ms=40, itl_ms=30, reasoning_tokens=4)
         return [(t.reasoning, loop.time() - start) async for t in engine.stream([1], params, threading.Event(), start)]
 
     tokens = asyncio.run(main())
     assert [flag for flag, _ in tokens] == [True] * 4 + [False] * 2
     for k, (_, t) in enumerate(tokens):
-        assert 0.040 + 0.010 * k - 1e-4 <= t < 0.040 + 0.010 * k + 0.030, (k, t)
+        due = 0.040 + 0.030 * k
+        assert due - 1e-4 <= t < due + 0.020, (k, t)  # late only by scheduling noise, never by an ITL
     with pytest.raises(ValueError):
         MockEngine(reasoning_tokens=-1)
 
