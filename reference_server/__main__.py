@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mock engine: the first N tokens of each answer are reasoning, sent as "
                              "delta.reasoning_content (message.reasoning_content when not streamed) at the same "
                              "TTFT and ITL as the rest, and counted in usage.completion_tokens and "
-                             "usage.completion_tokens_details.reasoning_tokens, as a reasoning model does")
+                             "usage.completion_tokens_details.reasoning_tokens, as a reasoning model does "
+                             "(logprobs and stop sequences cover the content only; JSON mode has no reasoning)")
     parser.add_argument("--mock-reasoning-field", choices=("reasoning_content", "reasoning"),
                         default="reasoning_content",
                         help="mock engine: the key reasoning goes out under (vLLM's newer name is 'reasoning')")
