@@ -33,9 +33,10 @@ from load.fidelity import (
 from load.health import GoneWatch, client_warnings, data_warnings
 from load.metrics import Window, step_metrics
 from load.outcome import StepOutcome
+from load.process import ProcessState
 from load.records import RequestRecord
 from load.slo import judge
-from load.users import ProcessState, bound_user_class, probe_loop_lag
+from load.users import bound_user_class, probe_loop_lag
 
 log = logging.getLogger("load")
 INTERRUPT_DRAIN_S = 2.0  # after Ctrl-C, how long requests in flight may still finish

@@ -14,8 +14,9 @@ import gevent
 from locust.env import Environment
 
 from load.config import LoadConfig, StepSpec
+from load.process import ProcessState
 from load.records import RequestRecord
-from load.users import ProcessState, bound_user_class, probe_loop_lag
+from load.users import bound_user_class, probe_loop_lag
 
 
 def _send(environment: Environment, kind: str, data: dict) -> None:
