@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 
+from load.config import StepSpec
 from load.export import read_requests, write_requests
 from load.metrics import FORMULAS, Window, step_metrics
+from load.outcome import StepOutcome
 from load.reasoning import summary_line
 from load.records import RequestRecord, StreamTimer, read_json_body
-from load.summary import build_document
+from load.summary import build_document, step_document
 from reports.load_report import render_load_html, write_load_reports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,25 +147,16 @@ class TestMetrics:
         assert "completion_tokens_details.reasoning_tokens" in FORMULAS["reasoning_tokens"]
 
 
-class Outcome:  # what the runner hands to the summary and the export
-    def __init__(self, records: list[RequestRecord]) -> None:
-        from load.config import StepSpec
-
-        self.spec = StepSpec(0, 2, 10, 1)
-        self.records = records
-        self.window = Window(0, 10_000 * MS)
-        self.metrics = step_metrics(records, self.window)
-        self.slo: list[Any] = []
-        self.warnings: list[str] = []
-        self.aborted = None
-        self.health = [{"worker": 0, "cpu_fraction": 0.1, "loop_lag_ns": [1000]}]
+def outcome(records: list[RequestRecord]) -> StepOutcome:
+    """A finished step of these records, as the runner hands it to the summary and the export."""
+    window = Window(0, 10_000 * MS)
+    return StepOutcome(StepSpec(0, 2, 10, 1), records, [{"worker": 0, "cpu_fraction": 0.1, "loop_lag_ns": [1000]}],
+                       window, metrics=step_metrics(records, window))
 
 
 def document(records: list[RequestRecord]) -> dict[str, Any]:
-    from load.summary import step_document
-
     return build_document(target={"base_url": "http://x"}, settings={"stream": True},
-                          steps=[step_document(Outcome(records))], started_at="now", duration_s=1.0)
+                          steps=[step_document(outcome(records))], started_at="now", duration_s=1.0)
 
 
 def test_reports_show_ttfc_and_reasoning_only_where_there_is_some(tmp_path):
@@ -180,8 +173,7 @@ def test_reports_show_ttfc_and_reasoning_only_where_there_is_some(tmp_path):
 
 
 def test_requests_jsonl_has_first_content_and_reasoning(tmp_path):
-    outcome = Outcome([reasoning_record(0, 5, 7)])
-    (line,) = read_requests(write_requests([outcome], tmp_path))
+    (line,) = read_requests(write_requests([outcome([reasoning_record(0, 5, 7)])], tmp_path))
     assert line["first_token_s"] == 0.04 and line["first_content_s"] == 0.09
     assert (line["token_events"], line["content_events"], line["reasoning_events"]) == (12, 7, 5)
     assert line["reasoning_tokens"] == 5 and line["completion_tokens"] == 12 and len(line["token_ms"]) == 12
