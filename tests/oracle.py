@@ -35,6 +35,23 @@ def read_records(path: Path | str, settle_s: float = 0.3, timeout_s: float = 10.
     return sorted(records, key=lambda r: r["arrival_ns"])
 
 
+@dataclass(frozen=True)
+class RecordFile:
+    """A --record file several runs append to (a module's server): each run reads only its own lines."""
+
+    path: Path
+
+    def mark(self) -> int:
+        """How many records the file holds now (take it before a run)."""
+        return self.path.read_bytes().count(b"\n") if self.path.exists() else 0
+
+    def since(self, mark: int) -> list[dict[str, Any]]:
+        """The records written after `mark`, in arrival order, once the file has settled."""
+        read_records(self.path)
+        lines = self.path.read_text(encoding="utf-8").splitlines()[mark:] if self.path.exists() else []
+        return sorted((json.loads(line) for line in lines if line.strip()), key=lambda r: r["arrival_ns"])
+
+
 def load_requests(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The requests a load run's users sent: the streamed ones. The load tool's preflight and its
     prompt-length probes are single non-streamed requests (`max_tokens: 1`) made before the run."""
@@ -71,6 +88,10 @@ class Match:
     @property
     def p90_s(self) -> float:
         return percentile(self.errors_s, 90)
+
+    def late(self, limit_s: float) -> int:
+        """How many arrived more than `limit_s` after their time."""
+        return sum(1 for error in self.errors_s if error > limit_s)
 
     @property
     def max_s(self) -> float:
