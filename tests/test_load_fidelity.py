@@ -32,8 +32,9 @@ from load.export import read_requests
 from reference_server.engines.mock import MockEngine
 from reference_server.launcher import RunningServer, running_server
 from tests.oracle import (
-    Match,
+    LATEST_S,
     RecordFile,
+    assert_on_time,
     gaps_s,
     in_flight,
     load_requests,
@@ -45,7 +46,6 @@ from tests.oracle import (
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 EXACT = ("--extra-body", '{"logit_bias": {"0": -100}}')  # the mock never ends early: answers are max_tokens long
-P90_S, MAX_S = 0.030, 0.250  # how late an arrival may be against its intended time (clocks aligned)
 TOKENIZER = MockEngine()  # the mock server's own token count of a prompt
 
 Server = tuple[RunningServer, RecordFile]
@@ -111,12 +111,6 @@ def run_load(server: Server, tmp_path: Path, *args: str, timeout: float = 180) -
                             capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return Run(load_requests(record.since(mark)), report)
-
-
-def assert_on_time(match: Match) -> None:
-    """At most one in ten arrivals (one, in a short run) later than P90_S, and none later than MAX_S."""
-    allowed = max(1, len(match.errors_s) // 10)
-    assert match.late(P90_S) <= allowed and match.max_s <= MAX_S, match.describe()
 
 
 def tokens(messages: list[dict[str, Any]]) -> int:
@@ -335,7 +329,7 @@ def test_multi_turn_carries_the_history_after_the_think_time(server, tmp_path):
         assert previous is not None, "a later turn whose history no earlier request sent"
         assert messages[-2]["content"]  # the server's answer, carried into the next turn
         waited = (record["arrival_ns"] - previous["end_ns"]) / 1e9
-        assert think - 0.005 <= waited <= think + MAX_S, waited
+        assert think - 0.005 <= waited <= think + LATEST_S, waited
     assert chains == users  # two conversations, each of three turns
     assert max(len(r["body"]["messages"]) for r in run.records) == 2 * turns - 1
 
