@@ -16,7 +16,7 @@ from spec.sse import SSEParser
 
 # Every kind of failed request, in the order a report lists them.
 ERROR_KINDS = ("connection_refused", "connection_closed", "timeout", "transport", "http_429", "http_4xx",
-               "http_5xx", "truncated_stream", "error_event", "protocol")
+               "http_5xx", "truncated_stream", "error_event", "protocol", "cut_off")
 
 
 def http_error_kind(status: int) -> str:

@@ -25,6 +25,12 @@ CSV_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
     ("label", lambda s: s["label"]),
     ("users", lambda s: s["step"]["users"]),
     ("rate", lambda s: s["step"]["rate"]),
+    ("asked", lambda s: (s.get("fidelity") or {}).get("asked")),
+    ("scheduled", lambda s: (s.get("fidelity") or {}).get("scheduled")),
+    ("sent", lambda s: (s.get("fidelity") or {}).get("sent")),
+    ("done", lambda s: (s.get("fidelity") or {}).get("done")),
+    ("ended", lambda s: (s.get("fidelity") or {}).get("end")),
+    ("sent_as_asked", lambda s: (s.get("fidelity") or {}).get("ok")),
     ("requests_sent", lambda s: s["metrics"]["requests_sent"]),
     ("requests_ok", lambda s: s["metrics"]["requests_ok"]),
     ("error_rate", lambda s: s["metrics"]["error_rate"]),
@@ -68,8 +74,24 @@ started {{ doc.started_at }}, {{ '%.1f' % doc.duration_s }} s</p>
 if doc.get('interrupted') else '' }}:</b> {{ doc.aborted }}.
 The step's numbers cover the time until then{% if doc.steps_not_run %}; steps not run:
 {{ doc.steps_not_run|join(', ') }}{% endif %}.</p>{% endif %}
+{% for step in doc.steps %}{% for problem in (step.fidelity or {}).get('problems', []) %}
+<p class="aborted not-sent">{{ step.label }}: <b>not sent as asked:</b> {{ problem }}.</p>{% endfor %}{% endfor %}
 {% for step in doc.steps %}{% for w in step.warnings %}
 <div class="warn">{{ step.label }}: {{ w }}</div>{% endfor %}{% endfor %}
+
+<h2>Sent as asked?</h2>
+<table id="fidelity"><tr><th>step</th><th>asked</th><th>scheduled</th><th>missed (users busy)</th><th>sent</th>
+<th>done</th><th>ended</th><th>rate sent / asked</th><th>mean in flight / users</th><th>verdict</th></tr>
+{% for s in doc.steps %}{% if s.fidelity %}{% set d = s.fidelity %}<tr><th>{{ s.label }}</th>
+<td class="n">{{ d.asked if d.asked is not none else '–' }}</td><td class="n">{{ d.scheduled }}</td>
+<td class="n">{{ d.missed }}</td><td class="n">{{ d.sent }}</td><td class="n">{{ d.done }}</td>
+<td>{{ d.end }}</td><td class="n">{{ f(d.achieved_rate, 3) }} / {{ f(d.asked_rate, 3) }}</td>
+<td class="n">{{ f(d.mean_concurrency, 2) }} / {{ d.users }}</td>
+<td class="{{ 'met' if d.ok else 'miss' }}">{{ 'sent as asked' if d.ok else 'NOT SENT AS ASKED' }}</td></tr>
+{% endif %}{% endfor %}</table>
+<p class="muted">Scheduled: turns that came due (a closed-loop user's turn, an open-loop or trace slot); sent: requests
+whose bytes went out; done: requests that ended, answered or failed. A step ends when its count or schedule is used
+up and every sent request has ended, or at --duration, Ctrl-C or when the endpoint is gone.</p>
 
 <h2>Steps</h2>
 <table id="steps"><tr><th>step</th><th>sent</th><th>ok</th><th>errors</th><th>req/s</th><th>output tok/s</th>
@@ -273,6 +295,8 @@ def render_load_html(doc: Mapping[str, Any]) -> str:
     capacity = doc.get("capacity")
     if capacity:  # probes past the capacity miss the SLO on purpose: the answer is the verdict
         verdict = f"CAPACITY {capacity['capacity_label']}" if capacity["capacity"] is not None else "NO CAPACITY"
+    if not doc.get("fidelity_ok", True):  # numbers of a load that was not the one asked for are never OK
+        verdict = "NOT SENT AS ASKED"
     if doc.get("aborted"):
         verdict = "INTERRUPTED" if doc.get("interrupted") else "ABORTED"
     error_rows = [(s["label"], kind, count, count / max(s["metrics"]["requests_sent"], 1),

@@ -98,15 +98,20 @@ def test_missed_slo_exits_1_and_met_slo_exits_0(mock_server, tmp_path):
 
 def test_an_overloaded_client_is_flagged(mock_server, tmp_path):
     """Open loop at 100 requests/s with a pool of 2 users, each busy >= 30 ms a request: the client
-    cannot send on schedule, and the report must say the client, not the server, was the limit."""
+    cannot send on schedule. The step did not send what was asked (exit 2, the report says so), and
+    the warning blames the client's own pool, whose users were all busy."""
     result = run_load(*target(mock_server), "--rate", "100", "--arrival", "constant", "--users", "2",
                       "--duration", "2", "--warmup", "0.2", "--output-tokens", "4", "--report-dir", str(tmp_path))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "did not send what was asked" in result.stderr and "users were busy" in result.stderr
     step = report(tmp_path)["steps"][0]
+    fidelity = step["fidelity"]
+    assert not fidelity["ok"] and fidelity["missed"] > 0 and 200 <= fidelity["sent"] + fidelity["missed"] <= 201
     assert step["metrics"]["send_lag_ms"]["p99"] > 100
-    assert any("client-limited" in w and "scheduled time" in w for w in step["warnings"])
+    assert any(w.startswith("client-limited") and "scheduled time" in w and "raise --users" in w
+               for w in step["warnings"])
     assert "warning: client-limited" not in result.stderr  # --quiet
-    assert "CLIENT-LIMITED" in (tmp_path / "load.html").read_text()
+    assert "NOT SENT AS ASKED" in (tmp_path / "load.html").read_text()
 
 
 def test_open_loop_keeps_its_schedule_when_the_client_keeps_up(mock_server, record, tmp_path):

@@ -261,20 +261,14 @@ class TestHealth:
 
 
 def test_reports_are_written_and_self_contained(tmp_path):
-    class Outcome:  # what the runner hands to summary.step_document
-        pass
-
+    from load.outcome import StepOutcome
     from load.summary import step_document
 
-    outcome = Outcome()
-    outcome.spec = StepSpec(0, 2, 10, 1)
-    outcome.records = [record(1500, [1600, 1610, 1625]), record(1700, [1790, 1800])]
-    outcome.window = Window(1000 * MS, 10_000 * MS)
-    outcome.metrics = step_metrics(outcome.records, outcome.window, {"ttft_p50": 50.0})
-    outcome.slo = judge(outcome.metrics, {"ttft_p50": 50.0})
-    outcome.warnings = ["client-limited: test <b>"]
-    outcome.aborted = None
-    outcome.health = [{"worker": 0, "cpu_fraction": 0.5, "loop_lag_ns": [1000]}]
+    records = [record(1500, [1600, 1610, 1625]), record(1700, [1790, 1800])]
+    window = Window(1000 * MS, 10_000 * MS)
+    metrics = step_metrics(records, window, {"ttft_p50": 50.0})
+    outcome = StepOutcome(StepSpec(0, 2, 10, 1), records, [{"worker": 0, "cpu_fraction": 0.5, "loop_lag_ns": [1000]}],
+                          window, metrics, judge(metrics, {"ttft_p50": 50.0}), warnings=["client-limited: test <b>"])
     steps = [step_document(outcome)]
     doc = build_document(target={"base_url": "http://x"}, settings={"stream": True}, steps=steps,
                          started_at="now", duration_s=3.0,
