@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "(0: it works on this machine, 2: it does not, with the reason)")
     parser.add_argument("--self-check-timeout", type=float, default=300.0,
                         help="seconds the start-up check may take, loading the engine included")
+    parser.add_argument("--record", default=None, metavar="PATH",
+                        help="append one JSON line per chat-completions request received to PATH (arrival_ns "
+                             "when it arrived, end_ns when its answer was finished or the client went away, path, "
+                             "status, the parsed body, response_id, client, pid; 401/400 refusals too): a witness "
+                             "of what a load generator really sent, and when. Written after each answer, one "
+                             "write per line, so every --workers process can share PATH; an existing file is "
+                             "appended to (fields: reference_server/recording.py)")
     parser.add_argument("--log-level", default="INFO", help="logging level")
     return parser
 
@@ -216,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                           max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
                           body_timeout_s=args.body_timeout, engine_label=args.engine,
                           reasoning_field=args.mock_reasoning_field,
-                          metrics_dir=os.environ.get(METRICS_DIR_ENV) if args.worker_process else None)
+                          metrics_dir=os.environ.get(METRICS_DIR_ENV) if args.worker_process else None,
+                          record_path=args.record)
     app = build_app(engine, config)
     ready = None
     if args.worker_process:  # the supervisor waits for this line: the socket is bound
