@@ -97,7 +97,12 @@ def _target_from(
     if args.embedded_server:
         if args.base_url:
             parser.error("--embedded-server and --base-url exclude each other")
+        from reference_server.engines.extras import missing_engine_extra
         from reference_server.launcher import running_server
+
+        missing = missing_engine_extra(args.embedded_server)
+        if missing:
+            raise Unreachable(missing)
 
         print(f"starting the embedded reference server ({args.embedded_server}) ...", file=sys.stderr,
               flush=True)
