@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from conformance import options
+from conformance import baseline, options
 from conformance.registry import collect
 from conformance.runner import Unreachable, preflight, run_checks, summary_line
 from conformance.target import Target
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(substrings with and/or/not, like pytest -k)")
     how.add_argument("--strict", dest="fail_on", action="store_const", const="should",
                      help="the same as --fail-on should")
+    how.add_argument("--update-baseline", action="store_true",
+                     help="write this run's failures to the --baseline file as YAML (reasons already there "
+                     "are kept; a new one's is its message: edit it to say why); not after an aborted run")
     how.add_argument("--list", action="store_true",
                      help="list the checks that would run (id, feature, category, severity), in order, then exit")
     how.add_argument("--quiet", action="store_true", help="no per-check progress lines")
@@ -95,6 +98,16 @@ def _target_from(
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.update_baseline and not args.baseline:
+        parser.error("--update-baseline needs --baseline FILE (the file to write)")
+    if args.update_baseline and Path(args.baseline).suffix.lower() == ".json":
+        parser.error(f"--update-baseline writes YAML; name a .yaml file, not {args.baseline}")
+    expected = None
+    if args.baseline and not (args.update_baseline and not Path(args.baseline).exists()):
+        try:
+            expected = baseline.load(args.baseline)
+        except baseline.BaselineError as exc:
+            parser.error(str(exc))
     try:
         with _target_from(args, parser) as (target, server_exit):
             try:
@@ -119,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError, OSError) as exc:
         print(f"error: could not run: {exc}", file=sys.stderr)
         return 2
+    if expected is not None:
+        baseline.apply(report, expected)
+    if args.update_baseline and not report.aborted:
+        try:
+            print(f"baseline: wrote {baseline.write(args.baseline, report, expected)}", file=sys.stderr)
+        except (baseline.BaselineError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        baseline.apply(report, baseline.load(args.baseline))
     if args.report_dir is not None:
         from reports import write_all
 

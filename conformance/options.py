@@ -66,6 +66,10 @@ OPTIONS: tuple[Option, ...] = (
         help="the least severity whose failures fail the run (exit 1): must, or should to hold the endpoint "
         "to the recommendations too")),
     Option("timeout", "run", dict(type=float, default=120.0, help="seconds per request")),
+    Option("baseline", "run", dict(
+        default=None, metavar="FILE",
+        help="the failures to expect: a previous conformance.json, or YAML 'expected_failures: [{id, reason}]'; "
+        "the run fails only on a failure not listed (new), and lists listed ones that now pass (fixed)")),
 )
 
 

@@ -5,7 +5,8 @@
 Installed with chatspec, pytest loads it by itself (the `pytest11` entry point `chatspec`; from
 a checkout: `-p conformance.pytest_plugin`). Its options are the CLI's (conformance/options.py),
 each as `--chatspec-NAME`: the base-URL rule, `--chatspec-header`, the key from
-$CHATSPEC_API_KEY, the model from {root}/models when not given, the profile. Without
+$CHATSPEC_API_KEY, the model from {root}/models when not given, the profile, the baseline (an
+expected failure is an xfail naming its reason; a fixed one is listed at the end). Without
 `--chatspec-base-url` it adds nothing, and it imports the suite only then, so every other
 pytest run stays as fast as before.
 
@@ -26,12 +27,15 @@ import pytest
 from conformance import options
 
 if TYPE_CHECKING:
+    from conformance.baseline import Baseline
     from conformance.context import Context
     from conformance.registry import Check
     from conformance.target import Target
 
 _CONTEXT: pytest.StashKey[Context] = pytest.StashKey()
 _KNOWN_GOOD = pytest.StashKey[bool]()
+_BASELINE: pytest.StashKey[Baseline] = pytest.StashKey()
+_FIXED: pytest.StashKey[list[str]] = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -77,10 +81,15 @@ class CheckItem(pytest.Item):
         if result.outcome in ("not_supported", "skipped"):
             label = "not supported" if result.outcome == "not_supported" else "skipped"
             pytest.skip(f"{label}: {result.message}")
+        expected = self.config.stash[_BASELINE].expected if _BASELINE in self.config.stash else {}
+        if result.outcome == "passed" and self.check.id in expected:
+            self.config.stash.setdefault(_FIXED, []).append(self.check.id)
         if result.outcome != "passed":
             gone = endpoint_gone(ctx.target, known_good=self.config.stash.get(_KNOWN_GOOD, False))
             if gone is not None:  # every later check would fail the same way: stop, as the CLI does
                 pytest.exit(f"the endpoint stopped answering at check {self.check.id} ({gone})", returncode=2)
+            if self.check.id in expected:
+                pytest.xfail(f"expected by the baseline ({expected[self.check.id]}): {result.message}")
             if self.check.severity == "should" and self.config.getoption("chatspec_fail_on") == "must":
                 pytest.xfail(f"should-level, not gating: {result.message}")
             detail = [f"[{self.check.severity}] [{result.outcome}] {result.message}"]
@@ -109,13 +118,27 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     target = _target(config)
     if target is None:
         return
+    from conformance.baseline import BaselineError, load
     from conformance.context import Context
     from conformance.runner import probe
+
+    if config.getoption("chatspec_baseline"):
+        try:
+            config.stash[_BASELINE] = load(config.getoption("chatspec_baseline"))
+        except BaselineError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
     config.stash[_CONTEXT] = Context(target)
     config.stash[_KNOWN_GOOD] = probe(target) is None  # a later failure of it means a wedged endpoint
     collector = ChatspecCollector.from_parent(session, name="chatspec", target=target)
     items.extend(collector.collect())
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    fixed = config.stash.get(_FIXED, [])
+    if fixed:
+        terminalreporter.write_line(f"chatspec: fixed since the baseline (expected to fail, now pass): "
+                                    f"{', '.join(fixed)}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

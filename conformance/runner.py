@@ -245,6 +245,11 @@ def summary_line(report: RunReport) -> str:
     tolerated = report.tolerated()
     if tolerated:
         line += (f"; {len(tolerated)} should-level failure(s) do not fail the run (--fail-on should makes them)")
+    if report.baseline is not None:
+        new = sum(1 for r in report.results if r.broken and r.baseline == "new")
+        line += f"; baseline {report.baseline}: {len(report.expected())} expected, {new} new failure(s)"
+        if report.fixed:
+            line += f", fixed: {', '.join(report.fixed)}"
     return line
 
 

@@ -21,7 +21,10 @@ def report_json(report: RunReport) -> dict[str, Any]:
         if result.spec_note:
             item["spec_note"] = result.spec_note
         if result.outcome in ("failed", "error"):
-            item.update(request=result.request, response_excerpt=result.response_excerpt, curl=result.curl)
+            item.update(request=result.request, response_excerpt=result.response_excerpt, curl=result.curl,
+                        baseline=result.baseline or "new")
+            if result.baseline_reason:
+                item["baseline_reason"] = result.baseline_reason
         checks.append(item)
     return {
         "title": report.title, "target": report.target, "started_at": report.started_at,
@@ -29,6 +32,9 @@ def report_json(report: RunReport) -> dict[str, Any]:
         "fail_on": report.fail_on, "aborted": report.aborted, "not_run": report.not_run,
         "summary": report.counts(), "by_severity": report.by_severity(), "by_feature": report.by_feature(),
         "notes": report.notes, "checks": checks,
+        "baseline": None if report.baseline is None else {
+            "file": report.baseline, "expected": [r.id for r in report.expected()],
+            "new": [r.id for r in report.results if r.broken and r.baseline == "new"], "fixed": report.fixed},
     }
 
 

@@ -16,7 +16,8 @@ from plugin_env import plugin_env
 from conformance.cli import build_parser
 from reference_server.launcher import RunningServer, running_server
 
-CLI_ONLY = {"--embedded-server", "--report-dir", "-k", "--strict", "--list", "--quiet", "-h", "--help"}
+CLI_ONLY = {"--embedded-server", "--report-dir", "-k", "--strict", "--list", "--quiet", "-h", "--help",
+            "--update-baseline"}
 
 
 @pytest.fixture(scope="module")
