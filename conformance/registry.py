@@ -31,6 +31,7 @@ CHECK_MODULES = (
     "conformance.checks.effects",
     "conformance.checks.connection",
     "conformance.checks.fuzz",
+    "conformance.checks.openai_fields",
 )
 
 FEATURES = (
