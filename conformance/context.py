@@ -37,8 +37,24 @@ def error_param(data: Any) -> str | None:
     return param if isinstance(param, str) else None
 
 
+# How a request validator may prefix the parameter it names (FastAPI/pydantic: loc ("body", "max_tokens")
+# joined as "body.max_tokens"). Such a name still names the parameter: the form is judged once, by
+# errors.param_bare_name (should-level; spec x-decisions "error.param (form)"), not by every check.
+LOCATION_PREFIXES = ("body.",)
+
+
+def bare_param(named: str) -> str:
+    """`named` without a validator's location prefix: 'body.max_tokens' -> 'max_tokens'."""
+    for prefix in LOCATION_PREFIXES:
+        if named.startswith(prefix) and len(named) > len(prefix):
+            return named[len(prefix):]
+    return named
+
+
 def names_param(named: str, param: str) -> bool:
-    """Whether the error's `param` names `param` (itself, or a part of it: `logit_bias.13`, `stop[2]`)."""
+    """Whether the error's `param` names `param` (itself, or a part of it: `logit_bias.13`, `stop[2]`),
+    also in a validator's location form (`body.max_tokens`)."""
+    named = bare_param(named)
     return named == param or named.split(".")[0].split("[")[0] == param
 
 
