@@ -139,6 +139,7 @@ def test_distributed_run_makes_exactly_the_requests_asked(mock_server, record, t
     assert len({r["client"] for r in arrived}) >= 4  # four users' connections, from two processes
     step = report(tmp_path)["steps"][0]
     assert step["client"]["workers"] == 2
+    assert step["fidelity"]["sent"] == 25 and step["fidelity"]["ok"]  # the report's count agrees with the server
     assert step["metrics"]["requests_total"] == 25 and step["metrics"]["requests_ok"] == 25
     assert step["metrics"]["ttft_ms"]["count"] == 25
 

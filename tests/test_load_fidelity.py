@@ -110,7 +110,20 @@ def run_load(server: Server, tmp_path: Path, *args: str, timeout: float = 180) -
                              "--report-dir", str(report), *args],
                             capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return Run(load_requests(record.since(mark)), report)
+    run = Run(load_requests(record.since(mark)), report)
+    assert_report_agrees(run)
+    return run
+
+
+def assert_report_agrees(run: Run) -> None:
+    """In addition to the server's evidence: each step's fidelity block in load.json counts what the
+    server received, and finds nothing wrong with it."""
+    steps = run.steps
+    seen = {0: len(run.records)} if len(steps) == 1 else {i: len(v) for i, v in run.by_step().items()}
+    for index, step in enumerate(steps):
+        fidelity = step["fidelity"]
+        assert fidelity["ok"], (step["label"], fidelity["problems"])
+        assert fidelity["sent"] == fidelity["done"] == seen.get(index, 0), (step["label"], fidelity, seen)
 
 
 def tokens(messages: list[dict[str, Any]]) -> int:
