@@ -23,6 +23,7 @@ from load.config import API_PATH, LoadConfig, StepSpec
 from load.fidelity import describe as describe_fidelity
 from load.lengths import SPEC_HELP
 from load.prompts import message_counter, post_json
+from load.reasoning import summary_line as reasoning_summary_line
 from load.scrape import DEFAULT_SERIES, Scrapes, fetch, parse_series
 from load.slo import parse_slo
 from load.workloads import from_wire as workload_from_wire
@@ -309,6 +310,8 @@ def print_summary(doc: dict[str, Any]) -> None:
               f"{ms('e2e', 'p50'):>10}{m['requests_failed']:>8}  {slo}")
         for line in describe_fidelity(step["fidelity"]) if step.get("fidelity") else []:
             print(f"{'':<16}{line}")
+        if (first_content := reasoning_summary_line(m)) is not None:  # a reasoning model's TTFC, tokens
+            print(f"{'':<16}{first_content}")
         if m.get("errors_by_kind"):
             kinds = ", ".join(f"{kind} {count}" for kind, count in m["errors_by_kind"].items())
             print(f"{'':<16}errors by kind: {kinds}")

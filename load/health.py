@@ -75,8 +75,9 @@ def data_warnings(metrics: Mapping[str, Any]) -> list[str]:
     warnings = []
     if metrics.get("token_count_mismatches"):
         warnings.append(f"{metrics['token_count_mismatches']} of {metrics['requests_ok']} streams had a number of "
-                        "content events different from their usage.completion_tokens (the server puts several "
-                        "tokens in one event, or its usage is wrong): output tokens/s uses usage, ITL uses events")
+                        "token events (content and reasoning) different from their usage.completion_tokens (the "
+                        "server puts several tokens in one event, or its usage is wrong): output tokens/s uses usage, "
+                        "ITL uses events")
     if metrics.get("stale_connection_retries"):
         warnings.append(f"keep-alive: the server closed {metrics['stale_connection_retries']} connections after an "
                         "answer without sending 'Connection: close'; a request sent on one got no byte back and was "

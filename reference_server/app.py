@@ -83,6 +83,9 @@ class ServerConfig:
     engine_label: str = ""  # the engine's name in /metrics (chatspec:engine_info); default: its class
     # prometheus_client's multiprocess folder when several server processes share the port (--workers)
     metrics_dir: str | None = None
+    # the delta/message key reasoning tokens go out under: "reasoning_content" (DeepSeek, older vLLM)
+    # or "reasoning" (newer vLLM); only engines that mark tokens as reasoning (the mock) send any
+    reasoning_field: str = "reasoning_content"
     record_path: str | None = None  # --record: a JSON line per chat request received (reference_server.recording)
 
 
@@ -253,12 +256,13 @@ class Server:
         finally:
             await _cancel_all(tasks)
         completion_tokens = sum(choice.completion_tokens for choice in choices)
+        reasoning_tokens = sum(choice.reasoning_tokens for choice in choices)
         tracker.reasons.extend(choice.finish_reason for choice in choices)
         body = {
             **header,
             "object": "chat.completion",
-            "choices": [choice.to_api() for choice in choices],
-            "usage": generation.usage(len(prompt), completion_tokens),
+            "choices": [choice.to_api(self.config.reasoning_field) for choice in choices],
+            "usage": generation.usage(len(prompt), completion_tokens, reasoning_tokens),
         }
         return web.json_response(body, dumps=_dumps)
 
@@ -308,6 +312,9 @@ class Server:
                     continue
                 if isinstance(piece, BaseException):
                     raise piece
+                if piece.reasoning:
+                    await send([{"index": index, "delta": {self.config.reasoning_field: piece.reasoning},
+                                 "finish_reason": None, "logprobs": None}])
                 if piece.text or piece.logprobs:
                     await send([_chunk_choice(index, piece.text, piece.logprobs, params.logprobs)])
                 if piece.finish_reason:
@@ -315,7 +322,8 @@ class Server:
                     await send([{"index": index, "delta": {}, "finish_reason": piece.finish_reason,
                                  "logprobs": None}])
             completion_tokens = sum(state.completion_tokens for state in states)
-            await send([], usage=generation.usage(len(prompt), completion_tokens))
+            reasoning_tokens = sum(state.reasoning_tokens for state in states)
+            await send([], usage=generation.usage(len(prompt), completion_tokens, reasoning_tokens))
             await response.write(DONE_EVENT)
             await response.write_eof()
         except (ConnectionResetError, ConnectionError) as exc:

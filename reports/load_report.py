@@ -12,12 +12,18 @@ from typing import Any
 
 import jinja2
 
+from load.reasoning import worth_showing
 from reports.charts import new_figure, png_base64
 from reports.load_workload import WORKLOAD_TEMPLATE, length_charts, workload_rows
 
 
 def _latency(metric: str, stat: str) -> Callable[[Mapping[str, Any]], Any]:
     return lambda step: step["metrics"][f"{metric}_ms"][stat]
+
+
+def _optional_latency(metric: str, stat: str) -> Callable[[Mapping[str, Any]], Any]:
+    """A latency reports written before it existed lack (None there)."""
+    return lambda step: (step["metrics"].get(f"{metric}_ms") or {}).get(stat)
 
 
 CSV_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
@@ -38,6 +44,9 @@ CSV_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
     ("output_tokens_per_s", lambda s: s["metrics"]["output_tokens_per_s"]),
     ("goodput_per_s", lambda s: s["metrics"]["goodput_per_s"]),
     *((f"{m}_{p}_ms", _latency(m, p)) for m in ("ttft", "itl", "tpot", "e2e") for p in ("mean", "p50", "p90", "p99")),
+    *((f"ttfc_{p}_ms", _optional_latency("ttfc", p)) for p in ("mean", "p50", "p90", "p99")),
+    ("requests_with_reasoning", lambda s: s["metrics"].get("requests_with_reasoning")),
+    ("reasoning_tokens_mean", lambda s: s["metrics"].get("reasoning_tokens_mean")),
     ("send_lag_p99_ms", lambda s: (s["metrics"]["send_lag_ms"] or {}).get("p99")),
     ("prefix_sharing_ratio", lambda s: ((s.get("workload") or {}).get("prefix_sharing") or {}).get("ratio")),
     ("output_short", lambda s: (s.get("workload") or {}).get("output_short")),
@@ -110,6 +119,18 @@ up and every sent request has ended, or at --duration, Ctrl-C or when the endpoi
 <td class="n">{{ s.client.cpu_fraction | map('round', 2) | join(', ') }}</td></tr>
 {% endfor %}</table>
 <p class="muted">Latencies in milliseconds; percentiles are exact over every raw sample of every worker.</p>
+{% if reasoning_rows %}<h2>Reasoning and first content</h2>
+<table id="reasoning"><tr><th>step</th><th>requests that reasoned</th><th>reasoning tokens mean</th>
+<th>reasoning tokens total</th><th>output tokens mean</th><th>TTFT p50</th><th>TTFC p50</th><th>TTFC p90</th>
+<th>TTFC p99</th></tr>
+{% for s in reasoning_rows %}{% set m = s.metrics %}<tr><th>{{ s.label }}</th>
+<td class="n">{{ m.requests_with_reasoning }} of {{ m.requests_ok }}</td><td class="n">{{ f(m.reasoning_tokens_mean)
+}}</td><td class="n">{{ m.reasoning_tokens_total }}</td><td class="n">{{ f(m.output_tokens_mean) }}</td>
+<td class="n">{{ f(m.ttft_ms.p50) }}</td><td class="n">{{ f(m.ttfc_ms.p50) }}</td><td class="n">{{ f(m.ttfc_ms.p90)
+}}</td><td class="n">{{ f(m.ttfc_ms.p99) }}</td></tr>
+{% endfor %}</table>
+<p class="muted">TTFT counts the first token of any kind (reasoning included); TTFC, time to first content, the
+first token of the answer itself. Reasoning tokens are part of the output tokens.</p>{% endif %}
 {% include "workload" %}
 
 {% if error_rows %}<h2>Errors by kind</h2>
@@ -303,12 +324,14 @@ def render_load_html(doc: Mapping[str, Any]) -> str:
                    s["metrics"].get("error_examples", {}).get(kind, ""))
                   for s in doc["steps"] for kind, count in s["metrics"].get("errors_by_kind", {}).items()]
     slo_rows = [(s["label"], v) for s in doc["steps"] for v in s["slo"]]
+    reasoning_rows = [s for s in doc["steps"] if worth_showing(s["metrics"])]
     error_kinds: dict[str, int] = {}
     for step in doc["steps"]:
         for kind, count in step["metrics"].get("errors_by_kind", {}).items():
             error_kinds[kind] = error_kinds.get(kind, 0) + count
     return env.from_string(TEMPLATE).render(doc=doc, verdict=verdict, slo_rows=slo_rows, error_rows=error_rows,
                                             error_kinds=error_kinds, error_total=failed, sent_total=sent,
+                                            reasoning_rows=reasoning_rows,
                                             charts=_charts(doc) + length_charts(doc), f=_fmt,
                                             **workload_rows(doc))
 

@@ -42,8 +42,8 @@ def record(send: float, tokens: list[float], *, usage: int | None = None, ok: bo
     """A finished streamed record; times in ms."""
     r = RequestRecord(send_ns=int(send * MS), stream=True, intended_ns=None if intended is None else int(intended * MS))
     r.token_ns = [int(t * MS) for t in tokens]
-    r.first_token_ns = r.token_ns[0] if tokens else None
-    r.chunk_tokens = len(tokens)
+    r.first_token_ns = r.first_content_ns = r.token_ns[0] if tokens else None
+    r.chunk_tokens = r.content_events = len(tokens)
     r.usage_completion = len(tokens) if usage is None else usage
     r.end_ns = int((tokens[-1] if tokens else send) * MS) + MS
     r.status = 200 if ok else 500
