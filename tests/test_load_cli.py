@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from oracle import RecordFile, assert_on_time, load_requests, match_arrivals
 
 from load.export import read_requests
 from reference_server.launcher import free_port, running_server
-from tests.oracle import RecordFile, assert_on_time, load_requests, match_arrivals
 
 ROOT = Path(__file__).resolve().parent.parent
 

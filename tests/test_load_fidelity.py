@@ -27,11 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from load.export import read_requests
-from reference_server.engines.mock import MockEngine
-from reference_server.launcher import RunningServer, running_server
-from tests.oracle import (
+from oracle import (
     LATEST_S,
     RecordFile,
     assert_on_time,
@@ -42,6 +38,10 @@ from tests.oracle import (
     match_pairs,
     prompt_text,
 )
+
+from load.export import read_requests
+from reference_server.engines.mock import MockEngine
+from reference_server.launcher import RunningServer, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
