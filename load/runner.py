@@ -40,8 +40,10 @@ from load.users import bound_user_class, probe_loop_lag
 
 log = logging.getLogger("load")
 INTERRUPT_DRAIN_S = 2.0  # after Ctrl-C, how long requests in flight may still finish
-POLL_S = 0.2  # how often the step loop asks the processes how far they are
-PROGRESS_S = 1.0  # how often a progress line is printed
+POLL_S = 0.2  # how often the step loop asks the processes whether they have finished
+# How often it prints progress and asks GoneWatch and a capacity search's early stop, whose rules
+# count polls of this spacing.
+CHECK_S = 1.0
 
 
 class _NoSpawnRateWarning(logging.Filter):
@@ -230,19 +232,21 @@ def run_step(
             break
         statuses = backend.status()
         now = time.monotonic()
-        if progress and now - last_time >= PROGRESS_S:
-            tokens = sum(s["tokens"] for s in statuses)
-            progress(_progress_line(step, total_steps, now - start, statuses,
-                                    (tokens - last_tokens) / max(now - last_time, 1e-9)))
-            last_tokens, last_time = tokens, now
-        gone = watch.update(statuses, now)
-        if gone is not None:
-            aborted = f"the endpoint stopped answering in step {step.label} after {now - start:.1f} s: {gone}"
-            end, end_detail = GONE, aborted
-            break
-        if early_stop is not None and (stopped_early := early_stop(step, now - start, statuses)) is not None:
-            end, end_detail = STOPPED_EARLY, stopped_early
-            break
+        if now - last_time >= CHECK_S:  # progress, the endpoint's health, saturation: once a second
+            if progress:
+                tokens = sum(s["tokens"] for s in statuses)
+                progress(_progress_line(step, total_steps, now - start, statuses,
+                                        (tokens - last_tokens) / max(now - last_time, 1e-9)))
+                last_tokens = tokens
+            last_time = now
+            gone = watch.update(statuses, now)
+            if gone is not None:
+                aborted = f"the endpoint stopped answering in step {step.label} after {now - start:.1f} s: {gone}"
+                end, end_detail = GONE, aborted
+                break
+            if early_stop is not None and (stopped_early := early_stop(step, now - start, statuses)) is not None:
+                end, end_detail = STOPPED_EARLY, stopped_early
+                break
         if _finished(statuses, backend.workers):
             by_duration = any(s["ended_by"] == "duration" for s in statuses)
             end = DURATION if by_duration else COMPLETE

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from oracle import RecordFile, assert_on_time, load_requests, match_arrivals
 
 from load.export import read_requests
 from reference_server.launcher import free_port, running_server
-from tests.oracle import RecordFile, assert_on_time, load_requests, match_arrivals
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,6 +139,7 @@ def test_distributed_run_makes_exactly_the_requests_asked(mock_server, record, t
     assert len({r["client"] for r in arrived}) >= 4  # four users' connections, from two processes
     step = report(tmp_path)["steps"][0]
     assert step["client"]["workers"] == 2
+    assert step["fidelity"]["sent"] == 25 and step["fidelity"]["ok"]  # the report's count agrees with the server
     assert step["metrics"]["requests_total"] == 25 and step["metrics"]["requests_ok"] == 25
     assert step["metrics"]["ttft_ms"]["count"] == 25
 
