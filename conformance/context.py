@@ -131,10 +131,11 @@ class Context:
     def fail(message: str, exchange: Exchange | None = None) -> None:
         raise CheckFailed(message, exchange)
 
-    def expect(self, condition: object, message: str, exchange: Exchange | None = None) -> None:
-        """Fail with `message` unless `condition` holds."""
+    def expect(self, condition: object, message: str, exchange: Exchange | None = None,
+               cause: str | None = None) -> None:
+        """Fail with `message` unless `condition` holds (`cause`: see CheckFailed)."""
         if not condition:
-            raise CheckFailed(message, exchange or self.last_exchange())
+            raise CheckFailed(message, exchange or self.last_exchange(), cause)
 
     def last_exchange(self) -> Exchange | None:
         return self.client.exchanges[-1] if self.client.exchanges else None
@@ -203,12 +204,13 @@ class Context:
         allowed = " or ".join(map(str, sorted(set(statuses))))
         prefix = f"{what}: " if what else ""
         status = exchange.status
-        self.expect(status < 500, f"{prefix}server error {status} on a client mistake", exchange)
+        self.expect(status < 500, f"{prefix}server error {status} on a client mistake", exchange,
+                    cause=f"a client mistake answered {status} (a server error)")
         if exact:
             self.expect(status in set(statuses), f"{prefix}expected HTTP {allowed}, got {status}", exchange)
         self.expect(400 <= status < 500,
                     f"{prefix}expected HTTP {allowed}, got {status}: a client mistake must be refused with a 4xx",
-                    exchange)
+                    exchange, cause=f"a client mistake answered {status}, not refused with a 4xx")
         try:
             data = exchange.json()
         except ValueError:

@@ -77,6 +77,9 @@ checks hold endpoints to it.</p>
 <td>{{ n.get('decision', '') }}</td></tr>{% endfor %}</table>
 {% else %}<p class="muted">none recorded</p>{% endif %}
 
+{% if shared_causes %}<h2>Failures sharing one cause</h2>
+<ul id="causes">{% for cause, ids in shared_causes.items() %}<li><b>{{ cause }}</b>: {{ ids|length }} checks
+({{ ids|join(', ') }})</li>{% endfor %}</ul>{% endif %}
 {% if failures %}<h2>Failures ({{ failures|length }})</h2>
 {% for r in failures %}<details><summary><span class="tag {{ r.outcome }}">{{ labels[r.outcome] }}</span>
 <b>{{ r.id }}</b> <span class="sev">[{{ r.severity }}]</span> <span class="baseline">[{{ r.baseline or 'new'
@@ -132,7 +135,7 @@ def render_html(report: RunReport) -> str:
         report=report, verdict={"PASSED": "PASS", "FAILED": "FAIL"}.get(report.verdict(), report.verdict()),
         failed=failed, outcomes=OUTCOMES, labels=LABELS,
         colors=COLORS, counts=report.counts(), by_feature=report.by_feature(), by_severity=report.by_severity(),
-        tolerated=report.tolerated(), expected=report.expected(),
+        tolerated=report.tolerated(), expected=report.expected(), shared_causes=report.shared_causes(),
         new=[r for r in report.results if r.broken and r.baseline == "new"],
         failures=[r for r in report.results if r.outcome in ("failed", "error")], chart=_chart_png(report),
     )

@@ -65,6 +65,8 @@ def build_junit(report: RunReport) -> ET.Element:
         marked = xml_safe(f"[{result.severity}] {result.message}"[:MESSAGE_LIMIT])
         if result.broken:  # new, or expected by the baseline (with its reason)
             ET.SubElement(properties, "property", name="baseline", value=result.baseline or "new")
+            if result.cause:
+                ET.SubElement(properties, "property", name="cause", value=xml_safe(result.cause))
             if result.baseline == "expected":
                 marked = xml_safe(f"[{result.severity}] [expected: {result.baseline_reason}] {result.message}"
                                   [:MESSAGE_LIMIT])

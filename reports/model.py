@@ -30,6 +30,8 @@ class CheckResult:
     # or "new"; None when no baseline was applied (then every failure is new).
     baseline: str | None = None
     baseline_reason: str | None = None
+    # For a failure: the deviation behind it, named the same by every check it fails (None: its own).
+    cause: str | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -99,6 +101,14 @@ class RunReport:
     def expected(self) -> list[CheckResult]:
         """The failures the baseline expected (they do not fail the run)."""
         return [result for result in self.results if result.broken and result.baseline == "expected"]
+
+    def shared_causes(self) -> dict[str, list[str]]:
+        """Causes behind two or more failures: cause -> the ids of the checks it failed."""
+        groups: dict[str, list[str]] = {}
+        for result in self.results:
+            if result.broken and result.cause:
+                groups.setdefault(result.cause, []).append(result.id)
+        return {cause: ids for cause, ids in groups.items() if len(ids) > 1}
 
     def tolerated(self) -> list[CheckResult]:
         """The failures that do not fail the run by their severity (should-level ones, unless it

@@ -37,6 +37,10 @@ def render_summary(report: RunReport) -> str:
            f"{counts or 'no checks'} in {report.duration_s:.1f} s"]
     if report.aborted:
         out += ["", f"**The run stopped early:** {report.aborted}. {len(report.not_run)} check(s) did not run."]
+    shared = report.shared_causes()
+    if shared:
+        out += ["", "### Failures sharing one cause", ""]
+        out += [f"- {cause}: {len(ids)} checks ({', '.join(f'`{i}`' for i in ids)})" for cause, ids in shared.items()]
     new = report.new_failures()
     if new:
         out += ["", f"### New failures ({len(new)})", ""] + [line for r in new for line in _failure(r)]
