@@ -39,6 +39,9 @@ class ProcessState:
     worker_index: int = 0
     workers: int = 1
     origin_ns: int = 0
+    # The step's clock starts at its first turn, when a user is ready (spawning users takes tens of
+    # ms; a schedule started before them would send its first slots late).
+    clock_started: bool = False
     deadline_ns: int = 0  # the step's duration, from origin_ns: no turn is taken at or after it
     stopped: bool = False  # told to stop (Ctrl-C, endpoint gone, early stop, the step's end): no more sends
     stopped_ns: int | None = None
@@ -86,7 +89,7 @@ class ProcessState:
             self.schedule = ((int(s * 1e9), None) for s in offsets)
         self.deadline_ns = int(step.duration_s * 1e9) if math.isfinite(step.duration_s) else 2**62
         self.cpu_start_s = time.process_time()
-        self.origin_ns = time.perf_counter_ns()
+        self.origin_ns, self.clock_started = time.perf_counter_ns(), False
 
     def now_ns(self) -> int:
         return time.perf_counter_ns() - self.origin_ns
@@ -124,6 +127,8 @@ class ProcessState:
     def claim(self) -> tuple[int | None, int | None] | None:
         """The next turn, counted as scheduled: (intended send time in ns, the workload's slot) in open
         loop, (None, None) in closed loop; None when this process takes no more turns."""
+        if not self.clock_started and self.step is not None:
+            self.origin_ns, self.clock_started = time.perf_counter_ns(), True
         self._update_end()
         if self.stopped or self.ended_by is not None:
             return None
