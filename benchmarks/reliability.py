@@ -215,12 +215,45 @@ def _health(base_url: str) -> dict[str, Any]:
     return requests.get(base_url + "/health", timeout=10).json()
 
 
+def server_counts(base_url: str) -> dict[str, Any]:
+    """What the server itself recorded, from its /metrics (docs/metrics.md): answers by status code,
+    requests that got a first token, requests answered in full, tokens generated, and the gauges.
+    Sums over label sets; the judge of a run, where the script's plan or a client's count is not."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, Any] = {"responses_by_code": {}, "first_tokens": 0, "answered_in_full": 0,
+                              "generation_tokens": 0, "running": 0, "waiting": 0}
+    text = requests.get(base_url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removeprefix("chatspec:")
+            if name == "http_responses_total":
+                code = sample.labels["code"]
+                counts["responses_by_code"][code] = counts["responses_by_code"].get(code, 0) + int(sample.value)
+            key = {"time_to_first_token_seconds_count": "first_tokens", "request_success_total": "answered_in_full",
+                   "generation_tokens_total": "generation_tokens", "num_requests_running": "running",
+                   "num_requests_waiting": "waiting"}.get(name)
+            if key:
+                counts[key] += int(sample.value)
+    return counts
+
+
+def counts_since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The counters' growth between two server_counts (the gauges as they are at `after`)."""
+    codes = {code: n - before["responses_by_code"].get(code, 0) for code, n in after["responses_by_code"].items()}
+    return {"responses_by_code": {code: n for code, n in sorted(codes.items()) if n},
+            **{key: after[key] - before[key] for key in ("first_tokens", "answered_in_full", "generation_tokens")},
+            "running": after["running"], "waiting": after["waiting"]}
+
+
 def storm(base_url: str, key: str | None, model: str, requests_total: int, concurrency: int, seed: int,
           eos_ban: dict[str, int]) -> dict[str, Any]:
     """Streamed requests whose clients vanish: before the first byte (some while queued) or after k tokens.
 
     Afterwards: how long until /health shows nothing in flight and the engine idle, how many tokens
-    the engine generated that no client read, and whether the next request is served.
+    the engine generated that no client read, and whether the next request is served. What each
+    client saw when it closed (no byte, headers only, or tokens) and what the server counted
+    (/metrics) are reported beside the plan: the plan says what was tried, not what happened.
     """
     import random
     from concurrent.futures import ThreadPoolExecutor
@@ -235,6 +268,7 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
                                                                                          rng.randint(1, 30))
              for _ in range(requests_total)]
     read_tokens = [0] * requests_total
+    saw: list[str | None] = [None] * requests_total  # what the client had received when it closed
     closed_at = [0.0] * requests_total
     client_errors: list[str] = []  # a client's own socket error (e.g. no byte for 120 s): a finding, not a crash
 
@@ -250,13 +284,12 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
             client_errors.append(f"request {index}: connect: {exc!r}")
             closed_at[index] = time.monotonic()
             return
+        buffer = b""
         try:
             sock.sendall(head + body)
             if mode == "before_first_byte":
                 time.sleep(amount)
-                return
-            buffer = b""
-            while read_tokens[index] < amount:
+            while read_tokens[index] < (amount if mode == "after_tokens" else 0):
                 data = sock.recv(65536)
                 if not data:
                     return
@@ -265,10 +298,15 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
         except OSError as exc:
             client_errors.append(f"request {index} ({mode} {amount}): {exc!r}")
         finally:
+            with contextlib.suppress(OSError):  # what had arrived unread by the time it closed (no wait)
+                sock.setblocking(False)
+                buffer += sock.recv(65536, socket.MSG_PEEK)
+            saw[index] = "tokens" if read_tokens[index] else "headers_only" if buffer else "no_byte"
             sock.close()
             closed_at[index] = time.monotonic()
 
     before = _health(base_url)["engine"].get("tokens_generated", 0)
+    counted_before = server_counts(base_url)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(one, range(requests_total)))
     last_close = max(closed_at)
@@ -284,16 +322,19 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
     generated_at_idle = health["engine"].get("tokens_generated", 0)
     time.sleep(2.0)
     generated_later = _health(base_url)["engine"].get("tokens_generated", 0)
+    counted = counts_since(counted_before, server_counts(base_url))  # before the next request adds to it
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     after = requests.post(base_url + CHAT, json=good_body(model), headers=headers, timeout=120)
     delivered = sum(read_tokens)
-    generated = generated_at_idle - before
+    generated = counted["generation_tokens"]  # the server's own count (/health's engine figure beside it)
     return {"requests": requests_total, "concurrency": concurrency,
-            "closed_before_first_byte": sum(1 for m, _ in plans if m == "before_first_byte"),
-            "closed_after_tokens": sum(1 for m, _ in plans if m == "after_tokens"),
+            "planned": dict(collections.Counter(mode for mode, _ in plans)),
+            "clients_saw": {kind: saw.count(kind) for kind in ("no_byte", "headers_only", "tokens")},
+            "server_counted": counted,
             "idle_after_last_close_s": round(idle_after, 4), "in_flight_at_end": health["in_flight"],
             "engine_at_end": health.get("engine", {}), "tokens_read_by_clients": delivered,
-            "tokens_generated": generated, "tokens_no_client_read": generated - delivered,
+            "tokens_generated": generated, "engine_tokens_generated": generated_at_idle - before,
+            "tokens_no_client_read": generated - delivered,
             "tokens_no_client_read_per_request": round((generated - delivered) / requests_total, 2),
             "tokens_generated_while_idle": generated_later - generated_at_idle,
             "next_request_status": after.status_code, "client_errors": client_errors}
