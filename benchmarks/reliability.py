@@ -357,7 +357,8 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
          step_s: float = 60.0, sample_every_s: float = 10.0) -> dict[str, Any]:
     """`minutes` closed-loop steps of `step_s` at `users` (past --max-queue: the queue stays full).
 
-    Judged: only successes and well-formed 429s (Retry-After, envelope); the server's RSS, sampled
+    Judged: only successes and well-formed 429s (Retry-After, envelope), by the server's own
+    /metrics counts as well as the load tool's; the load run's exit status; the server's RSS, sampled
     every `sample_every_s`, after the first step within 10% of its size then; E2E p99 of the last
     step within 20% of the second. (Tests shrink the steps; the benchmark runs minutes.)
     """
@@ -378,6 +379,7 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        counted_before = server_counts(server.base_url)
         command = [sys.executable, "-m", "load", "--base-url", server.base_url, "--api-key", server.api_key or "",
                    "--model", server.model, "--sweep", ",".join([str(users)] * minutes), "--duration", str(step_s),
                    "--warmup", "0", "--output-tokens", str(output_tokens), "--report-dir", str(report_dir),
@@ -385,6 +387,7 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
         load = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         stop.set()
         sampler.join()
+        counted = counts_since(counted_before, server_counts(server.base_url))
         exit_status = server.exit_status()
     doc = json.loads((report_dir / "load.json").read_text())
     steps = doc["steps"]
@@ -397,17 +400,26 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
     growth = (max(after_first) / base - 1) if base else None
     p99 = [step["metrics"]["e2e_ms"]["p99"] for step in steps]
     drift = (p99[-1] / p99[1] - 1) if len(p99) >= 2 and p99[1] else None
+    codes = counted["responses_by_code"]
+    # Each rule by what the server counted (/metrics) and by what the load tool's clients saw: a
+    # Retry-After header or a stream's end is seen only by a client, a 5xx or a half answer also by
+    # the server. The load tool drains the requests in flight at each step's end, so every answer
+    # the server began (a 200) must have been answered in full.
     rules = {
         "only successes and well-formed 429s": not any(kinds[k] for k in BAD_KINDS)
-        and not sum(step["metrics"]["http_429_without_retry_after"] for step in steps),
-        "no 5xx": not kinds["http_5xx"],
+        and not sum(step["metrics"]["http_429_without_retry_after"] for step in steps)
+        and set(codes) <= {"200", "429"},
+        "no 5xx": not kinds["http_5xx"] and not any(code.startswith("5") for code in codes),
         "no lost or truncated stream": not (kinds["truncated_stream"] or kinds["connection_closed"]
-                                            or kinds["timeout"] or kinds["protocol"]),
+                                            or kinds["timeout"] or kinds["protocol"])
+        and counted["answered_in_full"] == codes.get("200", 0),
+        "the load run exited 0": load.returncode == 0,
         "RSS growth after the first minute < 10%": growth is not None and growth < 0.10,
         "E2E p99 of the last minute within 20% of the second": drift is not None and abs(drift) <= 0.20,
         "server alive at the end": exit_status is None,
     }
     return {"engine": engine, "minutes": minutes, "users": users, "max_queue": max_queue, "load_exit": load.returncode,
+            "load_stderr": load.stderr[-2000:], "server_counted": counted,
             "requests_ok": ok, "errors_by_kind": dict(kinds), "rss_kib": samples,
             "rss_growth_after_first_minute": growth, "e2e_p99_ms_per_minute": p99, "p99_last_vs_second": drift,
             "output_tokens_per_s_per_minute": [step["metrics"]["output_tokens_per_s"] for step in steps],
