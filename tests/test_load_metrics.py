@@ -9,6 +9,7 @@ import random
 
 import numpy as np
 import pytest
+from step_outcome import StepOutcome  # what the runner hands to summary.step_document
 
 from load.arrivals import intended_offsets_s
 from load.config import StepSpec, share
@@ -18,7 +19,7 @@ from load.metrics import Window, meets_slo, step_metrics, summarize_ms
 from load.prompts import DatasetError, PromptPlan, calibrate_prompt, load_dataset
 from load.records import RequestRecord, StreamTimer, read_json_body
 from load.slo import judge, parse_slo
-from load.summary import build_document, calibration_errors
+from load.summary import build_document, calibration_errors, step_document
 from load.workloads import from_wire as workload_from_wire
 from load.workloads import request_body
 from load.workloads.dataset import DatasetWorkload
@@ -261,20 +262,12 @@ class TestHealth:
 
 
 def test_reports_are_written_and_self_contained(tmp_path):
-    class Outcome:  # what the runner hands to summary.step_document
-        pass
-
-    from load.summary import step_document
-
-    outcome = Outcome()
-    outcome.spec = StepSpec(0, 2, 10, 1)
-    outcome.records = [record(1500, [1600, 1610, 1625]), record(1700, [1790, 1800])]
-    outcome.window = Window(1000 * MS, 10_000 * MS)
-    outcome.metrics = step_metrics(outcome.records, outcome.window, {"ttft_p50": 50.0})
-    outcome.slo = judge(outcome.metrics, {"ttft_p50": 50.0})
-    outcome.warnings = ["client-limited: test <b>"]
-    outcome.aborted = None
-    outcome.health = [{"worker": 0, "cpu_fraction": 0.5, "loop_lag_ns": [1000]}]
+    records = [record(1500, [1600, 1610, 1625]), record(1700, [1790, 1800])]
+    window = Window(1000 * MS, 10_000 * MS)
+    metrics = step_metrics(records, window, {"ttft_p50": 50.0})
+    outcome = StepOutcome(spec=StepSpec(0, 2, 10, 1), records=records, window=window, metrics=metrics,
+                          slo=judge(metrics, {"ttft_p50": 50.0}), warnings=["client-limited: test <b>"],
+                          health=[{"worker": 0, "cpu_fraction": 0.5, "loop_lag_ns": [1000]}])
     steps = [step_document(outcome)]
     doc = build_document(target={"base_url": "http://x"}, settings={"stream": True}, steps=steps,
                          started_at="now", duration_s=3.0,
