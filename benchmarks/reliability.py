@@ -39,6 +39,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conformance.hostile import envelope_problem, hostile_stream  # noqa: E402
+from reference_server.counts import counts_since, server_counts  # noqa: E402
 from reference_server.launcher import running_server  # noqa: E402
 
 CHAT = "/v3/openai/chat/completions"
@@ -213,37 +214,6 @@ def flood(base_url: str, key: str | None, model: str, total: int, seed: int, bod
 
 def _health(base_url: str) -> dict[str, Any]:
     return requests.get(base_url + "/health", timeout=10).json()
-
-
-def server_counts(base_url: str) -> dict[str, Any]:
-    """What the server itself recorded, from its /metrics (docs/metrics.md): answers by status code,
-    requests that got a first token, requests answered in full, tokens generated, and the gauges.
-    Sums over label sets; the judge of a run, where the script's plan or a client's count is not."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    counts: dict[str, Any] = {"responses_by_code": {}, "first_tokens": 0, "answered_in_full": 0,
-                              "generation_tokens": 0, "running": 0, "waiting": 0}
-    text = requests.get(base_url + "/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name = sample.name.removeprefix("chatspec:")
-            if name == "http_responses_total":
-                code = sample.labels["code"]
-                counts["responses_by_code"][code] = counts["responses_by_code"].get(code, 0) + int(sample.value)
-            key = {"time_to_first_token_seconds_count": "first_tokens", "request_success_total": "answered_in_full",
-                   "generation_tokens_total": "generation_tokens", "num_requests_running": "running",
-                   "num_requests_waiting": "waiting"}.get(name)
-            if key:
-                counts[key] += int(sample.value)
-    return counts
-
-
-def counts_since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The counters' growth between two server_counts (the gauges as they are at `after`)."""
-    codes = {code: n - before["responses_by_code"].get(code, 0) for code, n in after["responses_by_code"].items()}
-    return {"responses_by_code": {code: n for code, n in sorted(codes.items()) if n},
-            **{key: after[key] - before[key] for key in ("first_tokens", "answered_in_full", "generation_tokens")},
-            "running": after["running"], "waiting": after["waiting"]}
 
 
 def storm(base_url: str, key: str | None, model: str, requests_total: int, concurrency: int, seed: int,
