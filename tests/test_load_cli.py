@@ -44,8 +44,8 @@ def mock_server():
 def test_calibration_measures_the_mock_truth(tmp_path):
     """The mock emits tokens at exactly 60 ms and 40 ms apart (from when the request arrives): our
     measured medians must sit on that truth; TTFT can only be later, never earlier. How close they
-    sit on a quiet machine is a benchmark's figure; here a busy machine gets half a token gap of
-    room above the truth, and a reading one token off (40 ms) still fails."""
+    sit is a benchmark's figure (docs/benchmarks.md, "Load generator accuracy"); here a busy
+    machine gets half a token gap of room above the truth, and a reading one token off still fails."""
     result = run_load("--calibrate", "--mock-ttft-ms", "60", "--mock-itl-ms", "40", "--users", "4",
                       "--duration", "4", "--warmup", "0.5", "--output-tokens", "12", "--report-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr

@@ -3,8 +3,9 @@ deadlines counted from the request's arrival, never early, and the deadline time
 
 Which deadline each token is given is exact, so it is checked exactly (the timer replaced by one
 that records what it is asked for). Real time is checked only where it cannot depend on the
-machine's speed: never early, in deadline order; how late a busy machine makes a token is a
-benchmark's figure (docs/benchmarks.md), so the upper bounds here only say "it wakes".
+machine's speed: never early, in deadline order; how late tokens come is a benchmark's figure
+(docs/benchmarks.md, "Load generator accuracy against the mock engine"), so the upper bounds here
+only say "it wakes".
 """
 
 from __future__ import annotations
