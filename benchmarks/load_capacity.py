@@ -12,6 +12,13 @@ CPU before the client does:
    code that times real streams (`load.records.StreamTimer`), one line at a time.
 
     python benchmarks/load_capacity.py --sweep 8,16,32,64 --itl-ms 5 --duration 10 --server-workers 4
+
+With --pin the server runs on CPU 0 and the load tool on CPU 1 (a 2-core machine split in two), and
+the levels run one at a time until the client degrades: its ITL p50 off the mock's truth by more
+than --max-itl-error-ms, or its event-loop lag p99 past --max-loop-lag-ms. That last good level's
+events/s at its client CPU is the client's capacity per core:
+
+    python benchmarks/load_capacity.py --pin --sweep 32,64,128,192,256,320,384 --itl-ms 10 --output-tokens 64
 """
 
 from __future__ import annotations
@@ -46,18 +53,38 @@ def parse_cost(events: int = 200, repeats: int = 200) -> float:
     return events * repeats / (time.perf_counter() - start)
 
 
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """Put process `pid`, its threads and its child processes on `cpus` (Linux)."""
+    children = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()
+                and _parent(int(entry.name)) == pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+    for child in children:
+        pin_tree(child, cpus)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def sweep(levels: str, itl_ms: float, ttft_ms: float, duration: float, output_tokens: int,
-          server_workers: int) -> list[dict]:
+          server_workers: int, pin: bool = False) -> list[dict]:
     """One `python -m load` sweep against the mock on `server_workers` processes; per step the
-    numbers that matter here."""
+    numbers that matter here. `pin`: the server on CPU 0, the load tool on CPU 1."""
     with tempfile.TemporaryDirectory() as folder, running_server(
             "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), "--max-queue", "100000", "--log-level", "WARNING",
             "--workers", str(server_workers), engine="mock") as server:
+        if pin:
+            pin_tree(server.process.pid, {0})
         command = [sys.executable, "-m", "load", "--quiet", "--base-url", server.base_url, "--api-key",
                    server.api_key or "", "--model", server.model, "--extra-body", '{"logit_bias": {"0": -100}}',
                    "--sweep", levels, "--duration", str(duration), "--output-tokens", str(output_tokens),
                    "--report-dir", folder]
-        subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        subprocess.run(command, check=False, cwd=ROOT, stdout=subprocess.DEVNULL,
+                       preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if pin else None)
         doc = json.loads((Path(folder) / "load.json").read_text())
     rows = []
     for step in doc["steps"]:
@@ -67,7 +94,8 @@ def sweep(levels: str, itl_ms: float, ttft_ms: float, duration: float, output_to
                      "events_per_client_core_s": events / cpu if cpu else None,
                      "itl_p50_error_ms": metrics["itl_ms"]["p50"] - itl_ms,
                      "itl_p99_error_ms": metrics["itl_ms"]["p99"] - itl_ms,
-                     "loop_lag_p99_ms": step["client"]["loop_lag_ms"]["p99"], "warnings": step["warnings"]})
+                     "loop_lag_p99_ms": step["client"]["loop_lag_ms"]["p99"], "warnings": step["warnings"],
+                     "sent_as_asked": step["fidelity"]["ok"]})
     return rows
 
 
@@ -80,13 +108,30 @@ def main() -> int:
     parser.add_argument("--output-tokens", type=int, default=128, help="tokens per request")
     parser.add_argument("--server-workers", type=int, default=1,
                         help="mock server processes sharing the port (reference_server --workers)")
+    parser.add_argument("--pin", action="store_true",
+                        help="server on CPU 0, load tool on CPU 1; levels one at a time until the client degrades")
+    parser.add_argument("--max-itl-error-ms", type=float, default=0.5, help="--pin: degraded past this ITL p50 error")
+    parser.add_argument("--max-loop-lag-ms", type=float, default=5.0, help="--pin: degraded past this loop lag p99")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}; mock server on {args.server_workers} process(es)")
     print(f"parse-only: {parse_cost():,.0f} token events/s on one core (StreamTimer, no socket)")
     print(f"{'users':>6}{'events/s':>10}{'client CPU':>12}{'events/core-s':>15}{'ITL p50 err':>13}"
           f"{'ITL p99 err':>13}{'loop lag p99':>14}")
-    for row in sweep(args.sweep, args.itl_ms, args.ttft_ms, args.duration, args.output_tokens, args.server_workers):
+    if args.pin:
+        rows = []
+        for level in args.sweep.split(","):
+            rows += sweep(level, args.itl_ms, args.ttft_ms, args.duration, args.output_tokens, args.server_workers,
+                          pin=True)
+            row = rows[-1]
+            print(f"  {level} users: {row['events_per_s']:,.0f} events/s, client CPU {row['client_cpu']:.2f}, "
+                  f"ITL p50 error {row['itl_p50_error_ms']:+.3f} ms, loop lag p99 {row['loop_lag_p99_ms']:.2f} ms",
+                  flush=True)
+            if abs(row["itl_p50_error_ms"]) > args.max_itl_error_ms or row["loop_lag_p99_ms"] > args.max_loop_lag_ms:
+                break
+    else:
+        rows = sweep(args.sweep, args.itl_ms, args.ttft_ms, args.duration, args.output_tokens, args.server_workers)
+    for row in rows:
         per_core = row["events_per_client_core_s"]
         print(f"{row['users']:>6}{row['events_per_s']:>10,.0f}{row['client_cpu']:>12.2f}"
               f"{(per_core or 0):>15,.0f}{row['itl_p50_error_ms']:>+13.3f}{row['itl_p99_error_ms']:>+13.3f}"

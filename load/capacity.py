@@ -82,9 +82,12 @@ class CapacitySearch:
         return None
 
     def passed(self, outcome: Any, outcomes: Sequence[Any] = ()) -> bool:
-        """The step ran to its end, met every objective, and (open loop) its rate is sustainable
-        in the light of every step in `outcomes`."""
-        return (not outcome.aborted and not outcome.stopped_early and all(v["met"] for v in outcome.slo)
+        """The step ran to its end, sent what was asked (a level the client could not offer proves
+        nothing), met every objective, and (open loop) its rate is sustainable in the light of every
+        step in `outcomes`."""
+        sent_as_asked = outcome.fidelity is None or outcome.fidelity.ok
+        return (not outcome.aborted and not outcome.stopped_early and sent_as_asked
+                and all(v["met"] for v in outcome.slo)
                 and self.unsustainable(outcome, [*outcomes, outcome]) is None)
 
     def _bounds(self, outcomes: Sequence[Any]) -> tuple[float | None, float | None]:

@@ -20,8 +20,10 @@ from typing import Any
 
 from load.capacity import CapacitySearch
 from load.config import API_PATH, LoadConfig, StepSpec
+from load.fidelity import describe as describe_fidelity
 from load.lengths import SPEC_HELP
 from load.prompts import message_counter, post_json
+from load.reasoning import summary_line as reasoning_summary_line
 from load.scrape import DEFAULT_SERIES, Scrapes, fetch, parse_series
 from load.slo import parse_slo
 from load.workloads import from_wire as workload_from_wire
@@ -30,6 +32,7 @@ from load.workloads.trace import TraceWorkload
 from spec import endpoint
 
 API_KEY_ENV = "CHATSPEC_API_KEY"
+DEFAULT_DURATION_S = 30.0
 MOCK_EOS_BAN = {"logit_bias": {"0": -100}}  # the mock engine's end-of-sequence token is id 0
 
 
@@ -42,10 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m load",
         description="Load-test a chat-completions endpoint with Locust users and report LLM latencies "
                     "(TTFT, ITL, TPOT, E2E), throughput and goodput with exact percentiles. Each step runs "
-                    "for --duration seconds (and at most --max-requests requests); the first --warmup "
-                    "seconds are not measured. Exit 0: done and every --slo met; 1: an SLO missed; "
-                    "2: could not run, or the endpoint stopped answering mid-run (its server exited, or "
-                    "every request for ~2 s had its connection refused; reports are still written).",
+                    "for --duration seconds, or until its --max-requests requests (or a trace's rows) have "
+                    "all been sent and answered; the first --warmup seconds are not measured. Each step "
+                    "reports what was asked beside what was scheduled, sent and done. Exit 0: done and every "
+                    "--slo met; 1: an SLO missed; 2: could not run, the endpoint stopped answering mid-run "
+                    "(its server exited, or every request for ~2 s had its connection refused), or a step "
+                    "did not send what was asked (e.g. requests came due while every user was busy); "
+                    "reports are still written.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="examples:\n"
                "  python -m load --base-url http://127.0.0.1:8000 --model m --users 8 --duration 60\n"
@@ -84,9 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument("--gamma-shape", type=float, default=0.5, help="gamma arrivals: shape (<1 burstier)")
     shape.add_argument("--sweep", default=None,
                        help="comma-separated users (closed loop) or rates (with --rate) to run as steps, in order")
-    shape.add_argument("--duration", type=float, default=30.0, help="seconds per step")
+    shape.add_argument("--duration", type=float, default=None,
+                       help="seconds per step: no request is scheduled after it (default 30; a trace replay: its "
+                            "span plus --timeout, so the whole trace is sent; a step with --max-requests ends as "
+                            "soon as all of them have been answered)")
     shape.add_argument("--warmup", type=float, default=None,
-                       help="seconds at the start of each step not measured (default: 10%% of --duration, <= 10)")
+                       help="seconds at the start of each step not measured (default: 10%% of --duration, <= 10; "
+                            "a trace replay: 0)")
     shape.add_argument("--max-requests", type=int, default=None, help="stop a step after this many requests")
     shape.add_argument("--workers", type=int, default=1,
                        help="Locust worker processes (master/worker mode, one per core) instead of one process")
@@ -166,10 +176,11 @@ def parse_levels(text: str, as_rate: bool) -> list[float]:
 
 def build_steps(args: argparse.Namespace) -> list[StepSpec]:
     """The steps the arguments describe (one, or one per --sweep value)."""
-    if args.duration <= 0:
+    duration = DEFAULT_DURATION_S if args.duration is None else args.duration
+    if duration <= 0:
         raise UsageError("--duration must be > 0")
-    warmup = min(10.0, 0.1 * args.duration) if args.warmup is None else args.warmup
-    if not 0 <= warmup < args.duration:
+    warmup = min(10.0, 0.1 * duration) if args.warmup is None else args.warmup
+    if not 0 <= warmup < duration:
         raise UsageError("--warmup must be >= 0 and shorter than --duration")
     if args.max_requests is not None and args.max_requests < 1:
         raise UsageError("--max-requests must be >= 1")
@@ -182,7 +193,7 @@ def build_steps(args: argparse.Namespace) -> list[StepSpec]:
     steps = []
     for index, level in enumerate(levels):
         users = (args.users or 256) if open_loop else int(level)
-        steps.append(StepSpec(index=index, users=users, duration_s=args.duration, warmup_s=warmup,
+        steps.append(StepSpec(index=index, users=users, duration_s=duration, warmup_s=warmup,
                               rate=level if open_loop else None, arrival=args.arrival,
                               max_requests=args.max_requests))
     return steps
@@ -259,14 +270,27 @@ def make_config(args: argparse.Namespace, base_url: str, api_key: str | None, mo
 
 
 def trace_steps(args: argparse.Namespace, steps: list[StepSpec], workload: TraceWorkload) -> list[StepSpec]:
-    """A trace replay is one open-loop step at the trace's own times: at most its rows, labelled by speed."""
+    """A trace replay is one open-loop step at the trace's own times: at most its rows, labelled by speed.
+
+    Unless --duration is given, the step may last the trace's span plus --timeout (it ends as soon as
+    every row has been sent and answered), and nothing is warm-up unless --warmup says so: a replay
+    is meant to be sent, and measured, whole.
+    """
     rows = len(workload.rows)
     count = rows if args.max_requests is None else min(rows, args.max_requests)
-    if workload.span_s > steps[0].duration_s:
-        print(f"note: the trace spans {workload.span_s:.1f} s at speed {workload.speed:g}; --duration "
-              f"{steps[0].duration_s:g} s ends the replay before its end", file=sys.stderr)
-    return [dataclasses.replace(steps[0], users=args.users or 256, max_requests=count,
-                                name=f"trace x{workload.speed:g}")]
+    step = steps[0]
+    span = (workload.rows[count - 1]["timestamp"] - workload.rows[0]["timestamp"]) / 1000 / workload.speed
+    if args.duration is None:
+        step = dataclasses.replace(step, duration_s=span + args.timeout,
+                                   warmup_s=0.0 if args.warmup is None else args.warmup)
+        if step.warmup_s >= step.duration_s:
+            raise UsageError("--warmup must be shorter than the trace's span plus --timeout")
+    elif span >= step.duration_s:
+        print(f"note: the trace spans {span:.1f} s at speed {workload.speed:g}; --duration "
+              f"{step.duration_s:g} s ends the replay before its end (rows due after it are not sent)",
+              file=sys.stderr)
+    return [dataclasses.replace(step, users=args.users or 256, max_requests=count, name=f"trace x{workload.speed:g}",
+                                schedule_rate=(count - 1) / span if count > 1 and span > 0 else None)]
 
 
 def print_summary(doc: dict[str, Any]) -> None:
@@ -284,6 +308,10 @@ def print_summary(doc: dict[str, Any]) -> None:
         print(f"{step['label']:<16}{m['requests_per_s']:>8.2f}{m['output_tokens_per_s']:>10.1f}"
               f"{ms('ttft', 'p50'):>10}{ms('ttft', 'p99'):>10}{ms('itl', 'p50'):>9}{ms('itl', 'p99'):>9}"
               f"{ms('e2e', 'p50'):>10}{m['requests_failed']:>8}  {slo}")
+        for line in describe_fidelity(step["fidelity"]) if step.get("fidelity") else []:
+            print(f"{'':<16}{line}")
+        if (first_content := reasoning_summary_line(m)) is not None:  # a reasoning model's TTFC, tokens
+            print(f"{'':<16}{first_content}")
         if m.get("errors_by_kind"):
             kinds = ", ".join(f"{kind} {count}" for kind, count in m["errors_by_kind"].items())
             print(f"{'':<16}errors by kind: {kinds}")
@@ -415,8 +443,9 @@ def run(args: argparse.Namespace) -> int:
     settings = {"stream": config.stream, **workload.describe(),
                 "prompt_tokens_target": args.prompt_tokens, "dataset": args.dataset, "workers": args.workers,
                 "arrival": (f"trace x{args.trace_speed:g}" if isinstance(workload, TraceWorkload)
-                            else args.arrival if args.rate is not None else "closed loop"), "duration_s": args.duration,
-                "warmup_s": steps[0].warmup_s, "max_requests": args.max_requests, "slo": slo,
+                            else args.arrival if args.rate is not None else "closed loop"),
+                "duration_s": steps[0].duration_s, "warmup_s": steps[0].warmup_s, "max_requests": args.max_requests,
+                "slo": slo,
                 "extra_body": json.dumps(config.extra_body), "seed": args.seed}
     target = {"base_url": base_url if not (args.calibrate or args.embedded_server) else "embedded reference server",
               "model": model, "path": config.path}
@@ -443,6 +472,11 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if aborted:
         print(f"error: {aborted}", file=sys.stderr)
+        return 2
+    if not doc["fidelity_ok"]:
+        for step in doc["steps"]:
+            for problem in (step.get("fidelity") or {}).get("problems", []):
+                print(f"error: step {step['label']} did not send what was asked: {problem}", file=sys.stderr)
         return 2
     if search is not None:  # probes past the capacity miss the SLO by design; none meeting it is the failure
         return 0 if doc["capacity"]["capacity"] is not None else 1

@@ -77,7 +77,8 @@ def load_run(path: str) -> tuple[str, dict[str, Any], dict[str, StepSamples]]:
             request = step.requests
             step.requests += 1
             step.failed.append(0.0 if line["ok"] else 1.0)
-            step.tokens.append(float(line["completion_tokens"] or line["content_events"] or 0) if line["ok"] else 0.0)
+            events = line.get("token_events", line["content_events"])  # every kind; older files: content only
+            step.tokens.append(float(line["completion_tokens"] or events or 0) if line["ok"] else 0.0)
             if not line["ok"]:
                 continue
             tokens = np.asarray(line["token_ms"], dtype=np.float64)

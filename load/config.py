@@ -57,6 +57,7 @@ class StepSpec:
     arrival: str = "poisson"
     max_requests: int | None = None
     name: str | None = None  # a label of its own (a trace replay is neither a rate nor a concurrency)
+    schedule_rate: float | None = None  # the rate a workload's own schedule asks (a trace: rows over its span)
 
     @property
     def label(self) -> str:

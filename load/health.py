@@ -4,34 +4,68 @@ the endpoint still there? `GoneWatch` tells when it has stopped answering mid-st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from load.config import StepSpec
+from load.fidelity import StepFidelity
 
 CPU_LIMIT = 0.85  # fraction of one core a worker process may use before its timing is suspect
+# A process past this share of a core is near its limit: the client-capacity benchmark
+# (benchmarks/client_capacity.py, docs/benchmarks.md) saw ITL p50 exact up to about 75% and going
+# off past it, so a run is advised to spread its load before it gets there.
+CPU_NEAR = 0.7
 LOOP_LAG_P99_MS = 5.0  # the event loop woke this late: timestamps may be late by as much
 SEND_LAG_P99_MS = 10.0  # open loop: requests went out this much later than scheduled
 
 
-def client_warnings(metrics: Mapping[str, Any], health: Sequence[Mapping[str, Any]], step: StepSpec) -> list[str]:
-    """Plain-language warnings; an empty list means the client kept up."""
+def workers_needed(health: Sequence[Mapping[str, Any]]) -> int:
+    """How many load processes this run's CPU use needs, each at most CPU_NEAR of a core."""
+    total = sum(h.get("cpu_fraction", 0.0) for h in health)
+    return max(1, math.ceil(total / CPU_NEAR))
+
+
+def client_warnings(metrics: Mapping[str, Any], health: Sequence[Mapping[str, Any]], step: StepSpec,
+                    fidelity: StepFidelity | None = None) -> list[str]:
+    """Plain-language warnings; an empty list means the client kept up. The client is blamed only
+    where its own figures show it: its CPU, its event-loop lag, or users that were all busy."""
     warnings = []
+    needed = workers_needed(health)
     busy = [h for h in health if h.get("cpu_fraction", 0.0) > CPU_LIMIT]
     for h in busy:
         warnings.append(f"client-limited: load worker {h['worker']} used {h['cpu_fraction']:.0%} of a CPU core; "
-                        "its timestamps and the offered load may be limited by the client (add --workers)")
+                        "its timestamps and the offered load may be limited by the client "
+                        f"(this load needs --workers {max(needed, len(health) + 1)})")
+    near = [h for h in health if CPU_NEAR < h.get("cpu_fraction", 0.0) <= CPU_LIMIT]
+    if near and not busy:
+        used = ", ".join(f"{h['cpu_fraction']:.0%}" for h in near)
+        warnings.append(f"client near its limit: load process(es) used {used} of a CPU core for "
+                        f"{metrics.get('token_events_per_s', 0.0):,.0f} token events/s; past about "
+                        f"{CPU_NEAR:.0%} token timestamps start to come late (run this load with "
+                        f"--workers {max(needed, len(health) + 1)})")
     p99 = loop_lag_summary(health)["p99"]
-    if p99 is not None and p99 > LOOP_LAG_P99_MS:
+    lagging = p99 is not None and p99 > LOOP_LAG_P99_MS
+    if lagging:
         warnings.append(f"client-limited: the client's event loop ran {p99:.1f} ms late at p99 "
-                        f"(limit {LOOP_LAG_P99_MS:g} ms); token timestamps may be late by as much")
+                        f"(limit {LOOP_LAG_P99_MS:g} ms); token timestamps may be late by as much "
+                        f"(run this load with --workers {max(needed, len(health) + 1)})")
     send_lag = metrics.get("send_lag_ms") or {}
     if (send_lag.get("p99") or 0.0) > SEND_LAG_P99_MS:  # open loop only: closed-loop requests have no schedule
-        warnings.append(f"client-limited: requests went out {send_lag['p99']:.1f} ms after their scheduled time "
-                        f"at p99 (limit {SEND_LAG_P99_MS:g} ms): all {step.users} users were busy or the "
-                        "client was CPU-bound, so the offered rate was not the asked one (raise --users)")
+        late = fidelity.late_claims if fidelity is not None else 0
+        prefix = "client-limited: "
+        if late:
+            cause = (f"{late} requests came due while all {step.users} users were busy, so the offered rate "
+                     "was not the asked one (raise --users)")
+        elif busy or near or lagging:
+            cause = "the client was short of CPU (see above), so the offered rate was not the asked one"
+        else:
+            prefix, cause = "", ("the client had free users and CPU to spare, so the delay was in sending itself "
+                                 "(connecting, or the endpoint accepting slowly)")
+        warnings.append(f"{prefix}requests went out {send_lag['p99']:.1f} ms after their scheduled time at p99 "
+                        f"(limit {SEND_LAG_P99_MS:g} ms): {cause}")
     return warnings
 
 
@@ -41,8 +75,9 @@ def data_warnings(metrics: Mapping[str, Any]) -> list[str]:
     warnings = []
     if metrics.get("token_count_mismatches"):
         warnings.append(f"{metrics['token_count_mismatches']} of {metrics['requests_ok']} streams had a number of "
-                        "content events different from their usage.completion_tokens (the server puts several "
-                        "tokens in one event, or its usage is wrong): output tokens/s uses usage, ITL uses events")
+                        "token events (content and reasoning) different from their usage.completion_tokens (the "
+                        "server puts several tokens in one event, or its usage is wrong): output tokens/s uses usage, "
+                        "ITL uses events")
     if metrics.get("stale_connection_retries"):
         warnings.append(f"keep-alive: the server closed {metrics['stale_connection_retries']} connections after an "
                         "answer without sending 'Connection: close'; a request sent on one got no byte back and was "

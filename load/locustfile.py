@@ -16,8 +16,9 @@ from locust import events
 
 from load.config import API_PATH, LoadConfig, StepSpec
 from load.lengths import fixed_length
+from load.process import ProcessState
 from load.prompts import load_dataset
-from load.users import ProcessState, bound_user_class, probe_loop_lag
+from load.users import bound_user_class, probe_loop_lag
 from load.workloads.dataset import DatasetWorkload
 from load.workloads.synthetic import SyntheticWorkload
 

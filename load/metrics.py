@@ -20,8 +20,18 @@ from load.slo import is_latency_objective
 PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0, 99.9)
 
 FORMULAS: dict[str, str] = {
-    "ttft": "TTFT = arrival of the first SSE event with content - request send time",
-    "itl": "ITL = gap between consecutive content events of one stream; all gaps of all streams pooled",
+    "ttft": "TTFT = arrival of the first token event - request send time; a token event is an SSE event whose "
+            "delta carries a generated token of any kind: content, reasoning (delta.reasoning_content or "
+            "delta.reasoning) or a tool call (delta.tool_calls); the role-only first event is none",
+    "ttfc": "TTFC = arrival of the first SSE event with non-empty delta.content - request send time; equals "
+            "TTFT unless the model reasons (or calls a tool) first; streams that never sent content have none",
+    "itl": "ITL = gap between consecutive token events (content, reasoning or tool call) of one stream; "
+           "all gaps of all streams pooled",
+    "reasoning_tokens": "reasoning tokens = usage.completion_tokens_details.reasoning_tokens when the server "
+                        "sends it, else the stream's reasoning events; they are part of the output tokens "
+                        "(usage.completion_tokens counts them, as OpenAI's usage does)",
+    "token_count_mismatches": "token count mismatch = a stream whose usage.completion_tokens differs from its "
+                              "token events of every kind (reasoning included)",
     "tpot": "TPOT = (E2E - TTFT) / (output tokens - 1), per request with at least 2 output tokens",
     "e2e": "E2E = arrival of the last byte - request send time",
     "requests_per_s": "requests/s = successful requests that ended inside the window / window length",
@@ -32,7 +42,7 @@ FORMULAS: dict[str, str] = {
     "window": "window = from the end of warm-up to when sending stopped (duration or request count)",
     "error_rate": "error rate = requests sent in the window that failed / requests sent in the window",
     "timeline": "over time, per second of the step (warm-up included): in flight = time-weighted mean of the "
-                "requests open in that second; output tokens/s = content events that arrived in it (non-streamed: "
+                "requests open in that second; output tokens/s = token events that arrived in it (non-streamed: "
                 "usage at the end); TTFT p50/p99 of the first tokens that arrived in it; ITL of the gaps ending in it",
 }
 
@@ -68,6 +78,11 @@ class Window:
 
 def request_ttft(record: RequestRecord) -> int | None:
     return None if record.first_token_ns is None else record.first_token_ns - record.send_ns
+
+
+def request_ttfc(record: RequestRecord) -> int | None:
+    """Time to the first content token (later than TTFT when reasoning or a tool call came first)."""
+    return None if record.first_content_ns is None else record.first_content_ns - record.send_ns
 
 
 def request_e2e(record: RequestRecord) -> int | None:
@@ -141,6 +156,7 @@ def step_metrics(
     seconds = window.seconds
     pcts = sorted(set(PERCENTILES) | {split_objective(key)[1] for key in slo if is_latency_objective(key)})
     ttft = [v for r in good if (v := request_ttft(r)) is not None]
+    ttfc = [v for r in good if (v := request_ttfc(r)) is not None]
     e2e = [v for r in good if (v := request_e2e(r)) is not None]
     tpot = [v for r in good if (v := request_tpot(r)) is not None]
     itl = pooled_itls(good)
@@ -172,12 +188,22 @@ def step_metrics(
         "prompt_tokens_mean": _mean([r.usage_prompt for r in good if r.usage_prompt is not None]),
         "output_tokens_mean": _mean([r.output_tokens for r in good]),
         "token_count_mismatches": mismatched,
+        **reasoning_metrics(good),
         "ttft_ms": summarize_ms(ttft, pcts),
+        "ttfc_ms": summarize_ms(ttfc, pcts),
         "itl_ms": summarize_ms(itl, pcts),
         "tpot_ms": summarize_ms(np.asarray(tpot, dtype=np.float64), pcts),
         "e2e_ms": summarize_ms(e2e, pcts),
         "send_lag_ms": summarize_ms(lags) if lags else None,
     }
+
+
+def reasoning_metrics(good: Sequence[RequestRecord]) -> dict[str, Any]:
+    """How many successful requests reasoned, and their reasoning tokens: the total, and the mean over
+    every successful request (beside output_tokens_mean, which includes them)."""
+    counts = [r.reasoning_tokens for r in good]
+    return {"requests_with_reasoning": sum(1 for c in counts if c), "reasoning_tokens_total": sum(counts),
+            "reasoning_tokens_mean": _mean(counts)}
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -16,7 +16,7 @@ from spec.sse import SSEParser
 
 # Every kind of failed request, in the order a report lists them.
 ERROR_KINDS = ("connection_refused", "connection_closed", "timeout", "transport", "http_429", "http_4xx",
-               "http_5xx", "truncated_stream", "error_event", "protocol")
+               "http_5xx", "truncated_stream", "error_event", "protocol", "cut_off")
 
 
 def http_error_kind(status: int) -> str:
@@ -27,8 +27,11 @@ def http_error_kind(status: int) -> str:
 class RequestRecord:
     """One request: when it was meant to go, when it went, when each byte that mattered came.
 
-    `token_ns` holds the arrival of every SSE event whose delta carried content (the API sends
-    one event per token). `usage_completion` is the server's own count; `chunk_tokens` ours.
+    `token_ns` holds the arrival of every token event: an SSE event whose delta carried a
+    generated token of any kind (content, reasoning or a tool call; the API sends one event per
+    token), so a reasoning model's first token is its first reasoning token. `first_content_ns`
+    is the first event with content. `usage_completion` is the server's own count (reasoning
+    included); `chunk_tokens` ours, of every kind, and `*_events` ours per kind.
     """
 
     send_ns: int
@@ -36,11 +39,16 @@ class RequestRecord:
     intended_ns: int | None = None
     first_byte_ns: int | None = None
     first_token_ns: int | None = None
+    first_content_ns: int | None = None
     end_ns: int | None = None
     token_ns: list[int] = field(default_factory=list)
     chunk_tokens: int = 0
+    content_events: int = 0
+    reasoning_events: int = 0  # delta.reasoning_content or delta.reasoning
+    tool_call_events: int = 0
     usage_prompt: int | None = None
     usage_completion: int | None = None
+    usage_reasoning: int | None = None  # usage.completion_tokens_details.reasoning_tokens, when sent
     status: int | None = None
     error: str | None = None
     # What kind of failure `error` is (ERROR_KINDS), for counting; None while the request is fine.
@@ -81,8 +89,14 @@ class RequestRecord:
         return self.usage_completion if self.usage_completion is not None else self.chunk_tokens
 
     @property
+    def reasoning_tokens(self) -> int:
+        """Reasoning tokens: the server's usage count when it gives one, else the reasoning events we
+        counted (0 for a non-streamed answer without that count)."""
+        return self.usage_reasoning if self.usage_reasoning is not None else self.reasoning_events
+
+    @property
     def token_count_mismatch(self) -> bool:
-        """A stream whose content events disagree with its usage.completion_tokens."""
+        """A stream whose token events (every kind) disagree with its usage.completion_tokens."""
         return self.stream and self.usage_completion is not None and self.usage_completion != self.chunk_tokens
 
     def to_wire(self) -> dict[str, Any]:
@@ -149,18 +163,57 @@ class StreamTimer:
             record.request_id = chunk["id"]
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
-            if delta.get("content"):
-                if choice.get("index", 0) == 0:
+            kinds = token_kinds(delta)
+            if kinds:
+                self._token(kinds, now_ns)
+                if "content" in kinds and choice.get("index", 0) == 0:
                     self.pieces.append(delta["content"])
-                record.chunk_tokens += 1
-                record.token_ns.append(now_ns)
-                if record.first_token_ns is None:
-                    record.first_token_ns = now_ns
-                break
+                break  # one event is one token, whichever choices it carries
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            record.usage_prompt = usage.get("prompt_tokens")
-            record.usage_completion = usage.get("completion_tokens")
+            read_usage(record, usage)
+
+    def _token(self, kinds: frozenset[str], now_ns: int) -> None:
+        """Stamp one token event; count it under each kind it carried."""
+        record = self.record
+        record.chunk_tokens += 1
+        record.token_ns.append(now_ns)
+        if record.first_token_ns is None:
+            record.first_token_ns = now_ns
+        if "content" in kinds:
+            record.content_events += 1
+            if record.first_content_ns is None:
+                record.first_content_ns = now_ns
+        record.reasoning_events += "reasoning" in kinds
+        record.tool_call_events += "tool_call" in kinds
+
+
+# The delta keys a reasoning model sends its reasoning under: DeepSeek's and older vLLM's, newer vLLM's.
+REASONING_KEYS = ("reasoning_content", "reasoning")
+
+
+def token_kinds(delta: Any) -> frozenset[str]:
+    """Which kinds of generated token a delta carries: content, reasoning, tool_call (empty: none,
+    e.g. the role-only first delta, an empty string or null values)."""
+    if not isinstance(delta, dict):
+        return frozenset()
+    kinds = set()
+    if isinstance(delta.get("content"), str) and delta["content"]:
+        kinds.add("content")
+    if any(isinstance(delta.get(key), str) and delta[key] for key in REASONING_KEYS):
+        kinds.add("reasoning")
+    if delta.get("tool_calls"):
+        kinds.add("tool_call")
+    return frozenset(kinds)
+
+
+def read_usage(record: RequestRecord, usage: dict[str, Any]) -> None:
+    """The server's counts from a usage object, reasoning tokens included when it details them."""
+    record.usage_prompt = usage.get("prompt_tokens")
+    record.usage_completion = usage.get("completion_tokens")
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    record.usage_reasoning = reasoning if isinstance(reasoning, int) else None
 
 
 def read_json_body(record: RequestRecord, body: bytes, now_ns: int) -> str | None:
@@ -182,9 +235,8 @@ def read_json_body(record: RequestRecord, body: bytes, now_ns: int) -> str | Non
         return None
     if isinstance(payload.get("id"), str):
         record.request_id = payload["id"]
-    usage = payload.get("usage") or {}
-    record.usage_prompt = usage.get("prompt_tokens")
-    record.usage_completion = usage.get("completion_tokens")
+    usage = payload.get("usage")
+    read_usage(record, usage if isinstance(usage, dict) else {})
     choices = payload.get("choices") or [{}]
     message = choices[0].get("message") if isinstance(choices[0], dict) else None
     content = message.get("content") if isinstance(message, dict) else None

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -21,14 +20,30 @@ import gevent.event
 from locust.env import Environment
 
 from load.config import LoadConfig, StepSpec
+from load.fidelity import (
+    COMPLETE,
+    DRAIN_TIMEOUT,
+    DURATION,
+    GONE,
+    INTERRUPTED,
+    STOPPED_EARLY,
+    ProcessCounts,
+    judge_step,
+)
 from load.health import GoneWatch, client_warnings, data_warnings
 from load.metrics import Window, step_metrics
+from load.outcome import StepOutcome
+from load.process import ProcessState
 from load.records import RequestRecord
 from load.slo import judge
-from load.users import ProcessState, bound_user_class, probe_loop_lag
+from load.users import bound_user_class, probe_loop_lag
 
 log = logging.getLogger("load")
 INTERRUPT_DRAIN_S = 2.0  # after Ctrl-C, how long requests in flight may still finish
+POLL_S = 0.2  # how often the step loop asks the processes whether they have finished
+# How often it prints progress and asks GoneWatch and a capacity search's early stop, whose rules
+# count polls of this spacing.
+CHECK_S = 1.0
 
 
 class _NoSpawnRateWarning(logging.Filter):
@@ -37,23 +52,6 @@ class _NoSpawnRateWarning(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "spawn rate is very high" not in record.getMessage()
-
-
-@dataclass
-class StepOutcome:
-    """One finished step: its spec, raw records, client health and computed metrics."""
-
-    spec: StepSpec
-    records: list[RequestRecord]
-    health: list[dict[str, Any]]
-    window: Window
-    metrics: dict[str, Any] = field(default_factory=dict)
-    slo: list[dict[str, Any]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    aborted: str | None = None  # why the step (and the run) ended early: the endpoint gone, or Ctrl-C
-    interrupted: bool = False  # ended by Ctrl-C (SIGINT): the report is partial
-    started_at: float = 0.0  # time.monotonic() when the step began (scraped server metrics align to it)
-    stopped_early: str | None = None  # why `early_stop` ended the step before its duration (saturated)
 
 
 class LocalBackend:
@@ -76,15 +74,13 @@ class LocalBackend:
         return [self.process.status()]
 
     def stop_sending(self) -> None:
-        self.process.sending = False
+        self.process.stop()
 
-    def drained(self) -> bool:
-        return self.process.inflight == 0
-
-    def finish(self) -> tuple[list[RequestRecord], list[dict[str, Any]]]:
+    def finish(self) -> tuple[list[RequestRecord], list[dict[str, Any]], list[ProcessCounts]]:
         health = self.process.health()
-        self.runner.stop()
-        return list(self.process.records), [health]
+        self.process.stop()
+        self.runner.stop()  # users still in a request end it as cut off (their records say so)
+        return list(self.process.records), [health], [self.process.counts()]
 
     def close(self) -> None:
         self._probe.kill()
@@ -98,6 +94,7 @@ class DistributedBackend:
         from reference_server.launcher import free_port
 
         self.workers = workers
+        self.step_index: int | None = None
         # The master runs no users; the class is there for Locust to match the workers' by name.
         self.environment = Environment(user_classes=[bound_user_class(ProcessState())])
         port = free_port()
@@ -140,30 +137,29 @@ class DistributedBackend:
             gevent.sleep(0.05)
 
     def start_step(self, step: StepSpec) -> None:
+        self.step_index = step.index
         self.statuses.clear()
         self.runner.send_message("chatspec_step", step.to_wire())
         self.runner.start(step.users, spawn_rate=max(step.users, 1) * 20, wait=False)
 
     def status(self) -> list[dict[str, Any]]:
+        """The latest status of each worker in this step (a worker not yet heard from is missing)."""
         self.runner.send_message("chatspec_poll")
         gevent.sleep(0.05)
-        return list(self.statuses.values())
+        return [s for s in self.statuses.values() if s.get("step") == self.step_index]
 
     def stop_sending(self) -> None:
         self.runner.send_message("chatspec_stop")
 
-    def drained(self) -> bool:
-        """Every worker has answered since it stopped sending, with nothing in flight."""
-        fresh = [s for s in self.status() if not s["sending"]]
-        return len(fresh) >= self.workers and all(s["inflight"] == 0 for s in fresh)
-
-    def finish(self) -> tuple[list[RequestRecord], list[dict[str, Any]]]:
+    def finish(self) -> tuple[list[RequestRecord], list[dict[str, Any]], list[ProcessCounts]]:
         self.collected.clear()
         self.runner.send_message("chatspec_collect")
         self._wait(lambda: len(self.collected) >= self.workers, 60.0, "workers' records")
         self.runner.stop()
-        records = [RequestRecord.from_wire(r) for data in self.collected.values() for r in data["records"]]
-        return records, [data["health"] for data in sorted(self.collected.values(), key=lambda d: d["worker"])]
+        collected = sorted(self.collected.values(), key=lambda d: d["worker"])
+        records = [RequestRecord.from_wire(r) for data in collected for r in data["records"]]
+        return (records, [data["health"] for data in collected],
+                [ProcessCounts.from_wire(data["counts"]) for data in collected])
 
     def close(self) -> None:
         try:
@@ -179,13 +175,22 @@ class DistributedBackend:
 
 def _progress_line(step: StepSpec, total_steps: int, elapsed: float, statuses: list[dict[str, Any]],
                    tokens_per_s: float) -> str:
+    """One line of how far a step is: turns scheduled (of the count asked), requests sent, ended, failed."""
+    scheduled = sum(s["scheduled"] for s in statuses)
     sent = sum(s["sent"] for s in statuses)
     done = sum(s["done"] for s in statuses)
     failed = sum(s["failed"] for s in statuses)
     inflight = sum(s["inflight"] for s in statuses)
     of = f"/{total_steps}" if total_steps else ""  # a capacity search does not know its count
+    asked = f"/{step.max_requests}" if step.max_requests is not None else ""
     return (f"[step {step.index + 1}{of} {step.label}] {elapsed:5.1f}/{step.duration_s:g} s  "
-            f"sent {sent}  done {done}  failed {failed}  in flight {inflight}  output tok/s {tokens_per_s:,.0f}")
+            f"scheduled {scheduled}{asked}  sent {sent}  done {done}  failed {failed}  in flight {inflight}  "
+            f"output tok/s {tokens_per_s:,.0f}")
+
+
+def _finished(statuses: list[dict[str, Any]], workers: int) -> bool:
+    """Every process has taken its last turn, sent every turn it took, and has nothing in flight."""
+    return len(statuses) >= workers and all(s["finished"] for s in statuses)
 
 
 def run_step(
@@ -200,59 +205,81 @@ def run_step(
     interrupt: gevent.event.Event | None = None,
     early_stop: Callable[[StepSpec, float, list[dict[str, Any]]], str | None] | None = None,
 ) -> StepOutcome:
-    """Run one step to its duration or request count, let in-flight requests finish, measure.
+    """Run one step until every process has taken its last turn and every sent request has ended.
 
-    The step ends early, its outcome marked `aborted`, when the endpoint stops answering, or when
-    `interrupt` is set (Ctrl-C: then also `interrupted`; requests in flight get INTERRUPT_DRAIN_S).
-    `early_stop(step, elapsed s, statuses)`, asked at every poll, may end it sooner with a reason
-    (a capacity search stops a clearly saturated step), then marked `stopped_early`.
+    A process takes no more turns once its share of --max-requests or of the schedule (a trace) is
+    used up, or the step's duration has passed by its own clock; requests then in flight get up to
+    `drain_s` to end. The step ends early, its outcome marked `aborted`, when the endpoint stops
+    answering, or when `interrupt` is set (Ctrl-C: then also `interrupted`; requests in flight get
+    INTERRUPT_DRAIN_S). `early_stop(step, elapsed s, statuses)`, asked at every poll, may end it
+    sooner with a reason (a capacity search stops a clearly saturated step), then `stopped_early`.
+    Why the step ended, and whether it sent what was asked, is its `fidelity`.
     """
     interrupt = interrupt or gevent.event.Event()
     start = time.monotonic()
     backend.start_step(step)
     last_tokens, last_time = 0, start
-    count_reached = False
     watch = GoneWatch(start, server_exit)
     aborted, interrupted, stopped_early = None, False, None
-    while (elapsed := time.monotonic() - start) < step.duration_s:
-        if interrupt.wait(min(1.0, step.duration_s - elapsed)):
+    end, end_detail = DURATION, ""
+    statuses: list[dict[str, Any]] = []
+    give_up = step.duration_s + drain_s
+    while True:
+        if interrupt.wait(POLL_S):
             interrupted = True
             aborted = f"interrupted (Ctrl-C) in step {step.label} after {time.monotonic() - start:.1f} s"
-            drain_s = min(drain_s, INTERRUPT_DRAIN_S)
+            end, end_detail = INTERRUPTED, aborted
             break
         statuses = backend.status()
         now = time.monotonic()
-        tokens = sum(s["tokens"] for s in statuses)
-        if progress:
-            rate = (tokens - last_tokens) / max(now - last_time, 1e-9)
-            progress(_progress_line(step, total_steps, now - start, statuses, rate))
-        last_tokens, last_time = tokens, now
-        gone = watch.update(statuses, now)
-        if gone is not None:
-            aborted = f"the endpoint stopped answering in step {step.label} after {now - start:.1f} s: {gone}"
-            break
-        if early_stop is not None and (stopped_early := early_stop(step, now - start, statuses)) is not None:
-            break
-        if step.max_requests is not None and sum(s["sent"] for s in statuses) >= step.max_requests:
-            if sum(s["inflight"] for s in statuses) == 0:
-                count_reached = True
+        if now - last_time >= CHECK_S:  # progress, the endpoint's health, saturation: once a second
+            if progress:
+                tokens = sum(s["tokens"] for s in statuses)
+                progress(_progress_line(step, total_steps, now - start, statuses,
+                                        (tokens - last_tokens) / max(now - last_time, 1e-9)))
+                last_tokens = tokens
+            last_time = now
+            gone = watch.update(statuses, now)
+            if gone is not None:
+                aborted = f"the endpoint stopped answering in step {step.label} after {now - start:.1f} s: {gone}"
+                end, end_detail = GONE, aborted
                 break
+            if early_stop is not None and (stopped_early := early_stop(step, now - start, statuses)) is not None:
+                end, end_detail = STOPPED_EARLY, stopped_early
+                break
+        if _finished(statuses, backend.workers):
+            by_duration = any(s["ended_by"] == "duration" for s in statuses)
+            end = DURATION if by_duration else COMPLETE
+            end_detail = (f"--duration {step.duration_s:g} s passed and every request sent had ended"
+                          if by_duration else "every request scheduled was sent and had ended")
+            break
+        if now - start >= give_up:
+            end, end_detail = DRAIN_TIMEOUT, (f"requests were still in flight {drain_s:g} s after --duration "
+                                              f"{step.duration_s:g} s")
+            break
     stop_ns = int((time.monotonic() - start) * 1e9)
     backend.stop_sending()
-    deadline = time.monotonic() + drain_s
-    while time.monotonic() < deadline and not backend.drained():
-        gevent.sleep(0.05)
-    records, health = backend.finish()
-    end_ns = stop_ns
-    if count_reached:  # the window ends with the last reply, not when the poll noticed it
+    if end in (INTERRUPTED, GONE, STOPPED_EARLY):  # requests in flight may still end, for a while
+        deadline = time.monotonic() + (INTERRUPT_DRAIN_S if interrupted else drain_s)
+        while time.monotonic() < deadline and not _finished(backend.status(), backend.workers):
+            gevent.sleep(0.05)
+    records, health, counts = backend.finish()
+    if end == COMPLETE:  # the window ends with the last reply, not when the poll noticed it
         end_ns = max((r.end_ns for r in records if r.end_ns is not None), default=stop_ns)
+    elif end in (DURATION, DRAIN_TIMEOUT):
+        end_ns = int(step.duration_s * 1e9)
+    else:
+        end_ns = stop_ns
     window = Window(int(step.warmup_s * 1e9), max(end_ns, int(step.warmup_s * 1e9) + 1))
     metrics = step_metrics(records, window, slo)
     metrics["requests_total"] = len(records)
     metrics["requests_refused"] = sum(1 for r in records if r.connection_refused)  # warm-up included
+    fidelity = judge_step(asked=step.max_requests, asked_rate=step.rate or step.schedule_rate, users=step.users,
+                          counts=counts, records=records, end=end, end_detail=end_detail,
+                          window_start_ns=window.start_ns, window_end_ns=window.end_ns)
     outcome = StepOutcome(step, records, health, window, metrics, judge(metrics, slo), aborted=aborted,
-                          interrupted=interrupted, started_at=start, stopped_early=stopped_early)
-    outcome.warnings = client_warnings(metrics, health, step) + data_warnings(metrics)
+                          interrupted=interrupted, started_at=start, stopped_early=stopped_early, fidelity=fidelity)
+    outcome.warnings = client_warnings(metrics, health, step, fidelity) + data_warnings(metrics)
     return outcome
 
 

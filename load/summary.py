@@ -8,12 +8,13 @@ from typing import Any
 
 from load.health import loop_lag_summary
 from load.metrics import FORMULAS, cdf_points, pooled_itls, request_e2e, request_ttft, sent_in
+from load.outcome import StepOutcome
 from load.timeline import step_timeline
 from load.workload_metrics import FORMULAS as WORKLOAD_FORMULAS
 from load.workload_metrics import workload_metrics
 
 
-def step_document(outcome: Any) -> dict[str, Any]:
+def step_document(outcome: StepOutcome) -> dict[str, Any]:
     """One step: its settings, every metric, SLO verdicts, client health, CDF points and the
     second-by-second timeline for plots."""
     good = [r for r in sent_in(outcome.records, outcome.window) if r.ok]
@@ -32,7 +33,8 @@ def step_document(outcome: Any) -> dict[str, Any]:
         "slo_met": all(v["met"] for v in outcome.slo),
         "warnings": outcome.warnings,
         "aborted": outcome.aborted,
-        "stopped_early": getattr(outcome, "stopped_early", None),
+        "stopped_early": outcome.stopped_early,
+        "fidelity": outcome.fidelity.to_wire() if outcome.fidelity is not None else None,
         "client": {
             "workers": len(outcome.health),
             "cpu_fraction": [h["cpu_fraction"] for h in outcome.health],
@@ -86,6 +88,8 @@ def build_document(
         "steps": list(steps),
         "slo_met": all(step["slo_met"] for step in steps),
         "client_limited": any(w.startswith("client-limited") for step in steps for w in step["warnings"]),
+        # every step sent what was asked (or was cut short by the user's choice); else exit 2
+        "fidelity_ok": all((step.get("fidelity") or {}).get("ok", True) for step in steps),
         "calibration": dict(calibration) if calibration else None,
         "aborted": aborted,
         "interrupted": interrupted,

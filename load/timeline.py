@@ -1,8 +1,8 @@
 """A step second by second, from its raw records: what Locust's own charts show, with exact numbers.
 
 Per one-second bin from the step's start (warm-up included, so a ramp or a growing queue shows):
-requests in flight (time-weighted mean over the bin), output tokens/s (content events of streams
-as they arrived; a non-streamed answer's usage when it ended), TTFT p50/p99 of the requests whose
+requests in flight (time-weighted mean over the bin), output tokens/s (token events of streams, of
+any kind, as they arrived; a non-streamed answer's usage when it ended), TTFT p50/p99 of the requests whose
 first token came in the bin, ITL p50/p99 of the gaps that ended in it, requests sent and failed.
 """
 

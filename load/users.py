@@ -4,8 +4,9 @@ One request, top to bottom: `ChatUser.chat` asks its workload session for the ne
 (load.workloads), waits for its turn (closed loop, or its slot in the arrival schedule), `send`s it
 and times every byte into a RequestRecord (load.records) that carries what the plan asked for; the
 record joins its process's records, and the answer goes back to the session (multi-turn carries it
-into the next turn). Each process (the only one, or a worker) owns one `ProcessState`, and its user
-class is bound to it by `bound_user_class`: no module-level state.
+into the next turn). Each process (the only one, or a worker) owns one `ProcessState`
+(load.process: its turns and counts), and its user class is bound to it by `bound_user_class`: no
+module-level state.
 
 Importing this module imports Locust, which monkey-patches the process for gevent: only the
 load runner, its workers and `locustfile.py` import it.
@@ -19,100 +20,18 @@ otherwise takes whatever one `recv` brings; each line is stamped when it is hand
 from __future__ import annotations
 
 import json
-import random
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import gevent
 from locust import FastHttpUser, constant, task
 
-from load.arrivals import intended_offsets_s
-from load.config import MAX_RETRY_AFTER_S, LoadConfig, StepSpec, share
+from load.config import MAX_RETRY_AFTER_S
+from load.process import ProcessState
 from load.records import RequestRecord, StreamTimer, read_json_body
-from load.workloads import PlannedRequest, Session, Workload, from_wire, request_body
+from load.workloads import PlannedRequest, Session, request_body
 
 LAG_PROBE_S = 0.005  # how often the event-loop probe wakes up
-RECENT = 200  # how many of the latest records a status carries TTFTs of
-
-
-@dataclass
-class ProcessState:
-    """What this process is doing in the current step (one per process: master or worker)."""
-
-    config: LoadConfig | None = None
-    step: StepSpec | None = None
-    worker_index: int = 0
-    workers: int = 1
-    origin_ns: int = 0
-    sending: bool = False
-    quota: int | None = None
-    sent: int = 0
-    inflight: int = 0
-    records: list[RequestRecord] = field(default_factory=list)
-    loop_lag_ns: list[int] = field(default_factory=list)
-    cpu_start_s: float = 0.0
-    workload: Workload | None = None
-    # (intended send time in ns, the workload's slot or None) of each request, in open loop
-    schedule: Iterator[tuple[int, int | None]] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    sessions: int = 0  # sessions made so far in this step (seeds each user's own)
-
-    def configure(self, config: LoadConfig, worker_index: int = 0, workers: int = 1) -> None:
-        """Take the run's settings (once per run)."""
-        self.config, self.worker_index, self.workers = config, worker_index, workers
-        self.workload = from_wire(config.workload)
-        self.headers = {"Content-Type": "application/json", "Accept-Encoding": "identity",
-                        "Accept": "text/event-stream" if config.stream else "application/json"}
-        if config.api_key:
-            self.headers["Authorization"] = f"Bearer {config.api_key}"
-        self.headers.update(config.headers)
-
-    def begin_step(self, step: StepSpec) -> None:
-        """Start a step now: fresh records, this process's share of the count and the rate."""
-        assert self.config is not None and self.workload is not None, "configure() first"
-        self.step = step
-        self.records, self.loop_lag_ns = [], []
-        self.sent, self.inflight, self.sessions = 0, 0, 0
-        self.quota = None if step.max_requests is None else share(step.max_requests, self.workers, self.worker_index)
-        self.schedule = self.workload.schedule(self.worker_index, self.workers)
-        if self.schedule is None and step.rate is not None:
-            offsets = intended_offsets_s(step.rate / self.workers, step.arrival, gamma_shape=self.config.gamma_shape,
-                                         seed=self.config.seed * 1000 + step.index * 37 + self.worker_index)
-            self.schedule = ((int(s * 1e9), None) for s in offsets)
-        self.cpu_start_s = time.process_time()
-        self.origin_ns = time.perf_counter_ns()
-        self.sending = True
-
-    def now_ns(self) -> int:
-        return time.perf_counter_ns() - self.origin_ns
-
-    def new_session(self) -> Session:
-        """A fresh workload session for a user starting now, with its own reproducible random stream."""
-        assert self.config is not None and self.workload is not None and self.step is not None
-        self.sessions += 1
-        seed = f"{self.config.seed}/{self.step.index}/{self.worker_index}/{self.sessions}"
-        return self.workload.session(random.Random(seed))
-
-    def may_send(self) -> bool:
-        """Sending, and this process's share of the step's request count not used up."""
-        return self.sending and self.step is not None and (self.quota is None or self.sent < self.quota)
-
-    def health(self) -> dict[str, Any]:
-        """This process's CPU use (fraction of one core) and event-loop lag samples so far."""
-        wall = max(self.now_ns() / 1e9, 1e-9)
-        return {"worker": self.worker_index, "cpu_fraction": (time.process_time() - self.cpu_start_s) / wall,
-                "loop_lag_ns": list(self.loop_lag_ns)}
-
-    def status(self) -> dict[str, Any]:
-        return {"worker": self.worker_index, "sent": self.sent, "inflight": self.inflight,
-                "done": len(self.records), "failed": sum(1 for r in self.records if not r.ok),
-                "tokens": sum(r.output_tokens for r in self.records if r.ok), "sending": self.sending,
-                "refused": sum(1 for r in self.records if r.connection_refused),
-                # the latest answers' TTFTs, for a capacity search to see a step's queue growing
-                "ttft_ms_recent": [(r.first_token_ns - r.send_ns) / 1e6 for r in self.records[-RECENT:]
-                                   if r.first_token_ns is not None]}
 
 
 def retry_after_seconds(header: str | None) -> float:
@@ -140,7 +59,7 @@ def probe_loop_lag(process: ProcessState) -> None:
     while True:
         before = time.perf_counter_ns()
         gevent.sleep(LAG_PROBE_S)
-        if process.sending:
+        if process.step is not None and not process.stopped:
             process.loop_lag_ns.append(max(0, time.perf_counter_ns() - before - int(LAG_PROBE_S * 1e9)))
 
 
@@ -170,24 +89,19 @@ class ChatUser(FastHttpUser):
         think = self.session.wait_s()
         if think > 0:
             gevent.sleep(think)
-        if not process.may_send():
-            gevent.sleep(0.02)
+        turn = process.claim()
+        if turn is None:  # no more turns in this step for this process
+            gevent.sleep(0.05)
             return
-        process.sent += 1
-        intended, slot = None, None
-        if process.schedule is not None:
-            due = next(process.schedule, None)
-            if due is None:  # the workload's own schedule (a trace) has no more requests
-                process.sent -= 1
-                gevent.sleep(0.02)
-                return
-            intended, slot = due
+        intended, slot = turn
+        if intended is not None:
             delay = (intended - process.now_ns()) / 1e9
             if delay > 0:
                 gevent.sleep(delay)
-            if not process.sending:
-                process.sent -= 1
-                return
+        if intended is not None:
+            process.waiting.remove(intended)
+        if process.stopped:  # scheduled, never sent: the step was stopped (Ctrl-C, endpoint gone)
+            return
         planned = self.session.next_request(slot)
         record, answer = self.send(planned, intended)
         self.session.answered(answer if record.ok else None)
@@ -204,6 +118,7 @@ class ChatUser(FastHttpUser):
         body = request_body(planned, model=config.model, stream=config.stream, extra_body=config.extra_body)
         payload = json.dumps(body).encode()
         stream = bool(body.get("stream"))
+        process.sent += 1  # counted here, as its bytes go out: never when a slot is merely taken
         process.inflight += 1
         record = RequestRecord(send_ns=process.now_ns(), stream=stream, intended_ns=intended_ns,
                                worker=process.worker_index, max_tokens=body.get("max_tokens"),
@@ -223,6 +138,10 @@ class ChatUser(FastHttpUser):
         except Exception as exc:  # a transport error must become a record, never kill the user
             record.fail(transport_kind(exc), f"{type(exc).__name__}: {exc}")
             record.end_ns = record.end_ns or process.now_ns()
+        except gevent.GreenletExit:  # the step ended with this request still open (its drain ran out)
+            record.fail("cut_off", "still in flight when the step ended")
+            record.end_ns = record.end_ns or process.now_ns()
+            raise
         finally:
             process.inflight -= 1
             process.records.append(record)

@@ -14,8 +14,9 @@ import gevent
 from locust.env import Environment
 
 from load.config import LoadConfig, StepSpec
+from load.process import ProcessState
 from load.records import RequestRecord
-from load.users import ProcessState, bound_user_class, probe_loop_lag
+from load.users import bound_user_class, probe_loop_lag
 
 
 def _send(environment: Environment, kind: str, data: dict) -> None:
@@ -34,7 +35,7 @@ def register_handlers(environment: Environment, process: ProcessState, workers: 
         process.begin_step(StepSpec.from_wire(msg.data))
 
     def on_stop(environment: Environment, msg, **_kw) -> None:
-        process.sending = False
+        process.stop()
 
     def on_poll(environment: Environment, msg, **_kw) -> None:
         _send(environment, "chatspec_status", process.status())
@@ -42,6 +43,7 @@ def register_handlers(environment: Environment, process: ProcessState, workers: 
     def on_collect(environment: Environment, msg, **_kw) -> None:
         records: list[RequestRecord] = process.records
         _send(environment, "chatspec_records", {"worker": runner.worker_index, "health": process.health(),
+                                                "counts": process.counts().to_wire(),
                                                 "records": [r.to_wire() for r in records]})
 
     runner.register_message("chatspec_config", on_config)

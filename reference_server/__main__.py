@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mock engine: at most K streams generate at once (per process); the others wait "
                              "in arrival order and their time to first token includes the wait, like a real "
                              "server's queue (0: no limit)")
+    parser.add_argument("--mock-reasoning-tokens", type=int, default=0, metavar="N",
+                        help="mock engine: the first N tokens of each answer are reasoning, sent as "
+                             "delta.reasoning_content (message.reasoning_content when not streamed) at the same "
+                             "TTFT and ITL as the rest, and counted in usage.completion_tokens and "
+                             "usage.completion_tokens_details.reasoning_tokens, as a reasoning model does "
+                             "(logprobs and stop sequences cover the content only; JSON mode has no reasoning)")
+    parser.add_argument("--mock-reasoning-field", choices=("reasoning_content", "reasoning"),
+                        default="reasoning_content",
+                        help="mock engine: the key reasoning goes out under (vLLM's newer name is 'reasoning')")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="mock engine: N server processes sharing the port (SO_REUSEPORT), so the server is "
                              "not capped by one Python process; /metrics sums them all, /health is one process's")
@@ -101,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "(0: it works on this machine, 2: it does not, with the reason)")
     parser.add_argument("--self-check-timeout", type=float, default=300.0,
                         help="seconds the start-up check may take, loading the engine included")
+    parser.add_argument("--record", default=None, metavar="PATH",
+                        help="append one JSON line per chat-completions request received to PATH (arrival_ns "
+                             "when it arrived, end_ns when its answer was finished or the client went away, path, "
+                             "status, the parsed body, response_id, client, pid; 401/400 refusals too): a witness "
+                             "of what a load generator really sent, and when. Written after each answer, one "
+                             "write per line, so every --workers process can share PATH; an existing file is "
+                             "appended to (fields: reference_server/recording.py)")
     parser.add_argument("--log-level", default="INFO", help="logging level")
     return parser
 
@@ -112,7 +128,8 @@ def make_engine(args: argparse.Namespace) -> Engine:
 
         return MockEngine(model_name=args.model_name or "mock", ttft_ms=args.ttft_ms,
                           itl_ms=args.itl_ms, context_length=args.n_ctx, fault=args.mock_fault,
-                          fault_at=args.mock_fault_at, slots=args.mock_slots)
+                          fault_at=args.mock_fault_at, slots=args.mock_slots,
+                          reasoning_tokens=args.mock_reasoning_tokens)
     if args.engine == "exllamav2":
         from reference_server.engines.exllamav2 import ExLlamaV2Engine
 
@@ -180,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mock-fault-at must be >= 1")
     if args.mock_slots < 0:
         parser.error("--mock-slots must be >= 0")
+    if args.mock_reasoning_tokens < 0:
+        parser.error("--mock-reasoning-tokens must be >= 0")
     if args.workers < 1:
         parser.error("--workers must be >= 1")
     if args.workers > 1 and not args.worker_process:
@@ -203,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig(api_keys=tuple(keys), auth_required=not args.no_auth,
                           max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
                           body_timeout_s=args.body_timeout, engine_label=args.engine,
-                          metrics_dir=os.environ.get(METRICS_DIR_ENV) if args.worker_process else None)
+                          reasoning_field=args.mock_reasoning_field,
+                          metrics_dir=os.environ.get(METRICS_DIR_ENV) if args.worker_process else None,
+                          record_path=args.record)
     app = build_app(engine, config)
     ready = None
     if args.worker_process:  # the supervisor waits for this line: the socket is bound

@@ -24,11 +24,14 @@ from reference_server.engines.base import Engine
 from reference_server.errors import ApiError
 from reference_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reference_server.metrics import RequestTracker, ServerMetrics, TimedEngine
+from reference_server.recording import PARSED_BODY, RESPONSE_ID, Recorder, recording_middleware
 from reference_server.sse import DONE_EVENT, encode_event
 from reference_server.validation import ChatRequest, fit_to_context, parse_request
 from spec.endpoint import CHAT_SUFFIX, DEFAULT_ROOT, MODELS_SUFFIX
 
 OPENAI_ROOT = "/v1"
+ROOTS = (DEFAULT_ROOT, OPENAI_ROOT)  # the API answers under both
+CHAT_PATHS = frozenset(root + CHAT_SUFFIX for root in ROOTS)
 
 log = logging.getLogger("reference_server")
 
@@ -80,6 +83,10 @@ class ServerConfig:
     engine_label: str = ""  # the engine's name in /metrics (chatspec:engine_info); default: its class
     # prometheus_client's multiprocess folder when several server processes share the port (--workers)
     metrics_dir: str | None = None
+    # the delta/message key reasoning tokens go out under: "reasoning_content" (DeepSeek, older vLLM)
+    # or "reasoning" (newer vLLM); only engines that mark tokens as reasoning (the mock) send any
+    reasoning_field: str = "reasoning_content"
+    record_path: str | None = None  # --record: a JSON line per chat request received (reference_server.recording)
 
 
 class Server:
@@ -152,6 +159,7 @@ class Server:
         try:
             # Strict UTF-8 first: json.loads(bytes) lets encoded surrogates (ED A0 80) through.
             body = json.loads(raw.decode("utf-8"))
+            request[PARSED_BODY] = body  # for --record
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(400, f"The body is not valid JSON: {exc}", code="invalid_json") from exc
         except RecursionError as exc:  # deeper than Python's decoder can go
@@ -221,10 +229,12 @@ class Server:
             params = dataclasses.replace(params, max_tokens=max_tokens)
         self.in_flight += 1
         tracker = self.metrics.track(started, len(prompt))
+        header = self._header(chat)
+        request[RESPONSE_ID] = header["id"]  # for --record
         try:
             if chat.stream:
-                return await self._stream(request, chat, prompt, params, started, tracker)
-            return await self._complete(chat, prompt, params, started, tracker)
+                return await self._stream(request, chat, header, prompt, params, started, tracker)
+            return await self._complete(chat, header, prompt, params, started, tracker)
         finally:
             self.in_flight -= 1
             tracker.finish(asyncio.get_running_loop().time(), chat.n)
@@ -233,7 +243,8 @@ class Server:
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": chat.model}
 
     async def _complete(
-        self, chat: ChatRequest, prompt: list[int], params: Any, started: float, tracker: RequestTracker
+        self, chat: ChatRequest, header: dict[str, Any], prompt: list[int], params: Any, started: float,
+        tracker: RequestTracker,
     ) -> web.Response:
         cancel = threading.Event()
         engine = TimedEngine(self.engine, tracker)
@@ -245,18 +256,19 @@ class Server:
         finally:
             await _cancel_all(tasks)
         completion_tokens = sum(choice.completion_tokens for choice in choices)
+        reasoning_tokens = sum(choice.reasoning_tokens for choice in choices)
         tracker.reasons.extend(choice.finish_reason for choice in choices)
         body = {
-            **self._header(chat),
+            **header,
             "object": "chat.completion",
-            "choices": [choice.to_api() for choice in choices],
-            "usage": generation.usage(len(prompt), completion_tokens),
+            "choices": [choice.to_api(self.config.reasoning_field) for choice in choices],
+            "usage": generation.usage(len(prompt), completion_tokens, reasoning_tokens),
         }
         return web.json_response(body, dumps=_dumps)
 
     async def _stream(
-        self, request: web.Request, chat: ChatRequest, prompt: list[int], params: Any, started: float,
-        tracker: RequestTracker,
+        self, request: web.Request, chat: ChatRequest, header: dict[str, Any], prompt: list[int], params: Any,
+        started: float, tracker: RequestTracker,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
@@ -266,7 +278,7 @@ class Server:
             }
         )
         await response.prepare(request)
-        header = {**self._header(chat), "object": "chat.completion.chunk"}
+        header = {**header, "object": "chat.completion.chunk"}
         cancel = threading.Event()
         # Every choice generates at once; their pieces are written in the order they come.
         pieces: asyncio.Queue[tuple[int, generation.ChoicePiece | BaseException | None]] = asyncio.Queue()
@@ -300,6 +312,9 @@ class Server:
                     continue
                 if isinstance(piece, BaseException):
                     raise piece
+                if piece.reasoning:
+                    await send([{"index": index, "delta": {self.config.reasoning_field: piece.reasoning},
+                                 "finish_reason": None, "logprobs": None}])
                 if piece.text or piece.logprobs:
                     await send([_chunk_choice(index, piece.text, piece.logprobs, params.logprobs)])
                 if piece.finish_reason:
@@ -307,7 +322,8 @@ class Server:
                     await send([{"index": index, "delta": {}, "finish_reason": piece.finish_reason,
                                  "logprobs": None}])
             completion_tokens = sum(state.completion_tokens for state in states)
-            await send([], usage=generation.usage(len(prompt), completion_tokens))
+            reasoning_tokens = sum(state.reasoning_tokens for state in states)
+            await send([], usage=generation.usage(len(prompt), completion_tokens, reasoning_tokens))
             await response.write(DONE_EVENT)
             await response.write_eof()
         except (ConnectionResetError, ConnectionError) as exc:
@@ -386,18 +402,23 @@ def build_app(engine: Engine, config: ServerConfig | None = None) -> web.Applica
     config = config or ServerConfig()
     server = Server(engine, config)
     # aiohttp's own cap sits above ours so that our check produces the envelope.
-    app = web.Application(middlewares=[count_responses(server), error_envelope],
-                          client_max_size=config.max_body_bytes + 1024)
+    middlewares = [count_responses(server), error_envelope]
+    recorder = Recorder(config.record_path) if config.record_path else None
+    if recorder is not None:  # outermost: it stamps arrivals first and sees every answer, refusals included
+        middlewares.insert(0, recording_middleware(recorder, CHAT_PATHS))
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes + 1024)
     app[SERVER_KEY] = server  # for tests and tools that need the Server behind an app
     app.router.add_get("/health", server.health)
     app.router.add_get("/metrics", server.prometheus)
     # The spec's root, and /v1 as well: where every OpenAI-compatible client looks by default.
-    for root in (DEFAULT_ROOT, OPENAI_ROOT):
+    for root in ROOTS:
         app.router.add_get(root + MODELS_SUFFIX, server.models)
         app.router.add_post(root + CHAT_SUFFIX, server.chat_completions)
 
     async def close_engine(_: web.Application) -> None:
         engine.close()
+        if recorder is not None:
+            recorder.close()
 
     app.on_cleanup.append(close_engine)
     return app

@@ -19,11 +19,15 @@ from reference_server.stop import StopMatcher
 
 @dataclass
 class ChoicePiece:
-    """Text that became safe to send for one choice, with the logprobs of the tokens behind it."""
+    """Text that became safe to send for one choice, with the logprobs of the tokens behind it.
+
+    `reasoning`: reasoning text (tokens the engine marked as reasoning), sent apart from `text`.
+    """
 
     text: str
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
+    reasoning: str = ""
 
 
 @dataclass
@@ -31,7 +35,8 @@ class ChoiceState:
     """What one choice has produced so far."""
 
     index: int
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # every generated token, reasoning ones included (OpenAI's usage)
+    reasoning_tokens: int = 0
 
 
 def _token_text(piece: bytes) -> str:
@@ -70,9 +75,11 @@ async def generate_choice(
     """Yield pieces of one choice as they become safe to send; the last one has a finish_reason.
 
     Text that may begin a stop sequence is held back until resolved, and a multi-byte
-    character is only released once all its bytes have arrived.
+    character is only released once all its bytes have arrived. Reasoning tokens go out as
+    `reasoning` pieces at once: stop sequences and logprobs are about the content.
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    thinking = codecs.getincrementaldecoder("utf-8")(errors="replace")
     matcher = StopMatcher(stops)
     pending_logprobs: list[dict[str, Any]] = []
     stopped = False
@@ -80,6 +87,10 @@ async def generate_choice(
     try:
         async for token in tokens:
             state.completion_tokens += 1
+            if token.reasoning:
+                state.reasoning_tokens += 1
+                yield ChoicePiece("", reasoning=thinking.decode(token.piece))
+                continue
             if params.logprobs:
                 pending_logprobs.append(logprob_entry(token))
             text, stopped = matcher.feed(decoder.decode(token.piece))
@@ -95,7 +106,7 @@ async def generate_choice(
     if not stopped:
         tail += matcher.flush()
     reason = "stop" if stopped or state.completion_tokens < params.max_tokens else "length"
-    yield ChoicePiece(tail, pending_logprobs, reason)
+    yield ChoicePiece(tail, pending_logprobs, reason, thinking.decode(b"", final=True))
 
 
 @dataclass
@@ -107,12 +118,18 @@ class CompletedChoice:
     finish_reason: str
     logprobs: list[dict[str, Any]] | None
     completion_tokens: int
+    reasoning: str = ""
+    reasoning_tokens: int = 0
 
-    def to_api(self) -> dict[str, Any]:
-        """The choice as it appears in a `chat.completion` body."""
+    def to_api(self, reasoning_field: str = "reasoning_content") -> dict[str, Any]:
+        """The choice as it appears in a `chat.completion` body; the reasoning, if any, under
+        `reasoning_field` of the message."""
+        message = {"role": "assistant", "content": self.text}
+        if self.reasoning_tokens:
+            message[reasoning_field] = self.reasoning
         return {
             "index": self.index,
-            "message": {"role": "assistant", "content": self.text},
+            "message": message,
             "finish_reason": self.finish_reason,
             "logprobs": {"content": self.logprobs} if self.logprobs is not None else None,
         }
@@ -130,10 +147,12 @@ async def complete_choice(
     """Run one choice to the end and gather it. `started`: when the request arrived (loop time)."""
     state = ChoiceState(index)
     parts: list[str] = []
+    thoughts: list[str] = []
     logprobs: list[dict[str, Any]] = []
     reason = "stop"
     async for piece in generate_choice(engine, prompt_tokens, params, stops, state, cancel, started):
         parts.append(piece.text)
+        thoughts.append(piece.reasoning)
         logprobs.extend(piece.logprobs)
         reason = piece.finish_reason or reason
     return CompletedChoice(
@@ -142,13 +161,19 @@ async def complete_choice(
         finish_reason=reason,
         logprobs=logprobs if params.logprobs else None,
         completion_tokens=state.completion_tokens,
+        reasoning="".join(thoughts),
+        reasoning_tokens=state.reasoning_tokens,
     )
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """The usage object; total is always the sum."""
-    return {
+def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
+    """The usage object; total is always the sum. Reasoning tokens are part of completion_tokens
+    and, when there are any, also counted apart in completion_tokens_details (OpenAI's form)."""
+    body: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if reasoning_tokens:
+        body["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return body

@@ -12,6 +12,7 @@ from typing import Any
 
 import jinja2
 
+from load.reasoning import worth_showing
 from reports.charts import new_figure, png_base64
 from reports.load_workload import WORKLOAD_TEMPLATE, length_charts, workload_rows
 
@@ -20,11 +21,22 @@ def _latency(metric: str, stat: str) -> Callable[[Mapping[str, Any]], Any]:
     return lambda step: step["metrics"][f"{metric}_ms"][stat]
 
 
+def _optional_latency(metric: str, stat: str) -> Callable[[Mapping[str, Any]], Any]:
+    """A latency reports written before it existed lack (None there)."""
+    return lambda step: (step["metrics"].get(f"{metric}_ms") or {}).get(stat)
+
+
 CSV_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
     ("step", lambda s: s["step"]["index"]),
     ("label", lambda s: s["label"]),
     ("users", lambda s: s["step"]["users"]),
     ("rate", lambda s: s["step"]["rate"]),
+    ("asked", lambda s: (s.get("fidelity") or {}).get("asked")),
+    ("scheduled", lambda s: (s.get("fidelity") or {}).get("scheduled")),
+    ("sent", lambda s: (s.get("fidelity") or {}).get("sent")),
+    ("done", lambda s: (s.get("fidelity") or {}).get("done")),
+    ("ended", lambda s: (s.get("fidelity") or {}).get("end")),
+    ("sent_as_asked", lambda s: (s.get("fidelity") or {}).get("ok")),
     ("requests_sent", lambda s: s["metrics"]["requests_sent"]),
     ("requests_ok", lambda s: s["metrics"]["requests_ok"]),
     ("error_rate", lambda s: s["metrics"]["error_rate"]),
@@ -32,6 +44,9 @@ CSV_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
     ("output_tokens_per_s", lambda s: s["metrics"]["output_tokens_per_s"]),
     ("goodput_per_s", lambda s: s["metrics"]["goodput_per_s"]),
     *((f"{m}_{p}_ms", _latency(m, p)) for m in ("ttft", "itl", "tpot", "e2e") for p in ("mean", "p50", "p90", "p99")),
+    *((f"ttfc_{p}_ms", _optional_latency("ttfc", p)) for p in ("mean", "p50", "p90", "p99")),
+    ("requests_with_reasoning", lambda s: s["metrics"].get("requests_with_reasoning")),
+    ("reasoning_tokens_mean", lambda s: s["metrics"].get("reasoning_tokens_mean")),
     ("send_lag_p99_ms", lambda s: (s["metrics"]["send_lag_ms"] or {}).get("p99")),
     ("prefix_sharing_ratio", lambda s: ((s.get("workload") or {}).get("prefix_sharing") or {}).get("ratio")),
     ("output_short", lambda s: (s.get("workload") or {}).get("output_short")),
@@ -68,8 +83,24 @@ started {{ doc.started_at }}, {{ '%.1f' % doc.duration_s }} s</p>
 if doc.get('interrupted') else '' }}:</b> {{ doc.aborted }}.
 The step's numbers cover the time until then{% if doc.steps_not_run %}; steps not run:
 {{ doc.steps_not_run|join(', ') }}{% endif %}.</p>{% endif %}
+{% for step in doc.steps %}{% for problem in (step.fidelity or {}).get('problems', []) %}
+<p class="aborted not-sent">{{ step.label }}: <b>not sent as asked:</b> {{ problem }}.</p>{% endfor %}{% endfor %}
 {% for step in doc.steps %}{% for w in step.warnings %}
 <div class="warn">{{ step.label }}: {{ w }}</div>{% endfor %}{% endfor %}
+
+<h2>Sent as asked?</h2>
+<table id="fidelity"><tr><th>step</th><th>asked</th><th>scheduled</th><th>missed (users busy)</th><th>sent</th>
+<th>done</th><th>ended</th><th>rate sent / asked</th><th>mean in flight / users</th><th>verdict</th></tr>
+{% for s in doc.steps %}{% if s.fidelity %}{% set d = s.fidelity %}<tr><th>{{ s.label }}</th>
+<td class="n">{{ d.asked if d.asked is not none else '–' }}</td><td class="n">{{ d.scheduled }}</td>
+<td class="n">{{ d.missed }}</td><td class="n">{{ d.sent }}</td><td class="n">{{ d.done }}</td>
+<td>{{ d.end }}</td><td class="n">{{ f(d.achieved_rate, 3) }} / {{ f(d.asked_rate, 3) }}</td>
+<td class="n">{{ f(d.mean_concurrency, 2) }} / {{ d.users }}</td>
+<td class="{{ 'met' if d.ok else 'miss' }}">{{ 'sent as asked' if d.ok else 'NOT SENT AS ASKED' }}</td></tr>
+{% endif %}{% endfor %}</table>
+<p class="muted">Scheduled: turns that came due (a closed-loop user's turn, an open-loop or trace slot); sent: requests
+whose bytes went out; done: requests that ended, answered or failed. A step ends when its count or schedule is used
+up and every sent request has ended, or at --duration, Ctrl-C or when the endpoint is gone.</p>
 
 <h2>Steps</h2>
 <table id="steps"><tr><th>step</th><th>sent</th><th>ok</th><th>errors</th><th>req/s</th><th>output tok/s</th>
@@ -88,6 +119,18 @@ The step's numbers cover the time until then{% if doc.steps_not_run %}; steps no
 <td class="n">{{ s.client.cpu_fraction | map('round', 2) | join(', ') }}</td></tr>
 {% endfor %}</table>
 <p class="muted">Latencies in milliseconds; percentiles are exact over every raw sample of every worker.</p>
+{% if reasoning_rows %}<h2>Reasoning and first content</h2>
+<table id="reasoning"><tr><th>step</th><th>requests that reasoned</th><th>reasoning tokens mean</th>
+<th>reasoning tokens total</th><th>output tokens mean</th><th>TTFT p50</th><th>TTFC p50</th><th>TTFC p90</th>
+<th>TTFC p99</th></tr>
+{% for s in reasoning_rows %}{% set m = s.metrics %}<tr><th>{{ s.label }}</th>
+<td class="n">{{ m.requests_with_reasoning }} of {{ m.requests_ok }}</td><td class="n">{{ f(m.reasoning_tokens_mean)
+}}</td><td class="n">{{ m.reasoning_tokens_total }}</td><td class="n">{{ f(m.output_tokens_mean) }}</td>
+<td class="n">{{ f(m.ttft_ms.p50) }}</td><td class="n">{{ f(m.ttfc_ms.p50) }}</td><td class="n">{{ f(m.ttfc_ms.p90)
+}}</td><td class="n">{{ f(m.ttfc_ms.p99) }}</td></tr>
+{% endfor %}</table>
+<p class="muted">TTFT counts the first token of any kind (reasoning included); TTFC, time to first content, the
+first token of the answer itself. Reasoning tokens are part of the output tokens.</p>{% endif %}
 {% include "workload" %}
 
 {% if error_rows %}<h2>Errors by kind</h2>
@@ -273,18 +316,22 @@ def render_load_html(doc: Mapping[str, Any]) -> str:
     capacity = doc.get("capacity")
     if capacity:  # probes past the capacity miss the SLO on purpose: the answer is the verdict
         verdict = f"CAPACITY {capacity['capacity_label']}" if capacity["capacity"] is not None else "NO CAPACITY"
+    if not doc.get("fidelity_ok", True):  # numbers of a load that was not the one asked for are never OK
+        verdict = "NOT SENT AS ASKED"
     if doc.get("aborted"):
         verdict = "INTERRUPTED" if doc.get("interrupted") else "ABORTED"
     error_rows = [(s["label"], kind, count, count / max(s["metrics"]["requests_sent"], 1),
                    s["metrics"].get("error_examples", {}).get(kind, ""))
                   for s in doc["steps"] for kind, count in s["metrics"].get("errors_by_kind", {}).items()]
     slo_rows = [(s["label"], v) for s in doc["steps"] for v in s["slo"]]
+    reasoning_rows = [s for s in doc["steps"] if worth_showing(s["metrics"])]
     error_kinds: dict[str, int] = {}
     for step in doc["steps"]:
         for kind, count in step["metrics"].get("errors_by_kind", {}).items():
             error_kinds[kind] = error_kinds.get(kind, 0) + count
     return env.from_string(TEMPLATE).render(doc=doc, verdict=verdict, slo_rows=slo_rows, error_rows=error_rows,
                                             error_kinds=error_kinds, error_total=failed, sent_total=sent,
+                                            reasoning_rows=reasoning_rows,
                                             charts=_charts(doc) + length_charts(doc), f=_fmt,
                                             **workload_rows(doc))
 

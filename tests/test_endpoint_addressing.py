@@ -17,6 +17,7 @@ import requests
 
 from reference_server.launcher import RunningServer, running_server
 from spec import endpoint
+from tests.oracle import RecordFile, load_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,8 +90,15 @@ def test_model_is_needed_when_models_lists_several() -> None:
 
 
 @pytest.fixture(scope="module")
-def mock() -> Iterator[RunningServer]:
-    with running_server("--ttft-ms", "0", "--itl-ms", "0", "--max-queue", "1000", engine="mock") as server:
+def record(tmp_path_factory: pytest.TempPathFactory) -> RecordFile:
+    """What the mock server received (its --record file)."""
+    return RecordFile(tmp_path_factory.mktemp("record") / "record.jsonl")
+
+
+@pytest.fixture(scope="module")
+def mock(record: RecordFile) -> Iterator[RunningServer]:
+    with running_server("--ttft-ms", "0", "--itl-ms", "0", "--max-queue", "1000", "--record", str(record.path),
+                        engine="mock") as server:
         yield server
 
 
@@ -132,7 +140,9 @@ def test_conformance_report_hides_header_values(mock: RunningServer, tmp_path: P
     assert secret not in (tmp_path / "conformance.json").read_text()
 
 
-def test_load_at_an_api_root_with_a_header_and_no_model(mock: RunningServer, tmp_path: Path) -> None:
+def test_load_at_an_api_root_with_a_header_and_no_model(mock: RunningServer, record: RecordFile,
+                                                       tmp_path: Path) -> None:
+    mark = record.mark()
     out = subprocess.run([sys.executable, "-m", "load", "--quiet", "--base-url", mock.base_url + "/v1",
                           "--header", f"Authorization: Bearer {mock.api_key}", "--users", "2", "--duration", "3",
                           "--warmup", "0", "--max-requests", "6", "--output-tokens", "4",
@@ -141,4 +151,7 @@ def test_load_at_an_api_root_with_a_header_and_no_model(mock: RunningServer, tmp
     doc = json.loads((tmp_path / "load.json").read_text())
     assert doc["target"]["path"] == "/v1/chat/completions" and doc["target"]["model"] == mock.model
     step = doc["steps"][0]["metrics"]
-    assert step["requests_ok"] >= 1 and step["requests_failed"] == 0
+    assert step["requests_ok"] == 6 and step["requests_failed"] == 0
+    arrived = load_requests(record.since(mark))  # the server's word: the six asked, all under /v1, all answered
+    assert [(r["path"], r["status"]) for r in arrived] == [("/v1/chat/completions", 200)] * 6
+    assert all(r["body"]["model"] == mock.model for r in arrived)

@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from step_outcome import StepOutcome, fields_of
 
 from load.capacity import CapacitySearch
 from load.compare import compare_runs, load_run, regressions
@@ -23,14 +18,13 @@ from load.compare import main as compare_main
 from load.config import StepSpec
 from load.export import read_requests, write_requests
 from load.metrics import Window, step_metrics
+from load.outcome import StepOutcome
 from load.records import RequestRecord
 from load.scrape import Scrapes, pick
 from load.slo import judge, parse_slo
 from load.summary import build_document, step_document
 from load.timeline import step_timeline
 from reports.load_report import render_load_html
-
-ROOT = Path(__file__).resolve().parent.parent
 
 MS = 1_000_000
 
@@ -48,33 +42,18 @@ def record(send_ms: float, tokens_ms: list[float], *, ok: bool = True, worker: i
     return r
 
 
-HEALTH = [{"worker": 0, "cpu_fraction": 0.1, "loop_lag_ns": [1000]}]
-WHOLE = Window(0, 10**9)
-
-
-def step_outcome(spec: StepSpec, slo: list[dict[str, Any]] | None = None, *, records: list[RequestRecord] | None = None,
-                 window: Window = WHOLE, **fields: Any) -> StepOutcome:
-    """What the runner hands over for one step, with a client's health and a window filled in."""
-    return StepOutcome(spec=spec, records=records or [], health=HEALTH, window=window, slo=slo or [], **fields)
-
-
-def test_the_step_outcome_copy_is_the_runners() -> None:
-    """tests/step_outcome.py copies load.runner.StepOutcome (which cannot be imported here: Locust
-    patches the interpreter); the copy must have the same fields, types and defaults, in order."""
-    code = ("import json, load.runner, step_outcome; "
-            "print(json.dumps(step_outcome.fields_of(load.runner.StepOutcome)))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
-                            cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.splitlines()[-1]) == fields_of(StepOutcome)
+def make_outcome(spec: StepSpec, slo: list[dict[str, Any]], *, records: list[RequestRecord] | None = None,
+                 metrics: dict[str, Any] | None = None, window: Window | None = None, **kw: Any) -> StepOutcome:
+    """A real StepOutcome, with the defaults these tests lean on (one quiet client process)."""
+    return StepOutcome(spec, records or [], [{"worker": 0, "cpu_fraction": 0.1, "loop_lag_ns": [1000]}],
+                       window or Window(0, 10**9), metrics or {}, slo, **kw)
 
 
 def simulate(search: CapacitySearch, passes: Any) -> list[StepOutcome]:
     """Run a search against a fake endpoint where a level passes iff passes(level)."""
     outcomes: list[StepOutcome] = []
     while (step := search.next_step(outcomes)) is not None:
-        outcomes.append(step_outcome(step, [{"objective": "ttft_p99", "limit": 100.0, "measured": 50.0 if passes(
+        outcomes.append(make_outcome(step, [{"objective": "ttft_p99", "limit": 100.0, "measured": 50.0 if passes(
             step.level) else 500.0, "met": passes(step.level)}]))
     return outcomes
 
@@ -123,7 +102,7 @@ class TestCapacitySearch:
         search = CapacitySearch(template=TEMPLATE, slo={"ttft_p99": 100.0}, open_loop=False, start=1)
         assert search.result(simulate(search, lambda level: False))["capacity"] is None
         assert "even 1 user" in search.stop_reason
-        stopped = step_outcome(TEMPLATE, [{"objective": "ttft_p99", "met": True}], stopped_early="saturated: x")
+        stopped = make_outcome(TEMPLATE, [{"objective": "ttft_p99", "met": True}], stopped_early="saturated: x")
         assert not search.passed(stopped)
 
     def test_an_open_loop_rate_past_the_servers_throughput_fails_even_if_its_latencies_passed(self):
@@ -132,8 +111,8 @@ class TestCapacitySearch:
 
         def outcome(rate: float, answered: float, met: bool) -> StepOutcome:
             step = dataclasses.replace(template, rate=rate)
-            return step_outcome(step, [{"objective": "e2e_p99", "met": met}],
-                                metrics={"requests_sent": int(rate * 4.5), "window_s": 4.5, "requests_per_s": answered})
+            return make_outcome(step, [{"objective": "e2e_p99", "met": met}],
+                           metrics={"requests_sent": int(rate * 4.5), "window_s": 4.5, "requests_per_s": answered})
 
         # the server answers at most 14.8/s: 16/s met its latency objective in a short step, but
         # 72 requests were sent where 14.8/s answers 67 in the window
@@ -199,8 +178,8 @@ def test_timeline_bins_in_flight_tokens_and_latencies_per_second():
 def test_requests_jsonl_holds_every_request_with_its_timings(tmp_path):
     asked = record(1500, [1600, 1610])
     asked.max_tokens, asked.requested_prompt_tokens, asked.prefix_blocks, asked.turn = 8, 40, [[3, 32]], 2
-    outcome = step_outcome(StepSpec(2, 4, 10, 1), records=[asked, record(200, [300])],
-                           window=Window(1000 * MS, 10_000 * MS))
+    outcome = make_outcome(StepSpec(2, 4, 10, 1), [], records=[asked, record(200, [300])],
+                      window=Window(1000 * MS, 10_000 * MS))
     lines = list(read_requests(write_requests([outcome], tmp_path)))
     assert [line["send_s"] for line in lines] == [0.2, 1.5]  # in send order
     first, second = lines
@@ -239,7 +218,7 @@ def write_run(folder, label: str, ttft_ms: np.ndarray, itl_ms: float, failed: in
         records.append(record(send, [send + ttft + k * itl_ms for k in range(4)]))
     records += [record(len(ttft_ms) * 50.0 + i, [], ok=False) for i in range(failed)]
     window = Window(0, int((len(ttft_ms) * 50 + 100) * MS))
-    outcome = step_outcome(StepSpec(0, 4, 10, 0), records=records, window=window)
+    outcome = make_outcome(StepSpec(0, 4, 10, 0), [], records=records, window=window)
     outcome.metrics = step_metrics(records, window)
     outcome.spec = StepSpec(0, int(label.split()[0]), 10, 0)
     doc = build_document(target={}, settings={}, steps=[step_document(outcome)], started_at="now", duration_s=1)
@@ -292,14 +271,14 @@ class TestCompare:
 
 
 def test_report_level_plots_only_for_several_levels_and_a_timeline_per_step():
-    outcome = step_outcome(StepSpec(0, 2, 10, 1), records=[record(1500, [1600, 1610]), record(2500, [2600])],
-                           window=Window(1000 * MS, 10_000 * MS))
+    outcome = make_outcome(StepSpec(0, 2, 10, 1), [], records=[record(1500, [1600, 1610]), record(2500, [2600])],
+                      window=Window(1000 * MS, 10_000 * MS))
     outcome.metrics = step_metrics(outcome.records, outcome.window)
     one = [step_document(outcome)]
     html = render_load_html(build_document(target={}, settings={}, steps=one, started_at="now", duration_s=1))
     names = re.findall(r'<img alt="([^"]+)"', html)
     assert names == ["latency CDFs", "2 users over time", "lengths 2 users"]
-    other = step_outcome(StepSpec(1, 4, 10, 1), records=outcome.records, window=outcome.window,
+    other = make_outcome(StepSpec(1, 4, 10, 1), [], records=outcome.records, window=outcome.window,
                          metrics=outcome.metrics)
     doc = build_document(target={}, settings={}, steps=[*one, step_document(other)], started_at="now", duration_s=1)
     doc["capacity"] = {"mode": "users", "capacity": 2.0, "capacity_label": "2 users", "first_failing": 4.0,
@@ -311,7 +290,7 @@ def test_report_level_plots_only_for_several_levels_and_a_timeline_per_step():
 
 def test_the_verdict_line_names_the_error_kinds_whenever_there_are_errors():
     records = [record(1500 + i, [1600 + i]) for i in range(3)] + [record(1700, [], ok=False)]
-    outcome = step_outcome(StepSpec(0, 2, 10, 1), records=records, window=Window(1000 * MS, 10_000 * MS))
+    outcome = make_outcome(StepSpec(0, 2, 10, 1), [], records=records, window=Window(1000 * MS, 10_000 * MS))
     outcome.metrics = step_metrics(records, outcome.window)
     html = render_load_html(build_document(target={}, settings={}, steps=[step_document(outcome)],
                                            started_at="now", duration_s=1))

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from load.export import read_requests
 from reference_server.launcher import free_port, running_server
+from tests.oracle import RecordFile, assert_on_time, load_requests, match_arrivals
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,8 +38,15 @@ def report(directory: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def mock_server():
-    with running_server("--ttft-ms", "30", "--itl-ms", "5", "--max-queue", "1000", engine="mock") as server:
+def record(tmp_path_factory) -> RecordFile:
+    """What the mock server received (its --record file): the evidence of what a run sent."""
+    return RecordFile(tmp_path_factory.mktemp("record") / "record.jsonl")
+
+
+@pytest.fixture(scope="module")
+def mock_server(record):
+    with running_server("--ttft-ms", "30", "--itl-ms", "5", "--max-queue", "1000", "--record", str(record.path),
+                        engine="mock") as server:
         yield server
 
 
@@ -91,30 +100,45 @@ def test_missed_slo_exits_1_and_met_slo_exits_0(mock_server, tmp_path):
 
 def test_an_overloaded_client_is_flagged(mock_server, tmp_path):
     """Open loop at 100 requests/s with a pool of 2 users, each busy >= 30 ms a request: the client
-    cannot send on schedule, and the report must say the client, not the server, was the limit."""
+    cannot send on schedule. The step did not send what was asked (exit 2, the report says so), and
+    the warning blames the client's own pool, whose users were all busy."""
     result = run_load(*target(mock_server), "--rate", "100", "--arrival", "constant", "--users", "2",
                       "--duration", "2", "--warmup", "0.2", "--output-tokens", "4", "--report-dir", str(tmp_path))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "did not send what was asked" in result.stderr and "users were busy" in result.stderr
     step = report(tmp_path)["steps"][0]
+    fidelity = step["fidelity"]
+    assert not fidelity["ok"] and fidelity["missed"] > 0 and 200 <= fidelity["sent"] + fidelity["missed"] <= 201
     assert step["metrics"]["send_lag_ms"]["p99"] > 100
-    assert any("client-limited" in w and "scheduled time" in w for w in step["warnings"])
+    assert any(w.startswith("client-limited") and "scheduled time" in w and "raise --users" in w
+               for w in step["warnings"])
     assert "warning: client-limited" not in result.stderr  # --quiet
-    assert "CLIENT-LIMITED" in (tmp_path / "load.html").read_text()
+    assert "NOT SENT AS ASKED" in (tmp_path / "load.html").read_text()
 
 
-def test_open_loop_keeps_its_schedule_when_the_client_keeps_up(mock_server, tmp_path):
+def test_open_loop_keeps_its_schedule_when_the_client_keeps_up(mock_server, record, tmp_path):
+    mark = record.mark()
     result = run_load(*target(mock_server), "--rate", "20", "--arrival", "poisson", "--users", "64",
                       "--duration", "3", "--warmup", "0.3", "--output-tokens", "4", "--report-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     step = report(tmp_path)["steps"][0]
     assert step["metrics"]["send_lag_ms"]["p50"] < 5
-    assert 20 <= step["metrics"]["requests_sent"] <= 110  # 20/s for 2.7 s, Poisson
+    # The server's record, not the tool's counters: every request of the schedule arrived, on time.
+    arrived = load_requests(record.since(mark))
+    intended = [line["intended_s"] for line in read_requests(tmp_path / "requests.jsonl")]
+    assert len(arrived) == len(intended)
+    assert abs(len(intended) - 60) <= 35 and max(intended) > 2.0  # 20/s for 3 s, Poisson: 4.5 sigma
+    assert_on_time(match_arrivals([r["arrival_ns"] for r in arrived], intended))
 
 
-def test_distributed_run_makes_exactly_the_requests_asked(mock_server, tmp_path):
+def test_distributed_run_makes_exactly_the_requests_asked(mock_server, record, tmp_path):
+    mark = record.mark()
     result = run_load(*target(mock_server), "--workers", "2", "--users", "4", "--max-requests", "25",
                       "--duration", "60", "--warmup", "0", "--output-tokens", "4", "--report-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
+    arrived = load_requests(record.since(mark))  # what the server received
+    assert len(arrived) == 25 and all(r["status"] == 200 and r["body"]["max_tokens"] == 4 for r in arrived)
+    assert len({r["client"] for r in arrived}) >= 4  # four users' connections, from two processes
     step = report(tmp_path)["steps"][0]
     assert step["client"]["workers"] == 2
     assert step["metrics"]["requests_total"] == 25 and step["metrics"]["requests_ok"] == 25

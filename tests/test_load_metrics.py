@@ -9,7 +9,6 @@ import random
 
 import numpy as np
 import pytest
-from step_outcome import StepOutcome  # what the runner hands to summary.step_document
 
 from load.arrivals import intended_offsets_s
 from load.config import StepSpec, share
@@ -19,7 +18,7 @@ from load.metrics import Window, meets_slo, step_metrics, summarize_ms
 from load.prompts import DatasetError, PromptPlan, calibrate_prompt, load_dataset
 from load.records import RequestRecord, StreamTimer, read_json_body
 from load.slo import judge, parse_slo
-from load.summary import build_document, calibration_errors, step_document
+from load.summary import build_document, calibration_errors
 from load.workloads import from_wire as workload_from_wire
 from load.workloads import request_body
 from load.workloads.dataset import DatasetWorkload
@@ -43,8 +42,8 @@ def record(send: float, tokens: list[float], *, usage: int | None = None, ok: bo
     """A finished streamed record; times in ms."""
     r = RequestRecord(send_ns=int(send * MS), stream=True, intended_ns=None if intended is None else int(intended * MS))
     r.token_ns = [int(t * MS) for t in tokens]
-    r.first_token_ns = r.token_ns[0] if tokens else None
-    r.chunk_tokens = len(tokens)
+    r.first_token_ns = r.first_content_ns = r.token_ns[0] if tokens else None
+    r.chunk_tokens = r.content_events = len(tokens)
     r.usage_completion = len(tokens) if usage is None else usage
     r.end_ns = int((tokens[-1] if tokens else send) * MS) + MS
     r.status = 200 if ok else 500
@@ -262,12 +261,14 @@ class TestHealth:
 
 
 def test_reports_are_written_and_self_contained(tmp_path):
+    from load.outcome import StepOutcome
+    from load.summary import step_document
+
     records = [record(1500, [1600, 1610, 1625]), record(1700, [1790, 1800])]
     window = Window(1000 * MS, 10_000 * MS)
     metrics = step_metrics(records, window, {"ttft_p50": 50.0})
-    outcome = StepOutcome(spec=StepSpec(0, 2, 10, 1), records=records, window=window, metrics=metrics,
-                          slo=judge(metrics, {"ttft_p50": 50.0}), warnings=["client-limited: test <b>"],
-                          health=[{"worker": 0, "cpu_fraction": 0.5, "loop_lag_ns": [1000]}])
+    outcome = StepOutcome(StepSpec(0, 2, 10, 1), records, [{"worker": 0, "cpu_fraction": 0.5, "loop_lag_ns": [1000]}],
+                          window, metrics, judge(metrics, {"ttft_p50": 50.0}), warnings=["client-limited: test <b>"])
     steps = [step_document(outcome)]
     doc = build_document(target={"base_url": "http://x"}, settings={"stream": True}, steps=steps,
                          started_at="now", duration_s=3.0,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from reference_server.launcher import running_server
+from tests.oracle import LATEST_S, RecordFile, assert_on_time, load_requests, match_arrivals
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -30,9 +31,15 @@ def step_of(directory: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def mock_server():
+def record(tmp_path_factory) -> RecordFile:
+    """What the mock server received (its --record file): the evidence of what a run sent, and when."""
+    return RecordFile(tmp_path_factory.mktemp("record") / "record.jsonl")
+
+
+@pytest.fixture(scope="module")
+def mock_server(record):
     with running_server("--ttft-ms", str(MOCK_TTFT_MS), "--itl-ms", "2", "--max-queue", "1000",
-                        engine="mock") as server:
+                        "--record", str(record.path), engine="mock") as server:
         yield server
 
 
@@ -84,8 +91,9 @@ def test_shared_prefix_reports_its_sharing_ratio(mock_server, tmp_path):
     assert "prefix-sharing ratio" in result.stdout
 
 
-def test_multi_turn_carries_the_history_and_reports_each_turn(mock_server, tmp_path):
+def test_multi_turn_carries_the_history_and_reports_each_turn(mock_server, record, tmp_path):
     think = 0.3
+    mark = record.mark()
     result = run_load(mock_server, *EXACT, "--workload", "multi-turn", "--turns", "3", "--think-time", str(think),
                       "--prompt-tokens", "20", "--output-tokens", "5", "--users", "1", "--max-requests", "6",
                       "--report-dir", str(tmp_path))
@@ -96,8 +104,14 @@ def test_multi_turn_carries_the_history_and_reports_each_turn(mock_server, tmp_p
     prompts = [t["prompt_tokens_mean"] for t in turns]
     assert prompts[0] == 20 and prompts[1] >= prompts[0] + 5 + 19 and prompts[2] >= prompts[1] + 5 + 19
     assert all(t["ttft_ms"]["min"] >= MOCK_TTFT_MS for t in turns)
-    # two conversations of three turns: four think times between turns, none between conversations
-    assert step["metrics"]["window_s"] >= 4 * think
+    # At the server: each later turn came a think time after the answer to the turn before it
+    # (the request whose messages are its history), four times in two conversations of three turns.
+    arrived = load_requests(record.since(mark))
+    assert len(arrived) == 6
+    answered = {json.dumps(r["body"]["messages"]): r["end_ns"] for r in arrived}
+    waits = [(r["arrival_ns"] - answered[json.dumps(r["body"]["messages"][:-2])]) / 1e9
+             for r in arrived if len(r["body"]["messages"]) > 1]
+    assert len(waits) == 4 and all(think - 0.005 <= wait <= think + LATEST_S for wait in waits), waits
     assert "turn 3: 2 requests" in result.stdout
     assert 'id="turns"' in (tmp_path / "load.html").read_text()
 
@@ -115,9 +129,10 @@ def test_sharegpt_asks_for_each_answers_length(mock_server, tmp_path):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_trace_replay_keeps_the_recorded_times_and_shares_prefixes(mock_server, tmp_path, workers):
+def test_trace_replay_keeps_the_recorded_times_and_shares_prefixes(mock_server, record, tmp_path, workers):
     trace = [json.loads(line) for line in (DATA / "mooncake_trace_sample.jsonl").read_text().splitlines()]
     speed, block = 2.0, 16
+    mark = record.mark()
     result = run_load(mock_server, *EXACT, "--workload", "trace", "--trace", str(DATA / "mooncake_trace_sample.jsonl"),
                       "--trace-speed", str(speed), "--trace-block-tokens", str(block), "--workers", str(workers),
                       "--report-dir", str(tmp_path))
@@ -126,9 +141,11 @@ def test_trace_replay_keeps_the_recorded_times_and_shares_prefixes(mock_server, 
     metrics, workload = step["metrics"], step["workload"]
     assert step["label"] == "trace x2" and metrics["requests_ok"] == len(trace) == metrics["requests_total"]
     assert step["client"]["workers"] == workers
-    # every request has its intended time from the trace (how late it went out is reported, not judged here)
-    assert metrics["send_lag_ms"]["count"] == len(trace)
-    assert metrics["window_s"] >= trace[-1]["timestamp"] / 1000 / speed  # the last request went at its time
+    assert metrics["send_lag_ms"]["count"] == len(trace)  # every request has its intended time from the trace
+    # At the server: every row arrived, each at its own time in the trace (at twice its speed)
+    arrived = load_requests(record.since(mark))
+    assert sorted(r["body"]["max_tokens"] for r in arrived) == sorted(r["output_length"] for r in trace)
+    assert_on_time(match_arrivals([r["arrival_ns"] for r in arrived], [r["timestamp"] / 1000 / speed for r in trace]))
     assert sorted(workload["input_tokens"]["served_counts"]) == sorted(workload["input_tokens"]["requested_counts"])
     assert workload["input_tokens"]["served"]["mean"] == pytest.approx(sum(r["input_length"] for r in trace) / 12)
     assert workload["output_tokens"]["served"]["mean"] == pytest.approx(sum(r["output_length"] for r in trace) / 12)

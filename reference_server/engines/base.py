@@ -42,13 +42,16 @@ class GeneratedToken:
     """One sampled token. `logprob`/`top_logprobs` are set only when logprobs were asked for.
 
     `top_logprobs` holds (token bytes, logprob) pairs, most likely first, from the model's
-    distribution before any sampling filter.
+    distribution before any sampling filter. `reasoning`: the token is part of the model's
+    reasoning, sent apart from the answer's content (only the mock sets it, to imitate
+    reasoning models for load tools).
     """
 
     token_id: int
     piece: bytes
     logprob: float | None = None
     top_logprobs: tuple[tuple[bytes, float], ...] = ()
+    reasoning: bool = False
 
 
 class Engine(ABC):

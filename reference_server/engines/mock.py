@@ -90,12 +90,20 @@ class MockEngine(Engine):
         fault: str = "none",
         fault_at: int = 1,
         slots: int = 0,
+        reasoning_tokens: int = 0,
     ) -> None:
         """`slots`: at most this many streams generate at once (0: no limit); the others wait in
         arrival order and their time to first token counts from when they get a slot, so past
-        `slots` concurrent requests the queue (and the TTFT) grows like a real server's."""
+        `slots` concurrent requests the queue (and the TTFT) grows like a real server's.
+
+        `reasoning_tokens`: the first N tokens of each answer are reasoning (a reasoning model's
+        shape, for testing how load tools time it), on the same deadlines as the rest; JSON-mode
+        answers have none."""
         if slots < 0:
             raise ValueError("slots must be >= 0")
+        if reasoning_tokens < 0:
+            raise ValueError("reasoning_tokens must be >= 0")
+        self.reasoning_tokens = reasoning_tokens
         if fault not in FAULTS:
             raise ValueError(f"unknown mock fault {fault!r}; expected one of {FAULTS}")
         self.model_name = model_name
@@ -273,7 +281,7 @@ class MockEngine(Engine):
             await self._pace(start, step)  # the token's work is done: it goes out on its deadline
             if stall and step == 1:
                 await asyncio.Event().wait()  # forever: only the consumer's cancellation ends it
-            yield GeneratedToken(token, self._pieces[token], logprob, top)
+            yield GeneratedToken(token, self._pieces[token], logprob, top, reasoning=step < self.reasoning_tokens)
             generated[token] += 1
             seen.add(token)
             previous = token
