@@ -121,8 +121,6 @@ def test_open_loop_keeps_its_schedule_when_the_client_keeps_up(mock_server, reco
     result = run_load(*target(mock_server), "--rate", "20", "--arrival", "poisson", "--users", "64",
                       "--duration", "3", "--warmup", "0.3", "--output-tokens", "4", "--report-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    step = report(tmp_path)["steps"][0]
-    assert step["metrics"]["send_lag_ms"]["p50"] < 5
     # The server's record, not the tool's counters: every request of the schedule arrived, on time.
     arrived = load_requests(record.since(mark))
     intended = [line["intended_s"] for line in read_requests(tmp_path / "requests.jsonl")]
