@@ -160,7 +160,7 @@ class ChatUser(FastHttpUser):
             raise
         finally:
             process.inflight -= 1
-            process.records.append(record)
+            process.add_record(record)
         if record.first_token_ns is not None and record.ok:
             self.environment.events.request.fire(
                 request_type="TTFT", name="first token", response_time=(record.first_token_ns - record.send_ns) / 1e6,
