@@ -29,6 +29,7 @@ IDS = (
     "errors.malformed_json", "errors.wrong_content_type", "errors.unknown_model", "errors.oversized_body",
     "errors.missing_required", "errors.non_object_body", "errors.error_before_stream", "errors.envelope",
     "errors.status_400", "errors.status_404_model", "errors.status_413", "errors.status_415",
+    "errors.param_bare_name",
     "streaming.content_type", "streaming.framing", "streaming.chunk_schema", "streaming.constant_fields",
     "streaming.role_first", "streaming.finish_reason_once", "streaming.done_once_last", "streaming.utf8_split",
     "streaming.no_replacement_char",
