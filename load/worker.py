@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--master-host", default="127.0.0.1", help="the host `python -m load --master` runs on")
     parser.add_argument("--master-port", type=int, default=5557, help="its --master-bind-port")
     parser.add_argument("--bind-host", default=None,
-                        help="the local address the connection to the master leaves from (default: the system's "
-                             "choice)")
+                        help="the local address the connection to the master leaves from; None: the system's "
+                             "choice")
     return parser
 
 
