@@ -39,6 +39,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conformance.hostile import envelope_problem, hostile_stream  # noqa: E402
+from reference_server.counts import counts_since, server_counts  # noqa: E402
 from reference_server.launcher import running_server  # noqa: E402
 
 CHAT = "/v3/openai/chat/completions"
@@ -220,7 +221,9 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
     """Streamed requests whose clients vanish: before the first byte (some while queued) or after k tokens.
 
     Afterwards: how long until /health shows nothing in flight and the engine idle, how many tokens
-    the engine generated that no client read, and whether the next request is served.
+    the engine generated that no client read, and whether the next request is served. What each
+    client saw when it closed (no byte, headers only, or tokens) and what the server counted
+    (/metrics) are reported beside the plan: the plan says what was tried, not what happened.
     """
     import random
     from concurrent.futures import ThreadPoolExecutor
@@ -235,6 +238,7 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
                                                                                          rng.randint(1, 30))
              for _ in range(requests_total)]
     read_tokens = [0] * requests_total
+    saw: list[str | None] = [None] * requests_total  # what the client had received when it closed
     closed_at = [0.0] * requests_total
     client_errors: list[str] = []  # a client's own socket error (e.g. no byte for 120 s): a finding, not a crash
 
@@ -250,13 +254,12 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
             client_errors.append(f"request {index}: connect: {exc!r}")
             closed_at[index] = time.monotonic()
             return
+        buffer = b""
         try:
             sock.sendall(head + body)
             if mode == "before_first_byte":
                 time.sleep(amount)
-                return
-            buffer = b""
-            while read_tokens[index] < amount:
+            while read_tokens[index] < (amount if mode == "after_tokens" else 0):
                 data = sock.recv(65536)
                 if not data:
                     return
@@ -265,10 +268,15 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
         except OSError as exc:
             client_errors.append(f"request {index} ({mode} {amount}): {exc!r}")
         finally:
+            with contextlib.suppress(OSError):  # what had arrived unread by the time it closed (no wait)
+                sock.setblocking(False)
+                buffer += sock.recv(65536, socket.MSG_PEEK)
+            saw[index] = "tokens" if read_tokens[index] else "headers_only" if buffer else "no_byte"
             sock.close()
             closed_at[index] = time.monotonic()
 
     before = _health(base_url)["engine"].get("tokens_generated", 0)
+    counted_before = server_counts(base_url)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(one, range(requests_total)))
     last_close = max(closed_at)
@@ -284,16 +292,19 @@ def storm(base_url: str, key: str | None, model: str, requests_total: int, concu
     generated_at_idle = health["engine"].get("tokens_generated", 0)
     time.sleep(2.0)
     generated_later = _health(base_url)["engine"].get("tokens_generated", 0)
+    counted = counts_since(counted_before, server_counts(base_url))  # before the next request adds to it
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     after = requests.post(base_url + CHAT, json=good_body(model), headers=headers, timeout=120)
     delivered = sum(read_tokens)
-    generated = generated_at_idle - before
+    generated = counted["generation_tokens"]  # the server's own count (/health's engine figure beside it)
     return {"requests": requests_total, "concurrency": concurrency,
-            "closed_before_first_byte": sum(1 for m, _ in plans if m == "before_first_byte"),
-            "closed_after_tokens": sum(1 for m, _ in plans if m == "after_tokens"),
+            "planned": dict(collections.Counter(mode for mode, _ in plans)),
+            "clients_saw": {kind: saw.count(kind) for kind in ("no_byte", "headers_only", "tokens")},
+            "server_counted": counted,
             "idle_after_last_close_s": round(idle_after, 4), "in_flight_at_end": health["in_flight"],
             "engine_at_end": health.get("engine", {}), "tokens_read_by_clients": delivered,
-            "tokens_generated": generated, "tokens_no_client_read": generated - delivered,
+            "tokens_generated": generated, "engine_tokens_generated": generated_at_idle - before,
+            "tokens_no_client_read": generated - delivered,
             "tokens_no_client_read_per_request": round((generated - delivered) / requests_total, 2),
             "tokens_generated_while_idle": generated_later - generated_at_idle,
             "next_request_status": after.status_code, "client_errors": client_errors}
@@ -316,7 +327,8 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
          step_s: float = 60.0, sample_every_s: float = 10.0) -> dict[str, Any]:
     """`minutes` closed-loop steps of `step_s` at `users` (past --max-queue: the queue stays full).
 
-    Judged: only successes and well-formed 429s (Retry-After, envelope); the server's RSS, sampled
+    Judged: only successes and well-formed 429s (Retry-After, envelope), by the server's own
+    /metrics counts as well as the load tool's; the load run's exit status; the server's RSS, sampled
     every `sample_every_s`, after the first step within 10% of its size then; E2E p99 of the last
     step within 20% of the second. (Tests shrink the steps; the benchmark runs minutes.)
     """
@@ -337,6 +349,7 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        counted_before = server_counts(server.base_url)
         command = [sys.executable, "-m", "load", "--base-url", server.base_url, "--api-key", server.api_key or "",
                    "--model", server.model, "--sweep", ",".join([str(users)] * minutes), "--duration", str(step_s),
                    "--warmup", "0", "--output-tokens", str(output_tokens), "--report-dir", str(report_dir),
@@ -344,6 +357,7 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
         load = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         stop.set()
         sampler.join()
+        counted = counts_since(counted_before, server_counts(server.base_url))
         exit_status = server.exit_status()
     doc = json.loads((report_dir / "load.json").read_text())
     steps = doc["steps"]
@@ -356,17 +370,26 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
     growth = (max(after_first) / base - 1) if base else None
     p99 = [step["metrics"]["e2e_ms"]["p99"] for step in steps]
     drift = (p99[-1] / p99[1] - 1) if len(p99) >= 2 and p99[1] else None
+    codes = counted["responses_by_code"]
+    # Each rule by what the server counted (/metrics) and by what the load tool's clients saw: a
+    # Retry-After header or a stream's end is seen only by a client, a 5xx or a half answer also by
+    # the server. The load tool drains the requests in flight at each step's end, so every answer
+    # the server began (a 200) must have been answered in full.
     rules = {
         "only successes and well-formed 429s": not any(kinds[k] for k in BAD_KINDS)
-        and not sum(step["metrics"]["http_429_without_retry_after"] for step in steps),
-        "no 5xx": not kinds["http_5xx"],
+        and not sum(step["metrics"]["http_429_without_retry_after"] for step in steps)
+        and set(codes) <= {"200", "429"},
+        "no 5xx": not kinds["http_5xx"] and not any(code.startswith("5") for code in codes),
         "no lost or truncated stream": not (kinds["truncated_stream"] or kinds["connection_closed"]
-                                            or kinds["timeout"] or kinds["protocol"]),
+                                            or kinds["timeout"] or kinds["protocol"])
+        and counted["answered_in_full"] == codes.get("200", 0),
+        "the load run exited 0": load.returncode == 0,
         "RSS growth after the first minute < 10%": growth is not None and growth < 0.10,
         "E2E p99 of the last minute within 20% of the second": drift is not None and abs(drift) <= 0.20,
         "server alive at the end": exit_status is None,
     }
     return {"engine": engine, "minutes": minutes, "users": users, "max_queue": max_queue, "load_exit": load.returncode,
+            "load_stderr": load.stderr[-2000:], "server_counted": counted,
             "requests_ok": ok, "errors_by_kind": dict(kinds), "rss_kib": samples,
             "rss_growth_after_first_minute": growth, "e2e_p99_ms_per_minute": p99, "p99_last_vs_second": drift,
             "output_tokens_per_s_per_minute": [step["metrics"]["output_tokens_per_s"] for step in steps],

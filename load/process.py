@@ -39,6 +39,9 @@ class ProcessState:
     worker_index: int = 0
     workers: int = 1
     origin_ns: int = 0
+    # The step's clock starts at its first turn, when a user is ready (spawning users takes tens of
+    # ms; a schedule started before them would send its first slots late).
+    clock_started: bool = False
     deadline_ns: int = 0  # the step's duration, from origin_ns: no turn is taken at or after it
     stopped: bool = False  # told to stop (Ctrl-C, endpoint gone, early stop, the step's end): no more sends
     stopped_ns: int | None = None
@@ -48,7 +51,11 @@ class ProcessState:
     inflight: int = 0
     late_claims: int = 0
     ended_by: str | None = None
-    records: list[RequestRecord] = field(default_factory=list)
+    records: list[RequestRecord] = field(default_factory=list)  # every ended request, by add_record
+    # Running totals over `records`, so a status poll costs nothing however long the step
+    failed: int = 0
+    tokens: int = 0
+    refused: int = 0
     loop_lag_ns: list[int] = field(default_factory=list)
     cpu_start_s: float = 0.0
     workload: Workload | None = None
@@ -76,6 +83,7 @@ class ProcessState:
         self.step = step
         self.records, self.loop_lag_ns = [], []
         self.scheduled = self.sent = self.inflight = self.sessions = self.late_claims = 0
+        self.failed = self.tokens = self.refused = 0
         self.ended_by, self.stopped, self.stopped_ns, self.next_slot, self._missed = None, False, None, None, None
         self.waiting = []
         self.quota = None if step.max_requests is None else share(step.max_requests, self.workers, self.worker_index)
@@ -86,7 +94,7 @@ class ProcessState:
             self.schedule = ((int(s * 1e9), None) for s in offsets)
         self.deadline_ns = int(step.duration_s * 1e9) if math.isfinite(step.duration_s) else 2**62
         self.cpu_start_s = time.process_time()
-        self.origin_ns = time.perf_counter_ns()
+        self.origin_ns, self.clock_started = time.perf_counter_ns(), False
 
     def now_ns(self) -> int:
         return time.perf_counter_ns() - self.origin_ns
@@ -97,6 +105,15 @@ class ProcessState:
         self.sessions += 1
         seed = f"{self.config.seed}/{self.step.index}/{self.worker_index}/{self.sessions}"
         return self.workload.session(random.Random(seed))
+
+    def add_record(self, record: RequestRecord) -> None:
+        """An ended request (answered or failed): it is `done`."""
+        self.records.append(record)
+        if record.ok:
+            self.tokens += record.output_tokens
+        else:
+            self.failed += 1
+        self.refused += record.connection_refused
 
     def stop(self) -> None:
         """No more turns and no more sends in this step (requests in flight still finish)."""
@@ -124,6 +141,8 @@ class ProcessState:
     def claim(self) -> tuple[int | None, int | None] | None:
         """The next turn, counted as scheduled: (intended send time in ns, the workload's slot) in open
         loop, (None, None) in closed loop; None when this process takes no more turns."""
+        if not self.clock_started and self.step is not None:
+            self.origin_ns, self.clock_started = time.perf_counter_ns(), True
         self._update_end()
         if self.stopped or self.ended_by is not None:
             return None
@@ -181,10 +200,8 @@ class ProcessState:
     def status(self) -> dict[str, Any]:
         return {"worker": self.worker_index, "step": None if self.step is None else self.step.index,
                 "scheduled": self.due(), "sent": self.sent, "inflight": self.inflight,
-                "done": len(self.records), "failed": sum(1 for r in self.records if not r.ok),
-                "tokens": sum(r.output_tokens for r in self.records if r.ok), "finished": self.finished(),
-                "ended_by": self.ended_by, "stopped": self.stopped,
-                "refused": sum(1 for r in self.records if r.connection_refused),
+                "done": len(self.records), "failed": self.failed, "tokens": self.tokens, "finished": self.finished(),
+                "ended_by": self.ended_by, "stopped": self.stopped, "refused": self.refused,
                 # the latest answers' TTFTs, for a capacity search to see a step's queue growing
                 "ttft_ms_recent": [(r.first_token_ns - r.send_ns) / 1e6 for r in self.records[-RECENT:]
                                    if r.first_token_ns is not None]}

@@ -19,12 +19,12 @@ import aiohttp
 import aiohttp.http_exceptions
 from aiohttp import web
 
-from reference_server import generation
+from reference_server import generation, recording
 from reference_server.engines.base import Engine
 from reference_server.errors import ApiError
 from reference_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reference_server.metrics import RequestTracker, ServerMetrics, TimedEngine
-from reference_server.recording import PARSED_BODY, RESPONSE_ID, Recorder, recording_middleware
+from reference_server.recording import Recorder, recording_middleware
 from reference_server.sse import DONE_EVENT, encode_event
 from reference_server.validation import ChatRequest, fit_to_context, parse_request
 from spec.endpoint import CHAT_SUFFIX, DEFAULT_ROOT, MODELS_SUFFIX
@@ -159,7 +159,7 @@ class Server:
         try:
             # Strict UTF-8 first: json.loads(bytes) lets encoded surrogates (ED A0 80) through.
             body = json.loads(raw.decode("utf-8"))
-            request[PARSED_BODY] = body  # for --record
+            recording.note(body=body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(400, f"The body is not valid JSON: {exc}", code="invalid_json") from exc
         except RecursionError as exc:  # deeper than Python's decoder can go
@@ -230,7 +230,7 @@ class Server:
         self.in_flight += 1
         tracker = self.metrics.track(started, len(prompt))
         header = self._header(chat)
-        request[RESPONSE_ID] = header["id"]  # for --record
+        recording.note(response_id=header["id"])
         try:
             if chat.stream:
                 return await self._stream(request, chat, header, prompt, params, started, tracker)

@@ -25,13 +25,22 @@ import asyncio
 import json
 import os
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from aiohttp import web
 
-# Where the handler leaves what it parsed and made, for the record (request-scoped keys).
-PARSED_BODY = "chatspec.parsed_body"
-RESPONSE_ID = "chatspec.response_id"
+# What the handler parsed and made, for the record of the request it serves (None: not recording).
+_NOTES: ContextVar[dict[str, Any] | None] = ContextVar("chatspec_record_notes", default=None)
+
+
+def note(**fields: Any) -> None:
+    """Hand the record what only the handler knows (the parsed body, the answer's id); a no-op when
+    the server is not recording. The handler runs in the recording middleware's task, so it sees
+    the notes of its own request."""
+    notes = _NOTES.get()
+    if notes is not None:
+        notes.update(fields)
 
 
 class Recorder:
@@ -56,11 +65,11 @@ class Recorder:
             self._fd = None
 
 
-async def _body(request: web.Request) -> Any:
+async def _body(request: web.Request, notes: dict[str, Any]) -> Any:
     """What the client sent: the handler's parsed JSON, else the raw text that arrived. Never waits
     for the network: a body the handler did not read whole gives what is buffered."""
-    if PARSED_BODY in request:
-        return request[PARSED_BODY]
+    if "body" in notes:
+        return notes["body"]
     try:
         if request.can_read_body:  # the handler did not read it all (refused first, timed out)
             raw = request.content.read_nowait()
@@ -91,6 +100,8 @@ def recording_middleware(recorder: Recorder, paths: frozenset[str]) -> Any:
         arrival_ns = time.time_ns()
         status: int | None = None
         gone = False
+        notes: dict[str, Any] = {}
+        token = _NOTES.set(notes)
         try:
             response = await handler(request)
             if not response.prepared:  # a plain answer: send it now, so that end_ns is when it was sent
@@ -106,10 +117,11 @@ def recording_middleware(recorder: Recorder, paths: frozenset[str]) -> Any:
             raise
         finally:
             end_ns = time.time_ns()
+            _NOTES.reset(token)
             recorder.write({
                 "arrival_ns": arrival_ns, "end_ns": end_ns, "path": request.path, "status": status,
-                "client_gone": gone, "body": await _body(request),
-                "response_id": request.get(RESPONSE_ID), "client": _client(request), "pid": os.getpid(),
+                "client_gone": gone, "body": await _body(request, notes),
+                "response_id": notes.get("response_id"), "client": _client(request), "pid": os.getpid(),
             })
 
     return record

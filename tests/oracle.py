@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 
-def read_records(path: Path | str, settle_s: float = 0.3, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-    """Every record in `path`, in arrival order, once the file has stopped growing for `settle_s`
-    (a request whose client just left is written when the server notices; a missing file is empty)."""
-    path = Path(path)
+def settle(path: Path, settle_s: float = 0.3, timeout_s: float = 10.0) -> None:
+    """Wait until `path` has not grown for `settle_s` (at most `timeout_s`): a request is written when
+    it ends, and one whose client has just left when the server notices."""
     deadline = time.monotonic() + timeout_s
     size, since = -1, time.monotonic()
     while time.monotonic() < deadline:
@@ -27,12 +26,20 @@ def read_records(path: Path | str, settle_s: float = 0.3, timeout_s: float = 10.
         if now_size != size:
             size, since = now_size, time.monotonic()
         elif time.monotonic() - since >= settle_s:
-            break
+            return
         time.sleep(0.05)
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return sorted(records, key=lambda r: r["arrival_ns"])
+
+
+def parse_lines(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """Records from --record lines, in arrival order."""
+    return sorted((json.loads(line) for line in lines if line.strip()), key=lambda r: r["arrival_ns"])
+
+
+def read_records(path: Path | str, settle_s: float = 0.3, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """Every record in `path`, in arrival order, once the file has settled (a missing file: none)."""
+    path = Path(path)
+    settle(path, settle_s, timeout_s)
+    return parse_lines(path.read_text(encoding="utf-8").splitlines()) if path.exists() else []
 
 
 @dataclass(frozen=True)
@@ -47,9 +54,8 @@ class RecordFile:
 
     def since(self, mark: int) -> list[dict[str, Any]]:
         """The records written after `mark`, in arrival order, once the file has settled."""
-        read_records(self.path)
-        lines = self.path.read_text(encoding="utf-8").splitlines()[mark:] if self.path.exists() else []
-        return sorted((json.loads(line) for line in lines if line.strip()), key=lambda r: r["arrival_ns"])
+        settle(self.path)
+        return parse_lines(self.path.read_text(encoding="utf-8").splitlines()[mark:]) if self.path.exists() else []
 
 
 def load_requests(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -87,6 +93,7 @@ class Match:
 
     @property
     def p90_s(self) -> float:
+        """Nine in ten arrived at most this late."""
         return percentile(self.errors_s, 90)
 
     def late(self, limit_s: float) -> int:
@@ -95,6 +102,7 @@ class Match:
 
     @property
     def max_s(self) -> float:
+        """The latest arrival's lateness."""
         return max(self.errors_s)
 
     def describe(self) -> str:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from oracle import RecordFile, load_requests
 
 from reference_server.launcher import RunningServer, running_server
 from spec import endpoint
-from tests.oracle import RecordFile, load_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,11 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from load.export import read_requests
-from reference_server.engines.mock import MockEngine
-from reference_server.launcher import RunningServer, running_server
-from tests.oracle import (
+from oracle import (
     LATEST_S,
     RecordFile,
     assert_on_time,
@@ -42,6 +38,10 @@ from tests.oracle import (
     match_pairs,
     prompt_text,
 )
+
+from load.export import read_requests
+from reference_server.engines.mock import MockEngine
+from reference_server.launcher import RunningServer, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -110,7 +110,20 @@ def run_load(server: Server, tmp_path: Path, *args: str, timeout: float = 180) -
                              "--report-dir", str(report), *args],
                             capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return Run(load_requests(record.since(mark)), report)
+    run = Run(load_requests(record.since(mark)), report)
+    assert_report_agrees(run)
+    return run
+
+
+def assert_report_agrees(run: Run) -> None:
+    """In addition to the server's evidence: each step's fidelity block in load.json counts what the
+    server received, and finds nothing wrong with it."""
+    steps = run.steps
+    seen = {0: len(run.records)} if len(steps) == 1 else {i: len(v) for i, v in run.by_step().items()}
+    for index, step in enumerate(steps):
+        fidelity = step["fidelity"]
+        assert fidelity["ok"], (step["label"], fidelity["problems"])
+        assert fidelity["sent"] == fidelity["done"] == seen.get(index, 0), (step["label"], fidelity, seen)
 
 
 def tokens(messages: list[dict[str, Any]]) -> int:
@@ -169,7 +182,8 @@ def check_schedule(intended: list[float], rate: float, arrival: str, duration: f
     assert abs(n - expected) <= 4.5 * math.sqrt(expected * cv * cv), (n, expected)
     gaps = gaps_s([int(t * 1e9) for t in intended])
     assert statistics.mean(gaps) == pytest.approx(1 / rate, abs=4.5 * cv / rate / math.sqrt(len(gaps)))
-    assert statistics.stdev(gaps) / statistics.mean(gaps) == pytest.approx(cv, rel=0.5)
+    # the gaps' spread names the process (a sample CV leaves [cv / 2, 2 cv] about once in 4000 schedules)
+    assert cv / 2 <= statistics.stdev(gaps) / statistics.mean(gaps) <= 2 * cv
     assert max(gaps) < 1.5 and max(intended) > duration - 1.0  # no hole, and it ran to the end
 
 
@@ -227,9 +241,10 @@ def test_a_rate_sweep_sends_each_steps_count_at_its_rate(server, tmp_path):
 
 
 def test_capacity_search_over_users_holds_each_probed_level(slotted, tmp_path):
-    """Two slots, requests of ~70 ms: 3 or 4 users queue past the TTFT objective, 1 and 2 do not."""
-    run = run_load(slotted, tmp_path, "--find-capacity", "--users", "1", "--slo", "ttft_p99=60",
-                   "--duration", "2", "--capacity-max-steps", "4", "--output-tokens", "20")
+    """Two slots, requests of ~110 ms: with 3 or 4 users one waits for a slot, past the TTFT objective;
+    1 and 2 never wait (TTFT ~30 ms)."""
+    run = run_load(slotted, tmp_path, "--find-capacity", "--users", "1", "--slo", "ttft_p99=80",
+                   "--duration", "2", "--capacity-max-steps", "4", "--output-tokens", "40")
     steps, levels = run.by_step(), [int(step["level"]) for step in run.steps]
     assert levels[:3] == [1, 2, 4] and len(levels) == 4  # up while met, then down: the search went both ways
     assert sorted(steps) == list(range(len(levels)))
@@ -360,6 +375,7 @@ def test_dataset_lines_are_sent_in_file_order_with_their_max_tokens(server, tmp_
     expected = [(entries[0]["messages"], 3), (entries[1], 5), (entries[2]["messages"], 7)]
     sent = [(r["body"]["messages"], r["body"]["max_tokens"]) for r in run.records]
     assert len(sent) == 6
+    assert sent[0] in expected, sent[0]
     start = expected.index(sent[0])  # each user starts at a line of its own, then goes in file order
     assert sent == [expected[(start + i) % 3] for i in range(6)]
 
@@ -380,6 +396,7 @@ def test_sharegpt_sends_each_first_question_with_its_answers_length(server, tmp_
                    "--users", "1", "--max-requests", "8", "--duration", "60")
     sent = [(r["body"]["messages"], r["body"]["max_tokens"]) for r in run.records]
     assert len(sent) == 8
+    assert sent[0] in usable, sent[0]
     start = usable.index(sent[0])
     assert sent == [usable[(start + i) % 4] for i in range(8)]
 

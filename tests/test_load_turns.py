@@ -40,8 +40,8 @@ def send(process: ProcessState, count: int = 1) -> None:
         if process.waiting:
             process.waiting.pop(0)
         process.sent += 1
-        process.records.append(RequestRecord(send_ns=process.now_ns(), stream=True, end_ns=process.now_ns(),
-                                             status=200))
+        process.add_record(RequestRecord(send_ns=process.now_ns(), stream=True, end_ns=process.now_ns(),
+                                         status=200, usage_completion=3))
 
 
 def test_closed_loop_takes_its_count_and_finishes_only_when_every_turn_was_sent_and_ended():
@@ -57,6 +57,8 @@ def test_closed_loop_takes_its_count_and_finishes_only_when_every_turn_was_sent_
     assert process.finished()
     counts = process.counts()
     assert (counts.scheduled, counts.sent, counts.done, counts.missed) == (3, 3, 3, 0)
+    status = process.status()
+    assert (status["done"], status["failed"], status["tokens"]) == (3, 0, 9)
 
 
 def test_a_trace_with_idle_gaps_is_due_slot_by_slot_and_ends_with_its_last_slot():

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from oracle import LATEST_S, RecordFile, assert_on_time, load_requests, match_arrivals
 
 from reference_server.launcher import running_server
-from tests.oracle import LATEST_S, RecordFile, assert_on_time, load_requests, match_arrivals
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from tests.oracle import gaps_s, in_flight, load_requests, match_arrivals, percentile, prompt_text, read_records
+from oracle import gaps_s, in_flight, load_requests, match_arrivals, percentile, prompt_text, read_records
 
 S = 1_000_000_000
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from oracle import in_flight, prompt_text, read_records
 
 from reference_server.launcher import RunningServer, running_server
-from tests.oracle import in_flight, prompt_text, read_records
 
 TTFT_MS, ITL_MS = 40.0, 5.0
 CHAT = "/v3/openai/chat/completions"
