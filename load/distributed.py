@@ -100,7 +100,7 @@ class DistributedBackend:
         self.members: list[Member] = []
         self.refusal: str | None = None  # a version mismatch before the run started
         self.started_at: float | None = None
-        self.acks: set[int] = set()
+        self.acks: dict[str, int] = {}  # client id: the index it took the settings as
         self.collected: dict[int, dict[str, Any]] = {}
         self._notes: list[str] = []
         for kind, handler in (("chatspec_hello", self._on_hello), ("chatspec_ack", self._on_ack),
@@ -118,12 +118,7 @@ class DistributedBackend:
             if remote is not None and say:
                 say(f"waiting for {workers} load workers on {self.address} "
                     f"(python -m load.worker --master-host HOST --master-port {self.port})")
-            self._wait(lambda: len(self.hellos) >= workers, wait_s, f"{workers} workers to connect", note=True)
-            self._admit()
-            for member in self.members:
-                self.runner.send_message("chatspec_config", {"config": config.to_wire(), "worker": member.index,
-                                                             "workers": workers}, client_id=member.client_id)
-            self._wait(lambda: len(self.acks) >= workers, startup_timeout_s, "workers to take the settings")
+            self._gather(config, wait_s, startup_timeout_s)
         except BaseException:
             self.close()
             raise
@@ -152,7 +147,7 @@ class DistributedBackend:
             self.hellos.setdefault(msg.node_id, hello)
 
     def _on_ack(self, environment: Environment, msg: Any, **_kw: Any) -> None:
-        self.acks.add(msg.data["worker"])
+        self.acks[msg.node_id] = msg.data["worker"]
 
     def _member(self, msg: Any) -> Member | None:
         index = msg.data.get("worker")
@@ -184,14 +179,44 @@ class DistributedBackend:
 
     # ---- the run -------------------------------------------------------------------------------
 
-    def _admit(self) -> None:
-        """Take the first `workers` that said hello; send away every other connected client."""
-        chosen = list(self.hellos)[:self.workers]
+    def _ready(self) -> list[str]:
+        """Workers that said hello and are still there (one gone before the run starts is not counted:
+        a restarted pod comes back as another)."""
+        clients = self.runner.clients
+        return [cid for cid in self.hellos if cid in clients and clients[cid].state != STATE_MISSING]
+
+    def _gather(self, config: LoadConfig, wait_s: float, ack_timeout_s: float) -> None:
+        """Choose the first `workers` workers ready and give each the settings with its index; one
+        that vanishes before it has taken them (a pod restarting) is replaced by the next one ready."""
+        while True:
+            self._wait(lambda: len(self._ready()) >= self.workers, wait_s, f"{self.workers} workers to connect",
+                       note=True)
+            chosen = self._ready()[:self.workers]
+            for index, client_id in enumerate(chosen):
+                self.runner.send_message("chatspec_config", {"config": config.to_wire(), "worker": index,
+                                                             "workers": self.workers}, client_id=client_id)
+
+            def configured(chosen: list[str] = chosen) -> bool:
+                return all(self.acks.get(cid) == index for index, cid in enumerate(chosen))
+
+            def settled(chosen: list[str] = chosen) -> bool:
+                return configured() or any(cid not in self._ready() for cid in chosen)
+
+            self._wait(settled, ack_timeout_s, "workers to take the settings")
+            if configured():
+                self._admit(chosen)
+                return
+
+    def _admit(self, chosen: list[str]) -> None:
+        """These are the run's workers, in this order; send away every other connected client."""
         self.members = [Member(cid, index, _name(self.hellos[cid])) for index, cid in enumerate(chosen)]
         self.runner.members = set(chosen)
         self.started_at = time.monotonic()
         for client_id in [cid for cid in self.runner.clients if cid not in self.runner.members]:
+            gone = self.runner.clients[client_id].state == STATE_MISSING
             del self.runner.clients[client_id]  # never given users
+            if gone:
+                continue
             self._refuse(client_id, f"the run took its first {self.workers} workers (--expect-workers) and this "
                                     "one is not needed")
             hello = self.hellos.get(client_id)
@@ -217,6 +242,8 @@ class DistributedBackend:
             member.lost_step = self.step_index
             if node is not None:
                 del self.runner.clients[member.client_id]  # Locust would re-dispatch its users after 60 s
+            # One only cut off for a while (a stalled machine) would go on sending: tell it to stop.
+            self.runner.send_message("quit", client_id=member.client_id)
             if self.say:
                 self.say(f"  warning: {member.lost}")
 
@@ -233,10 +260,10 @@ class DistributedBackend:
             now = time.monotonic()
             if timeout_s and now - start > timeout_s:
                 raise TimeoutError(f"gave up waiting {timeout_s:.0f} s for {what} "
-                                   f"({len(self.hellos)} connected to {self.address})")
+                                   f"({len(self._ready())} connected to {self.address})")
             if note and self.say and not self.processes and now - noted >= WAIT_NOTE_S:
                 noted = now
-                self.say(f"waiting for load workers on {self.address}: {len(self.hellos)} of {self.workers} "
+                self.say(f"waiting for load workers on {self.address}: {len(self._ready())} of {self.workers} "
                          f"connected after {now - start:.0f} s")
             gevent.sleep(0.05)
 

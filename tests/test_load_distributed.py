@@ -149,8 +149,9 @@ def source_ip(launch: Launch, port: int) -> str | None:
 
 
 def worker_index(launch: Launch) -> int:
-    """The index (share) the master gave this worker, from its own line."""
-    line = next(line for line in launch.stderr.splitlines() if "settings taken" in line)
+    """The index (share) the master gave this worker, from its own line (the last: before the run
+    starts, a worker may be given another index when one chosen with it is gone)."""
+    line = [line for line in launch.stderr.splitlines() if "settings taken" in line][-1]
     return int(line.split()[2])
 
 
@@ -299,6 +300,29 @@ def test_a_worker_that_joins_a_run_under_way_is_sent_away(cluster, server):
     # Locust left to itself rebalances the users onto a worker that joins (cutting a request) and
     # does not give them back when it leaves: the step would end with fewer users than asked.
     assert step["metrics"]["requests_failed"] == 0 and step["fidelity"]["mean_concurrency"] > 1.7
+
+
+def test_a_worker_gone_before_the_run_starts_is_replaced_by_the_next(cluster, server):
+    """A worker that connected and died (a pod restarting) before the run began is not waited for:
+    it was chosen, never took the settings, and the next worker ready takes its place."""
+    _, record = server
+    mark = record.mark()
+    go = cluster.tmp / "go"
+    master = cluster.master(2, "--users", "2", "--max-requests", "20", "--output-tokens", "8")
+    doomed = cluster.worker("w2", "127.0.0.2")
+    wait_until(lambda: source_ip(doomed, cluster.port) is not None, RUN_TIMEOUT_S, "the first worker to connect")
+    time.sleep(0.5)  # its hello is in
+    doomed.process.send_signal(signal.SIGKILL)
+    doomed.process.wait()
+    # their imports done, both connect at once: before Locust's heartbeat has missed the dead one
+    others = [cluster.worker(name, bind, env={"TEST_WORKER_GO": str(go)})
+              for name, bind in (("w3", "127.0.0.3"), ("w4", "127.0.0.4"))]
+    time.sleep(1.0)
+    go.touch()
+    assert master.wait(timeout=40) == 0, master.stderr[-3000:]
+    assert [w.wait(timeout=10) for w in others] == [0, 0]
+    assert sorted(worker_index(w) for w in others) == [0, 1]
+    assert len(received_since(record, mark)) == 20 and cluster.doc()["steps"][0]["fidelity"]["ok"]
 
 
 def test_master_options_are_checked_before_anything_starts(capsys):
