@@ -81,6 +81,7 @@ class DistributedBackend:
     def __init__(self, config: LoadConfig, workers: int, remote: MasterOptions | None = None,
                  startup_timeout_s: float = 60.0, say: Callable[[str], None] | None = None) -> None:
         self.workers = workers
+        self.spread = "--expect-workers" if remote else "--workers"  # the option that adds processes
         self.step_index: int | None = None
         self.step_label = ""
         self.step_started = 0.0

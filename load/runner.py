@@ -58,6 +58,7 @@ class LocalBackend:
     """All users in this process."""
 
     workers = 1
+    spread = "--workers"  # the option that would add processes
 
     def __init__(self, config: LoadConfig) -> None:
         self.process = ProcessState()
@@ -202,7 +203,8 @@ def run_step(
                           window_start_ns=window.start_ns, window_end_ns=window.end_ns, lost=lost)
     outcome = StepOutcome(step, records, health, window, metrics, judge(metrics, slo), aborted=aborted,
                           interrupted=interrupted, started_at=start, stopped_early=stopped_early, fidelity=fidelity)
-    outcome.warnings = client_warnings(metrics, health, step, fidelity) + data_warnings(metrics) + backend.notes()
+    outcome.warnings = (client_warnings(metrics, health, step, fidelity, backend.spread) + data_warnings(metrics)
+                        + backend.notes())
     return outcome
 
 
