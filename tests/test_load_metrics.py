@@ -266,6 +266,25 @@ class TestHealth:
         warnings = client_warnings({"send_lag_ms": None}, health, step, spread="--expect-workers")
         assert warnings and all("--expect-workers 3" in w and "--workers" not in w for w in warnings)
 
+    def test_a_client_near_its_limit_is_told_how_many_workers_the_load_needs(self):
+        step = StepSpec(0, 4, 10, 1)
+        health = [{"worker": 0, "cpu_fraction": 0.8, "loop_lag_ns": [100_000]},
+                  {"worker": 1, "cpu_fraction": 0.75, "loop_lag_ns": [100_000]}]
+        warnings = client_warnings({"send_lag_ms": None, "token_events_per_s": 23_000.0}, health, step)
+        assert len(warnings) == 1 and warnings[0].startswith("client near its limit")
+        assert "80%, 75%" in warnings[0] and "23,000 token events/s" in warnings[0]
+        assert "--workers 3" in warnings[0]  # 1.55 cores of work at most 70% a process
+
+    def test_late_sends_blame_the_client_only_where_its_own_figures_show_it(self):
+        step = StepSpec(0, 8, 10, 1, rate=50.0)
+        quiet = [{"worker": 0, "cpu_fraction": 0.2, "loop_lag_ns": [100_000]}]
+        late = {"send_lag_ms": {"p99": 40.0}}
+        free = client_warnings(late, quiet, step, fidelity_with(late_claims=0))
+        assert len(free) == 1 and not free[0].startswith("client-limited") and "free users" in free[0]
+        busy = client_warnings(late, quiet, step, fidelity_with(late_claims=7))
+        assert busy[0].startswith("client-limited") and "7 requests came due while all 8 users were busy" in busy[0]
+        assert "raise --users" in busy[0]
+
 
 def test_reports_are_written_and_self_contained(tmp_path):
     from load.outcome import StepOutcome
@@ -289,3 +308,13 @@ def test_reports_are_written_and_self_contained(tmp_path):
     assert "SLO MISSED" in html and "MISSED" in html and "data:image/png;base64," in html
     assert "<script" not in html and "src=\"http" not in html and "&lt;b&gt;" in html
     assert "TPOT = (E2E - TTFT) / (output tokens - 1)" in render_load_html(doc)
+
+
+def fidelity_with(late_claims: int):
+    """A step verdict whose only interesting figure is how many slots were taken late."""
+    from load.fidelity import DURATION, ProcessCounts, judge_step
+
+    counts = [ProcessCounts(scheduled=10, sent=10, done=10, late_claims=late_claims)]
+    records = [RequestRecord(send_ns=i * MS, stream=True, end_ns=i * MS + 1, status=200) for i in range(10)]
+    return judge_step(asked=None, asked_rate=50.0, users=8, counts=counts, records=records, end=DURATION,
+                      end_detail="", window_start_ns=0, window_end_ns=10 * MS)
