@@ -112,7 +112,8 @@ class DistributedBackend:
             # A session of their own: Ctrl-C in the terminal reaches the master only, which then
             # collects what the workers measured and stops them.
             self.processes = [subprocess.Popen([sys.executable, "-m", "load.worker", "--master-host", "127.0.0.1",
-                                                "--master-port", str(self.port)], start_new_session=True)
+                                                "--master-port", str(self.port), "--quiet"],
+                                               start_new_session=True)
                               for _ in range(workers)]
         wait_s = startup_timeout_s if remote is None else remote.max_wait_s
         try:

@@ -41,7 +41,7 @@ class Reporter:
 
 
 def register_handlers(environment: Environment, process: ProcessState,
-                      refused: gevent.event.AsyncResult) -> None:
+                      refused: gevent.event.AsyncResult, quiet: bool = False) -> None:
     """Wire the chatspec messages to this worker's process state."""
     runner = environment.runner
     reporter = Reporter(process)
@@ -49,7 +49,8 @@ def register_handlers(environment: Environment, process: ProcessState,
     def on_config(environment: Environment, msg: Any, **_kw: Any) -> None:
         data = msg.data
         process.configure(LoadConfig.from_wire(data["config"]), worker_index=data["worker"], workers=data["workers"])
-        print(f"load worker {data['worker']} of {data['workers']}: settings taken", file=sys.stderr, flush=True)
+        if not quiet:
+            print(f"load worker {data['worker']} of {data['workers']}: settings taken", file=sys.stderr, flush=True)
         runner.send_message("chatspec_ack", {"worker": process.worker_index})
 
     def on_step(environment: Environment, msg: Any, **_kw: Any) -> None:
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bind-host", default=None,
                         help="the local address the connection to the master leaves from; None: the system's "
                              "choice")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no line when the settings are taken (the processes of a --workers run)")
     return parser
 
 
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no load master answered at {args.master_host}:{args.master_port}", file=sys.stderr)
         return 2
     refused = gevent.event.AsyncResult()
-    register_handlers(environment, process, refused)
+    register_handlers(environment, process, refused, quiet=args.quiet)
     runner.send_message("chatspec_hello", hello())
     gevent.spawn(probe_loop_lag, process)
     ended = gevent.spawn(runner.greenlet.join)
