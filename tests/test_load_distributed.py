@@ -325,6 +325,15 @@ def test_a_worker_gone_before_the_run_starts_is_replaced_by_the_next(cluster, se
     assert len(received_since(record, mark)) == 20 and cluster.doc()["steps"][0]["fidelity"]["ok"]
 
 
+def test_a_master_whose_workers_never_come_gives_up_after_its_max_wait(cluster, server):
+    _, record = server
+    mark = record.mark()
+    master = cluster.master(2, "--max-requests", "4", "--expect-workers-max-wait", "1")  # the last one counts
+    assert master.wait(timeout=30) == 2
+    assert "gave up waiting 1 s for 2 workers to connect (0 connected" in master.stderr
+    assert received_since(record, mark) == []
+
+
 def test_master_options_are_checked_before_anything_starts(capsys):
     from load.cli import main
 
