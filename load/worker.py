@@ -15,6 +15,7 @@ import argparse
 import os
 import socket
 import sys
+import time
 from typing import Any
 
 import gevent
@@ -100,6 +101,13 @@ def bind_source(address: str) -> None:
     zmqrpc.Client = BoundClient  # type: ignore[misc]
 
 
+def master_gone(last_heartbeat: float | None) -> bool:
+    """Whether Locust ended this worker because its master's heartbeats stopped (not by a quit)."""
+    from locust import runners
+
+    return last_heartbeat is not None and time.time() - last_heartbeat >= runners.MASTER_HEARTBEAT_TIMEOUT
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m load.worker", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -131,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     gevent.spawn(probe_loop_lag, process)
     ended = gevent.spawn(runner.greenlet.join)
     gevent.wait([ended, refused], count=1)
+    if not refused.ready() and master_gone(runner.last_heartbeat_timestamp):
+        # Locust stops the users and quits when its master's heartbeats stop: say so, not exit 0
+        print(f"error: the load master at {args.master_host}:{args.master_port} stopped answering; "
+              "this worker stopped its users", file=sys.stderr, flush=True)
+        return 2
     if refused.ready():
         print(f"error: the load master at {args.master_host}:{args.master_port} refused this worker: "
               f"{refused.get()}", file=sys.stderr, flush=True)

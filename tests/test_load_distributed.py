@@ -33,13 +33,16 @@ ROOT = Path(__file__).resolve().parent.parent
 EXACT = ("--extra-body", '{"logit_bias": {"0": -100}}')  # the mock never ends early: answers are max_tokens long
 RUN_TIMEOUT_S = 60.0
 # A worker launched by this script: it may pose as another chatspec release (this test's stand-in
-# for a worker installed from another version), and may wait for a file before it connects (so it
-# joins at a chosen moment, its imports already done).
+# for a worker installed from another version), give up on a silent master sooner than Locust's
+# 60 s, and wait for a file before it connects (so it joins at a chosen moment, its imports done).
 LAUNCH = """
 import os, pathlib, sys, time
+from locust import runners
 from load import version, worker
 if os.environ.get("TEST_WORKER_VERSION"):
     version.VERSION = os.environ["TEST_WORKER_VERSION"]
+if os.environ.get("TEST_MASTER_HEARTBEAT_TIMEOUT"):  # Locust's 60 s, shortened for a test
+    runners.MASTER_HEARTBEAT_TIMEOUT = float(os.environ["TEST_MASTER_HEARTBEAT_TIMEOUT"])
 go = os.environ.get("TEST_WORKER_GO")
 while go and not pathlib.Path(go).exists():
     time.sleep(0.02)
@@ -323,6 +326,21 @@ def test_a_worker_gone_before_the_run_starts_is_replaced_by_the_next(cluster, se
     assert [w.wait(timeout=10) for w in others] == [0, 0]
     assert sorted(worker_index(w) for w in others) == [0, 1]
     assert len(received_since(record, mark)) == 20 and cluster.doc()["steps"][0]["fidelity"]["ok"]
+
+
+def test_a_worker_whose_master_dies_stops_sending_and_says_so(cluster, server):
+    _, record = server
+    mark = record.mark()
+    master = cluster.master(1, "--users", "2", "--max-requests", "500", "--duration", "60", "--output-tokens", "40")
+    worker = cluster.worker("w2", "127.0.0.2", env={"TEST_MASTER_HEARTBEAT_TIMEOUT": "3"})
+    wait_until(lambda: len(received_since(record, mark)) >= 5, RUN_TIMEOUT_S, "the step to be under way")
+    master.process.send_signal(signal.SIGKILL)
+    assert worker.wait(timeout=20) == 2
+    assert "stopped answering" in worker.stderr
+    time.sleep(0.5)
+    settled = len(received_since(record, mark))
+    time.sleep(1.0)
+    assert len(received_since(record, mark)) == settled < 500  # its users stopped
 
 
 def test_a_master_whose_workers_never_come_gives_up_after_its_max_wait(cluster, server):
