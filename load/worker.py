@@ -6,7 +6,8 @@ and protocol (a master of another release refuses it: exit 2), takes its setting
 worker count from the master's `chatspec_config`, starts its share of each step on
 `chatspec_step`, stops sending on `chatspec_stop`, and answers `chatspec_poll` with its progress
 and every record made since the last answer, so the master holds them even if this process dies;
-`chatspec_collect` gets the rest with its CPU and event-loop lag. It exits when the master ends the run.
+`chatspec_collect` gets the rest with its CPU and event-loop lag. Exit 0 when the master ends the
+run; 2 when refused, when no master answers, or when the master goes silent mid-run.
 """
 
 from __future__ import annotations
