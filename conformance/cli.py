@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from conformance.registry import FEATURES, collect
+from conformance import baseline, options
+from conformance.registry import collect
 from conformance.runner import Unreachable, preflight, run_checks, summary_line
 from conformance.target import Target
-from reports.model import SEVERITIES
 from spec import endpoint
 
-API_KEY_ENV = "CHATSPEC_API_KEY"
+API_KEY_ENV = options.API_KEY_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,40 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     where = parser.add_argument_group("target")
-    where.add_argument("--base-url", help="the API root, e.g. http://127.0.0.1:8000/v1 or "
-                       "https://api.example.com/v3/openai; requests go to {root}/chat/completions and "
-                       f"{{root}}/models. Rule: {endpoint.RULE}")
-    where.add_argument("--api-key", default=None,
-                       help=f"bearer key (default: ${API_KEY_ENV}); checks of auth need one")
-    where.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
-                       help="a header sent with every request, e.g. 'api-key: KEY' for a gateway that "
-                       "authenticates so; repeatable; reports show its value as $HEADER_VALUE")
-    where.add_argument("--model", help="model name to put in requests; when not given, the one model that "
-                       "{root}/models lists (an error when it lists none or several)")
+    how = parser.add_argument_group("run")
+    options.add_to_argparse({"target": where, "run": how})
     where.add_argument("--embedded-server", nargs="?", const="llamacpp", choices=("llamacpp", "mock"),
                        default=None, help="start the reference server on loopback (llamacpp: the "
-                       "embedded CPU model; mock: no model) and test it; needs no --base-url")
-    how = parser.add_argument_group("run")
-    how.add_argument("--profile", choices=("documented", "openai"), default="documented",
-                     help="which bounds to hold the endpoint to: the doc's or OpenAI's inclusive ones")
+                       "embedded CPU model, needs chatspec[cpu]; mock: no model) and test it; needs no --base-url")
     how.add_argument("--report-dir", type=Path, default=None,
                      help="write junit.xml, conformance.json and conformance.html here")
     how.add_argument("-k", dest="keyword", default=None,
                      help="only checks whose id/feature/category/severity match this expression "
                      "(substrings with and/or/not, like pytest -k)")
-    how.add_argument("--max-examples", type=int, default=25,
-                     help="schema-generated examples per fuzzing mode (positive, negative)")
-    how.add_argument("--seed", type=int, default=1234,
-                     help="seed for generated requests and for the seeded runs semantic checks use")
-    how.add_argument("--skip-feature", action="append", default=[], choices=FEATURES, metavar="NAME",
-                     help=f"declare a feature unsupported (reported as 'not supported', never passed); "
-                     f"repeatable; one of: {', '.join(FEATURES)}")
-    how.add_argument("--fail-on", choices=SEVERITIES, default="must",
-                     help="the least severity whose failures fail the run (exit 1): must, or should to "
-                     "hold the endpoint to the recommendations too")
     how.add_argument("--strict", dest="fail_on", action="store_const", const="should",
                      help="the same as --fail-on should")
-    how.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    how.add_argument("--update-baseline", action="store_true",
+                     help="write this run's failures to the --baseline file as YAML (reasons already there "
+                     "are kept; a new one's is its message: edit it to say why); not after an aborted run")
     how.add_argument("--list", action="store_true",
                      help="list the checks that would run (id, feature, category, severity), in order, then exit")
     how.add_argument("--quiet", action="store_true", help="no per-check progress lines")
@@ -88,42 +69,45 @@ def _target_from(
     args: argparse.Namespace, parser: argparse.ArgumentParser
 ) -> Iterator[tuple[Target, Callable[[], str | None] | None]]:
     """The target, and for an embedded server a way to ask whether (and how) it has exited."""
+    get = functools.partial(getattr, args)
     try:
-        headers = endpoint.parse_headers(args.header)
-    except ValueError as exc:
+        if not args.embedded_server:
+            if not args.base_url:
+                parser.error("--base-url is required (or use --embedded-server)")
+            yield options.resolve_target(get), None
+            return
+        common = options.settings(get)
+    except options.OptionError as exc:
         parser.error(str(exc))
-    common = dict(profile=args.profile, timeout_s=args.timeout, skip_features=frozenset(args.skip_feature),
-                  max_examples=args.max_examples, seed=args.seed, headers=tuple(headers.items()))
-    if args.embedded_server:
-        if args.base_url:
-            parser.error("--embedded-server and --base-url exclude each other")
-        from reference_server.launcher import running_server
+    if args.base_url:
+        parser.error("--embedded-server and --base-url exclude each other")
+    from reference_server.engines.extras import missing_engine_extra
+    from reference_server.launcher import running_server
 
-        print(f"starting the embedded reference server ({args.embedded_server}) ...", file=sys.stderr,
-              flush=True)
-        extra = ("--ttft-ms", "0", "--itl-ms", "0") if args.embedded_server == "mock" else ()
-        with running_server(*extra, engine=args.embedded_server) as server:
-            print(f"reference server up at {server.base_url}, model {server.model!r}", file=sys.stderr,
-                  flush=True)
-            yield (Target(base_url=server.base_url, api_key=server.api_key, model=server.model, **common),
-                   server.exit_status)
-        return
-    if not args.base_url:
-        parser.error("--base-url is required (or use --embedded-server)")
-    try:
-        where = endpoint.resolve(args.base_url)
-    except ValueError as exc:
-        parser.error(str(exc))
-    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
-    model = args.model or endpoint.served_model(where, endpoint.auth_headers(key, headers))
-    yield Target(base_url=args.base_url.strip().rstrip("/"), api_key=key, model=model, **common), None
+    missing = missing_engine_extra(args.embedded_server)
+    if missing:
+        raise Unreachable(missing)
+    print(f"starting the embedded reference server ({args.embedded_server}) ...", file=sys.stderr, flush=True)
+    extra = ("--ttft-ms", "0", "--itl-ms", "0") if args.embedded_server == "mock" else ()
+    with running_server(*extra, engine=args.embedded_server) as server:
+        print(f"reference server up at {server.base_url}, model {server.model!r}", file=sys.stderr, flush=True)
+        yield (Target(base_url=server.base_url, api_key=server.api_key, model=server.model, **common),
+               server.exit_status)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.max_examples < 1:
-        parser.error("--max-examples must be at least 1")
+    if args.update_baseline and not args.baseline:
+        parser.error("--update-baseline needs --baseline FILE (the file to write)")
+    if args.update_baseline and Path(args.baseline).suffix.lower() == ".json":
+        parser.error(f"--update-baseline writes YAML; name a .yaml file, not {args.baseline}")
+    expected = None
+    if args.baseline and not (args.update_baseline and not Path(args.baseline).exists()):
+        try:
+            expected = baseline.load(args.baseline)
+        except baseline.BaselineError as exc:
+            parser.error(str(exc))
     try:
         with _target_from(args, parser) as (target, server_exit):
             try:
@@ -148,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError, OSError) as exc:
         print(f"error: could not run: {exc}", file=sys.stderr)
         return 2
+    if expected is not None:
+        baseline.apply(report, expected)
+    if args.update_baseline and not report.aborted:
+        try:
+            print(f"baseline: wrote {baseline.write(args.baseline, report, expected)}", file=sys.stderr)
+        except (baseline.BaselineError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        baseline.apply(report, baseline.load(args.baseline))
     if args.report_dir is not None:
         from reports import write_all
 

@@ -37,8 +37,24 @@ def error_param(data: Any) -> str | None:
     return param if isinstance(param, str) else None
 
 
+# How a request validator may prefix the parameter it names (FastAPI/pydantic: loc ("body", "max_tokens")
+# joined as "body.max_tokens"). Such a name still names the parameter: the form is judged once, by
+# errors.param_bare_name (should-level; spec x-decisions "error.param (form)"), not by every check.
+LOCATION_PREFIXES = ("body.",)
+
+
+def bare_param(named: str) -> str:
+    """`named` without a validator's location prefix: 'body.max_tokens' -> 'max_tokens'."""
+    for prefix in LOCATION_PREFIXES:
+        if named.startswith(prefix) and len(named) > len(prefix):
+            return named[len(prefix):]
+    return named
+
+
 def names_param(named: str, param: str) -> bool:
-    """Whether the error's `param` names `param` (itself, or a part of it: `logit_bias.13`, `stop[2]`)."""
+    """Whether the error's `param` names `param` (itself, or a part of it: `logit_bias.13`, `stop[2]`),
+    also in a validator's location form (`body.max_tokens`)."""
+    named = bare_param(named)
     return named == param or named.split(".")[0].split("[")[0] == param
 
 
@@ -115,10 +131,11 @@ class Context:
     def fail(message: str, exchange: Exchange | None = None) -> None:
         raise CheckFailed(message, exchange)
 
-    def expect(self, condition: object, message: str, exchange: Exchange | None = None) -> None:
-        """Fail with `message` unless `condition` holds."""
+    def expect(self, condition: object, message: str, exchange: Exchange | None = None,
+               cause: str | None = None) -> None:
+        """Fail with `message` unless `condition` holds (`cause`: see CheckFailed)."""
         if not condition:
-            raise CheckFailed(message, exchange or self.last_exchange())
+            raise CheckFailed(message, exchange or self.last_exchange(), cause)
 
     def last_exchange(self) -> Exchange | None:
         return self.client.exchanges[-1] if self.client.exchanges else None
@@ -187,12 +204,13 @@ class Context:
         allowed = " or ".join(map(str, sorted(set(statuses))))
         prefix = f"{what}: " if what else ""
         status = exchange.status
-        self.expect(status < 500, f"{prefix}server error {status} on a client mistake", exchange)
+        self.expect(status < 500, f"{prefix}server error {status} on a client mistake", exchange,
+                    cause=f"a client mistake answered {status} (a server error)")
         if exact:
             self.expect(status in set(statuses), f"{prefix}expected HTTP {allowed}, got {status}", exchange)
         self.expect(400 <= status < 500,
                     f"{prefix}expected HTTP {allowed}, got {status}: a client mistake must be refused with a 4xx",
-                    exchange)
+                    exchange, cause=f"a client mistake answered {status}, not refused with a 4xx")
         try:
             data = exchange.json()
         except ValueError:

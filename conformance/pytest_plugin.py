@@ -1,7 +1,14 @@
 """The conformance checks as pytest items, for suites that gate with pytest.
 
-    pytest -p conformance.pytest_plugin --chatspec-base-url http://127.0.0.1:8000 \\
-        --chatspec-api-key "$KEY" --chatspec-model NAME
+    pytest --chatspec-base-url http://127.0.0.1:8000 --chatspec-api-key "$KEY"
+
+Installed with chatspec, pytest loads it by itself (the `pytest11` entry point `chatspec`; from
+a checkout: `-p conformance.pytest_plugin`). Its options are the CLI's (conformance/options.py),
+each as `--chatspec-NAME`: the base-URL rule, `--chatspec-header`, the key from
+$CHATSPEC_API_KEY, the model from {root}/models when not given, the profile, the baseline (an
+expected failure is an xfail naming its reason; a fixed one is listed at the end). Without
+`--chatspec-base-url` it adds nothing, and it imports the suite only then, so every other
+pytest run stays as fast as before.
 
 Each check becomes one test (`chatspec::<check id>`); a failure shows the message and a curl
 line that reproduces it; "not supported" features and non-applicable checks are skipped with
@@ -13,50 +20,37 @@ check that did not pass), the session stops with exit status 2.
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from conformance.context import Context
-from conformance.registry import FEATURES, Check, collect
-from conformance.runner import endpoint_gone, probe, run_one
-from conformance.target import Target
-from reports.model import SEVERITIES
+from conformance import options
 
-_CONTEXT = pytest.StashKey[Context]()
+if TYPE_CHECKING:
+    from conformance.baseline import Baseline
+    from conformance.context import Context
+    from conformance.registry import Check
+    from conformance.target import Target
+
+_CONTEXT: pytest.StashKey[Context] = pytest.StashKey()
 _KNOWN_GOOD = pytest.StashKey[bool]()
+_BASELINE: pytest.StashKey[Baseline] = pytest.StashKey()
+_FIXED: pytest.StashKey[list[str]] = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("chatspec", "chat-completions conformance (chatspec)")
-    group.addoption("--chatspec-base-url", default=None, help="endpoint root to check")
-    group.addoption("--chatspec-api-key", default=None, help="bearer key (default: $CHATSPEC_API_KEY)")
-    group.addoption("--chatspec-model", default=None, help="model name for requests")
-    group.addoption("--chatspec-profile", default="documented", choices=("documented", "openai"))
-    group.addoption("--chatspec-skip-feature", action="append", default=[], choices=FEATURES)
-    group.addoption("--chatspec-max-examples", type=int, default=25)
-    group.addoption("--chatspec-seed", type=int, default=1234)
-    group.addoption("--chatspec-timeout", type=float, default=120.0)
-    group.addoption("--chatspec-fail-on", default="must", choices=SEVERITIES,
-                    help="the least severity whose failures fail (should-level ones are xfailed otherwise)")
+    options.add_to_pytest(parser.getgroup("chatspec", "chat-completions conformance (chatspec)"))
 
 
 def _target(config: pytest.Config) -> Target | None:
-    base_url = config.getoption("chatspec_base_url")
-    if not base_url:
+    if not config.getoption("chatspec_base_url"):
         return None
-    model = config.getoption("chatspec_model")
-    if not model:
-        raise pytest.UsageError("--chatspec-model is required with --chatspec-base-url")
-    key = config.getoption("chatspec_api_key") or os.environ.get("CHATSPEC_API_KEY")
-    return Target(
-        base_url=base_url.rstrip("/"), api_key=key, model=model,
-        profile=config.getoption("chatspec_profile"),
-        skip_features=frozenset(config.getoption("chatspec_skip_feature")),
-        max_examples=config.getoption("chatspec_max_examples"), seed=config.getoption("chatspec_seed"),
-        timeout_s=config.getoption("chatspec_timeout"),
-    )
+    from spec.endpoint import ModelUnknown
+
+    try:
+        return options.resolve_target(lambda dest: config.getoption(options.plugin_dest(dest)))
+    except (options.OptionError, ModelUnknown) as exc:
+        raise pytest.UsageError(str(exc).replace("--", "--chatspec-")) from None
 
 
 class ChatspecCollector(pytest.Collector):
@@ -67,6 +61,8 @@ class ChatspecCollector(pytest.Collector):
         self.target = target
 
     def collect(self) -> list[pytest.Item]:
+        from conformance.registry import collect
+
         return [CheckItem.from_parent(self, name=item.id, check=item) for item in collect(self.target)]
 
 
@@ -78,15 +74,22 @@ class CheckItem(pytest.Item):
         self.check = check
 
     def runtest(self) -> None:
+        from conformance.runner import endpoint_gone, run_one
+
         ctx = self.config.stash[_CONTEXT]
         result = run_one(self.check, ctx)
         if result.outcome in ("not_supported", "skipped"):
             label = "not supported" if result.outcome == "not_supported" else "skipped"
             pytest.skip(f"{label}: {result.message}")
+        expected = self.config.stash[_BASELINE].expected if _BASELINE in self.config.stash else {}
+        if result.outcome == "passed" and self.check.id in expected:
+            self.config.stash.setdefault(_FIXED, []).append(self.check.id)
         if result.outcome != "passed":
             gone = endpoint_gone(ctx.target, known_good=self.config.stash.get(_KNOWN_GOOD, False))
             if gone is not None:  # every later check would fail the same way: stop, as the CLI does
                 pytest.exit(f"the endpoint stopped answering at check {self.check.id} ({gone})", returncode=2)
+            if self.check.id in expected:
+                pytest.xfail(f"expected by the baseline ({expected[self.check.id]}): {result.message}")
             if self.check.severity == "should" and self.config.getoption("chatspec_fail_on") == "must":
                 pytest.xfail(f"should-level, not gating: {result.message}")
             detail = [f"[{self.check.severity}] [{result.outcome}] {result.message}"]
@@ -115,10 +118,27 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     target = _target(config)
     if target is None:
         return
+    from conformance.baseline import BaselineError, load
+    from conformance.context import Context
+    from conformance.runner import probe
+
+    if config.getoption("chatspec_baseline"):
+        try:
+            config.stash[_BASELINE] = load(config.getoption("chatspec_baseline"))
+        except BaselineError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
     config.stash[_CONTEXT] = Context(target)
     config.stash[_KNOWN_GOOD] = probe(target) is None  # a later failure of it means a wedged endpoint
     collector = ChatspecCollector.from_parent(session, name="chatspec", target=target)
     items.extend(collector.collect())
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    fixed = config.stash.get(_FIXED, [])
+    if fixed:
+        terminalreporter.write_line(f"chatspec: fixed since the baseline (expected to fail, now pass): "
+                                    f"{', '.join(fixed)}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -31,6 +31,7 @@ CHECK_MODULES = (
     "conformance.checks.effects",
     "conformance.checks.connection",
     "conformance.checks.fuzz",
+    "conformance.checks.openai_fields",
 )
 
 FEATURES = (
@@ -40,12 +41,14 @@ FEATURES = (
 
 
 class CheckFailed(AssertionError):
-    """The endpoint broke a rule; `exchange` is the request/response that shows it."""
+    """The endpoint broke a rule; `exchange` is the request/response that shows it, `cause` a short
+    name of the deviation shared by every check it fails (reports group failures by it)."""
 
-    def __init__(self, message: str, exchange: Exchange | None = None) -> None:
+    def __init__(self, message: str, exchange: Exchange | None = None, cause: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.exchange = exchange
+        self.cause = cause
 
 
 class NotSupported(Exception):

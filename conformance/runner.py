@@ -62,14 +62,14 @@ def run_one(item: Check, ctx: Context) -> CheckResult:
     """Run one check and classify how it ended."""
     start = time.perf_counter()
     before = len(ctx.client.exchanges)
-    outcome, message, evidence = "passed", "", {}
+    outcome, message, evidence, cause = "passed", "", {}, None
     if item.feature in ctx.target.skip_features:
         outcome, message = "not_supported", f"feature {item.feature!r} declared unsupported"
     else:
         try:
             item.run(ctx)
         except CheckFailed as exc:
-            outcome, message = "failed", exc.message
+            outcome, message, cause = "failed", exc.message, exc.cause
             evidence = _evidence(exc.exchange or (ctx.last_exchange() if len(ctx.client.exchanges) > before
                                                    else None))
         except NotSupported as exc:
@@ -78,6 +78,7 @@ def run_one(item: Check, ctx: Context) -> CheckResult:
             outcome, message = "skipped", str(exc)
         except requests.RequestException as exc:
             outcome, message = "failed", f"transport error: {exc.__class__.__name__}: {exc}"
+            cause = f"transport error: {exc.__class__.__name__}"
             evidence = _evidence(ctx.last_exchange() if len(ctx.client.exchanges) > before else None)
         except Exception as exc:  # a bug in the check itself, or an answer it could not digest
             outcome, message = "error", f"{exc.__class__.__name__}: {exc}"
@@ -86,7 +87,7 @@ def run_one(item: Check, ctx: Context) -> CheckResult:
         id=item.id, feature=item.feature, category=item.category, outcome=outcome,
         duration_s=round(time.perf_counter() - start, 4), message=message,
         request=evidence.get("request"), response_excerpt=evidence.get("response_excerpt"),
-        curl=evidence.get("curl"), spec_note=item.spec_note, severity=item.severity,
+        curl=evidence.get("curl"), spec_note=item.spec_note, severity=item.severity, cause=cause,
     )
 
 
@@ -245,6 +246,11 @@ def summary_line(report: RunReport) -> str:
     tolerated = report.tolerated()
     if tolerated:
         line += (f"; {len(tolerated)} should-level failure(s) do not fail the run (--fail-on should makes them)")
+    if report.baseline is not None:
+        new = sum(1 for r in report.results if r.broken and r.baseline == "new")
+        line += f"; baseline {report.baseline}: {len(report.expected())} expected, {new} new failure(s)"
+        if report.fixed:
+            line += f", fixed: {', '.join(report.fixed)}"
     return line
 
 

@@ -24,6 +24,15 @@ RECENT = 200  # how many of the latest records a status carries TTFTs of
 LATE_CLAIM_NS = 1_000_000  # an open-loop slot taken this long after its time found every user busy
 
 
+def lead_s(users: int, workers: int) -> float:
+    """How long after a step begins its time 0 comes: its users are spawned and have opened their
+    connections by then (measured: tens of ms for 256 users), so the first slots of a schedule go
+    out on time. The same lead in every process, each from when it got the step, keeps the
+    workers' schedules together (starting each clock at its own first turn put one worker's
+    requests ~50 ms behind the other's)."""
+    return 0.2 + 0.001 * math.ceil(users / max(workers, 1))
+
+
 @dataclass
 class ProcessState:
     """What this process is doing in the current step (one per process: master or worker).
@@ -38,10 +47,8 @@ class ProcessState:
     step: StepSpec | None = None
     worker_index: int = 0
     workers: int = 1
-    origin_ns: int = 0
-    # The step's clock starts at its first turn, when a user is ready (spawning users takes tens of
-    # ms; a schedule started before them would send its first slots late).
-    clock_started: bool = False
+    origin_ns: int = 0  # the step's time 0 (perf_counter_ns): a lead after the step began, see lead_s
+    began_ns: int = 0  # when this process got the step (its CPU use is measured from then)
     deadline_ns: int = 0  # the step's duration, from origin_ns: no turn is taken at or after it
     stopped: bool = False  # told to stop (Ctrl-C, endpoint gone, early stop, the step's end): no more sends
     stopped_ns: int | None = None
@@ -93,8 +100,8 @@ class ProcessState:
                                          seed=self.config.seed * 1000 + step.index * 37 + self.worker_index)
             self.schedule = ((int(s * 1e9), None) for s in offsets)
         self.deadline_ns = int(step.duration_s * 1e9) if math.isfinite(step.duration_s) else 2**62
-        self.cpu_start_s = time.process_time()
-        self.origin_ns, self.clock_started = time.perf_counter_ns(), False
+        self.cpu_start_s, self.began_ns = time.process_time(), time.perf_counter_ns()
+        self.origin_ns = self.began_ns + int(lead_s(step.users, self.workers) * 1e9)
 
     def now_ns(self) -> int:
         return time.perf_counter_ns() - self.origin_ns
@@ -141,8 +148,6 @@ class ProcessState:
     def claim(self) -> tuple[int | None, int | None] | None:
         """The next turn, counted as scheduled: (intended send time in ns, the workload's slot) in open
         loop, (None, None) in closed loop; None when this process takes no more turns."""
-        if not self.clock_started and self.step is not None:
-            self.origin_ns, self.clock_started = time.perf_counter_ns(), True
         self._update_end()
         if self.stopped or self.ended_by is not None:
             return None
@@ -193,7 +198,7 @@ class ProcessState:
 
     def health(self) -> dict[str, Any]:
         """This process's CPU use (fraction of one core) and event-loop lag samples so far."""
-        wall = max(self.now_ns() / 1e9, 1e-9)
+        wall = max((time.perf_counter_ns() - self.began_ns) / 1e9, 1e-9)
         return {"worker": self.worker_index, "cpu_fraction": (time.process_time() - self.cpu_start_s) / wall,
                 "loop_lag_ns": list(self.loop_lag_ns)}
 

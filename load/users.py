@@ -105,6 +105,8 @@ class ChatUser(FastHttpUser):
         think = self.session.wait_s()
         if think > 0:
             gevent.sleep(think)
+        if process.schedule is None and (before := -process.now_ns()) > 0:
+            gevent.sleep(before / 1e9)  # closed loop: the step's time 0 (open-loop slots wait for their time)
         turn = process.claim()
         if turn is None:  # no more turns in this step for this process
             gevent.sleep(0.05)

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from reference_server.app import DEFAULT_MAX_BODY_BYTES, ServerConfig, build_app
 from reference_server.engines.base import Engine
+from reference_server.engines.extras import missing_engine_extra
 from reference_server.engines.unavailable import EngineUnavailableError
 from reference_server.self_check import SelfCheckFailed, check_in_child, check_in_process
 
@@ -159,6 +160,9 @@ def _load_and_check(args: argparse.Namespace, argv: list[str]) -> Engine:
 
     Raises StartupFailed with a one-line reason when the engine cannot start or cannot generate.
     """
+    missing = missing_engine_extra(args.engine)
+    if missing:
+        raise StartupFailed(missing)
     if args.self_check == "isolated" and not args.self_check_only:
         hint = LLAMACPP_CRASH_HINT if args.engine == "llamacpp" else ""
         try:

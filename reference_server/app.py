@@ -301,7 +301,7 @@ class Server:
         tasks: list[asyncio.Future[None]] = []
         try:
             for index in range(chat.n):
-                await send([{"index": index, "delta": {"role": "assistant", "content": ""},
+                await send([{"index": index, "delta": {"role": "assistant", "content": "", "refusal": None},
                              "finish_reason": None, "logprobs": None}])
             tasks = [asyncio.ensure_future(produce(state)) for state in states]
             running = chat.n
@@ -348,7 +348,7 @@ def _chunk_choice(
         "index": index,
         "delta": {"content": text},
         "finish_reason": None,
-        "logprobs": {"content": list(logprobs)} if with_logprobs else None,
+        "logprobs": {"content": list(logprobs), "refusal": None} if with_logprobs else None,
     }
 
 

@@ -124,14 +124,14 @@ class CompletedChoice:
     def to_api(self, reasoning_field: str = "reasoning_content") -> dict[str, Any]:
         """The choice as it appears in a `chat.completion` body; the reasoning, if any, under
         `reasoning_field` of the message."""
-        message = {"role": "assistant", "content": self.text}
+        message = {"role": "assistant", "content": self.text, "refusal": None}  # OpenAI's field (spec x-decisions)
         if self.reasoning_tokens:
             message[reasoning_field] = self.reasoning
         return {
             "index": self.index,
             "message": message,
             "finish_reason": self.finish_reason,
-            "logprobs": {"content": self.logprobs} if self.logprobs is not None else None,
+            "logprobs": {"content": self.logprobs, "refusal": None} if self.logprobs is not None else None,
         }
 
 

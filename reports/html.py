@@ -47,6 +47,11 @@ a <b>should</b> check a recommendation. This run fails on {{ 'must-level failure
 else 'must- and should-level failures' }}.{% if tolerated %}
 {{ tolerated|length }} should-level check(s) failed without failing it: {{ tolerated|map(attribute='id')|join(', ') }}.
 {% endif %}</p>
+{% if report.baseline %}<p id="baseline">Baseline <code>{{ report.baseline }}</code>:
+{{ expected|length }} expected failure(s), {{ new|length }} new{% if new %}: <b>{{ new|map(attribute='id')|join(', ')
+}}</b>{% endif %}.{% if report.fixed %} Fixed (expected to fail, now pass): {{ report.fixed|join(', ') }}.
+{% endif %}</p>
+{% endif %}
 {% if report.aborted %}<p class="aborted" id="aborted"><b>The run stopped early:</b> {{ report.aborted }}.
 {{ report.not_run|length }} check(s) did not run{% if report.not_run %}: {{ report.not_run|join(', ') }}{% endif %}.</p>
 {% endif %}
@@ -72,9 +77,14 @@ checks hold endpoints to it.</p>
 <td>{{ n.get('decision', '') }}</td></tr>{% endfor %}</table>
 {% else %}<p class="muted">none recorded</p>{% endif %}
 
+{% if shared_causes %}<h2>Failures sharing one cause</h2>
+<ul id="causes">{% for cause, ids in shared_causes.items() %}<li><b>{{ cause }}</b>: {{ ids|length }} checks
+({{ ids|join(', ') }})</li>{% endfor %}</ul>{% endif %}
 {% if failures %}<h2>Failures ({{ failures|length }})</h2>
 {% for r in failures %}<details><summary><span class="tag {{ r.outcome }}">{{ labels[r.outcome] }}</span>
-<b>{{ r.id }}</b> <span class="sev">[{{ r.severity }}]</span> — {{ r.message }}</summary>
+<b>{{ r.id }}</b> <span class="sev">[{{ r.severity }}]</span> <span class="baseline">[{{ r.baseline or 'new'
+}}]</span> — {{ r.message }}</summary>
+{% if r.baseline_reason %}<p class="muted">expected by the baseline: {{ r.baseline_reason }}</p>{% endif %}
 {% if r.spec_note %}<p class="muted">spec: {{ r.spec_note }}</p>{% endif %}
 {% if r.request is not none %}<p>Request</p><pre>{{ r.request | tojson_pretty }}</pre>{% endif %}
 {% if r.response_excerpt %}<p>Response</p><pre>{{ r.response_excerpt }}</pre>{% endif %}
@@ -125,7 +135,8 @@ def render_html(report: RunReport) -> str:
         report=report, verdict={"PASSED": "PASS", "FAILED": "FAIL"}.get(report.verdict(), report.verdict()),
         failed=failed, outcomes=OUTCOMES, labels=LABELS,
         colors=COLORS, counts=report.counts(), by_feature=report.by_feature(), by_severity=report.by_severity(),
-        tolerated=report.tolerated(),
+        tolerated=report.tolerated(), expected=report.expected(), shared_causes=report.shared_causes(),
+        new=[r for r in report.results if r.broken and r.baseline == "new"],
         failures=[r for r in report.results if r.outcome in ("failed", "error")], chart=_chart_png(report),
     )
 

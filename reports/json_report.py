@@ -21,14 +21,22 @@ def report_json(report: RunReport) -> dict[str, Any]:
         if result.spec_note:
             item["spec_note"] = result.spec_note
         if result.outcome in ("failed", "error"):
-            item.update(request=result.request, response_excerpt=result.response_excerpt, curl=result.curl)
+            item.update(request=result.request, response_excerpt=result.response_excerpt, curl=result.curl,
+                        baseline=result.baseline or "new")
+            if result.baseline_reason:
+                item["baseline_reason"] = result.baseline_reason
+            if result.cause:
+                item["cause"] = result.cause
         checks.append(item)
     return {
         "title": report.title, "target": report.target, "started_at": report.started_at,
         "duration_s": report.duration_s, "verdict": report.verdict().lower(),
         "fail_on": report.fail_on, "aborted": report.aborted, "not_run": report.not_run,
         "summary": report.counts(), "by_severity": report.by_severity(), "by_feature": report.by_feature(),
-        "notes": report.notes, "checks": checks,
+        "notes": report.notes, "checks": checks, "shared_causes": report.shared_causes(),
+        "baseline": None if report.baseline is None else {
+            "file": report.baseline, "expected": [r.id for r in report.expected()],
+            "new": [r.id for r in report.results if r.broken and r.baseline == "new"], "fixed": report.fixed},
     }
 
 

@@ -3,8 +3,9 @@
 `not_supported` becomes `<skipped message="not supported: ...">`, so CI tools never count it as
 a pass. Each testcase carries its severity (a `severity` property, and the failure's `type`:
 must or should); a should-level failure is a `<failure>` too, whether or not it fails the run
-(the exit code and the `fail_on` property of `<testsuites>` say which do). Text from responses
-can hold characters XML 1.0 cannot carry (control characters, lone surrogates); they are
+(the exit code and the `fail_on` property of `<testsuites>` say which do), and so is a failure
+a baseline expected: its `baseline` property says "expected" (else "new") and its message the reason.
+Text from responses can hold characters XML 1.0 cannot carry (control characters, lone surrogates); they are
 written as visible escapes so the file always parses.
 """
 
@@ -58,9 +59,17 @@ def build_junit(report: RunReport) -> ET.Element:
     for result in report.results:
         case = ET.SubElement(suites[result.feature], "testcase", classname=xml_safe(result.feature),
                              name=xml_safe(result.id), time=f"{result.duration_s:.3f}")
-        ET.SubElement(ET.SubElement(case, "properties"), "property", name="severity", value=result.severity)
+        properties = ET.SubElement(case, "properties")
+        ET.SubElement(properties, "property", name="severity", value=result.severity)
         message = xml_safe(result.message[:MESSAGE_LIMIT])
         marked = xml_safe(f"[{result.severity}] {result.message}"[:MESSAGE_LIMIT])
+        if result.broken:  # new, or expected by the baseline (with its reason)
+            ET.SubElement(properties, "property", name="baseline", value=result.baseline or "new")
+            if result.cause:
+                ET.SubElement(properties, "property", name="cause", value=xml_safe(result.cause))
+            if result.baseline == "expected":
+                marked = xml_safe(f"[{result.severity}] [expected: {result.baseline_reason}] {result.message}"
+                                  [:MESSAGE_LIMIT])
         if result.outcome == "failed":
             ET.SubElement(case, "failure", message=marked, type=result.severity).text = _details(result)
         elif result.outcome == "error":

@@ -26,6 +26,12 @@ class CheckResult:
     curl: str | None = None
     spec_note: str | None = None
     severity: str = "must"
+    # For a failure, against a baseline (--baseline): "expected" (listed there, with its reason)
+    # or "new"; None when no baseline was applied (then every failure is new).
+    baseline: str | None = None
+    baseline_reason: str | None = None
+    # For a failure: the deviation behind it, named the same by every check it fails (None: its own).
+    cause: str | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -55,6 +61,9 @@ class RunReport:
     not_run: list[str] = field(default_factory=list)
     # The least severity whose failures fail the run: "must" (default) or "should" (strict).
     fail_on: str = "must"
+    # The baseline file applied (--baseline), and the checks it expected to fail that passed.
+    baseline: str | None = None
+    fixed: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Results per outcome (every outcome present, zero when none)."""
@@ -81,12 +90,30 @@ class RunReport:
         return SEVERITIES.index(result.severity) <= SEVERITIES.index(self.fail_on)
 
     def failed(self) -> bool:
-        """Whether a check of a gating severity failed or could not be run, or the run was cut short."""
-        return self.aborted is not None or any(result.broken and self.gating(result) for result in self.results)
+        """Whether a check of a gating severity failed (and the baseline did not expect it) or could
+        not be run, or the run was cut short."""
+        return self.aborted is not None or bool(self.new_failures())
+
+    def new_failures(self) -> list[CheckResult]:
+        """The failures that fail the run: of a gating severity and not expected by the baseline."""
+        return [r for r in self.results if r.broken and self.gating(r) and r.baseline != "expected"]
+
+    def expected(self) -> list[CheckResult]:
+        """The failures the baseline expected (they do not fail the run)."""
+        return [result for result in self.results if result.broken and result.baseline == "expected"]
+
+    def shared_causes(self) -> dict[str, list[str]]:
+        """Causes behind two or more failures: cause -> the ids of the checks it failed."""
+        groups: dict[str, list[str]] = {}
+        for result in self.results:
+            if result.broken and result.cause:
+                groups.setdefault(result.cause, []).append(result.id)
+        return {cause: ids for cause, ids in groups.items() if len(ids) > 1}
 
     def tolerated(self) -> list[CheckResult]:
-        """The failures that do not fail the run (should-level ones, unless it fails on should)."""
-        return [result for result in self.results if result.broken and not self.gating(result)]
+        """The failures that do not fail the run by their severity (should-level ones, unless it
+        fails on should), expected ones left out."""
+        return [r for r in self.results if r.broken and not self.gating(r) and r.baseline != "expected"]
 
     def verdict(self) -> str:
         """PASSED, FAILED, or ABORTED when the run stopped before its last check."""
@@ -105,4 +132,5 @@ class RunReport:
         return cls(title=data["title"], target=data["target"], started_at=data["started_at"],
                    duration_s=data["duration_s"], results=results, notes=list(data.get("notes", [])),
                    aborted=data.get("aborted"), not_run=list(data.get("not_run", [])),
-                   fail_on=data.get("fail_on", "must"))
+                   fail_on=data.get("fail_on", "must"), baseline=data.get("baseline"),
+                   fixed=list(data.get("fixed", [])))

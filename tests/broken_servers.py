@@ -456,6 +456,13 @@ def _integer_code(call: Call, status: int, data: Any) -> tuple[int, Any]:
     return status, data
 
 
+def _param_by_location(call: Call, status: int, data: Any) -> tuple[int, Any]:
+    error = data.get("error") if status >= 400 and isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("param"), str):
+        error["param"] = "body." + error["param"]  # FastAPI/pydantic's loc ("body", "max_tokens")
+    return status, data
+
+
 def _status_422(call: Call, reply: Reply) -> Reply:
     if reply.status in (400, 404, 413, 415):
         reply.status = 422
@@ -906,6 +913,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("integer_code", ("errors.envelope",), reasons=("error/code: 400 is not of type 'string', 'null'",),
           spares="ranges or errors or context", on_json=_integer_code,
           description="every error envelope carries the HTTP status as an integer code"),
+    Fault("param_by_location", ("errors.param_bare_name",), reasons=("error.param is 'body.",),
+          spares="ranges or errors or context", on_json=_param_by_location,
+          description="errors name the parameter by the validator's location (body.max_tokens), as FastAPI does"),
     Fault("status_422", ("errors.status_400", "errors.status_404_model", "errors.status_415", "errors.status_413"),
           reasons=("got 422 for malformed JSON", "expected HTTP 404, got 422", "expected HTTP 415, got 422",
                    "expected HTTP 413, got 422"),

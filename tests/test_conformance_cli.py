@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from broken_servers import FAULTS, broken_server, wedged_by_big_body
+from plugin_env import plugin_env
 
 from conformance.registry import keyword_matcher
 from reference_server.launcher import RunningServer, free_port, running_server
@@ -97,10 +98,11 @@ def test_keyword_matcher() -> None:
 
 
 def test_pytest_plugin_runs_checks_as_items(mock: RunningServer, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "pytest", "-p", "conformance.pytest_plugin", "-p", "no:cacheprovider",
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                "--chatspec-base-url", mock.base_url, "--chatspec-api-key", mock.api_key or "",
                "--chatspec-model", mock.model, "--chatspec-skip-feature", "logprobs", "-k", "usage", "-rs", "-q"]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=plugin_env(tmp_path))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "4 passed" in out.stdout and "2 skipped" in out.stdout
     assert "not supported" in out.stdout
@@ -148,12 +150,13 @@ def test_a_wedged_endpoint_aborts_the_run_and_says_so(mock: RunningServer, tmp_p
 def test_pytest_plugin_xfails_should_checks_unless_told(mock: RunningServer, tmp_path: Path) -> None:
     fault = next(f for f in FAULTS if f.name == "status_422")
     with broken_server(mock.base_url, fault, mock.api_key) as url:
-        command = [sys.executable, "-m", "pytest", "-p", "conformance.pytest_plugin", "-p", "no:cacheprovider",
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                    "--chatspec-base-url", url, "--chatspec-api-key", mock.api_key or "",
                    "--chatspec-model", mock.model, "-k", "status_415 or wrong_content_type", "-rx", "-q"]
-        lenient = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        env = plugin_env(tmp_path)
+        lenient = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
         strict = subprocess.run([*command, "--chatspec-fail-on", "should"], capture_output=True, text=True,
-                                timeout=300, cwd=tmp_path)
+                                timeout=300, cwd=tmp_path, env=env)
     assert lenient.returncode == 0, lenient.stdout + lenient.stderr
     summary = lenient.stdout.strip().splitlines()[-1]
     assert "1 passed" in summary and "1 xfailed" in summary and "failed," not in summary, lenient.stdout

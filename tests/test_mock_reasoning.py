@@ -105,8 +105,8 @@ def test_default_sends_nothing_new(plain: RunningServer) -> None:
     body = completion(plain)
     for chunk in streamed:
         for choice in chunk["choices"]:
-            assert set(choice["delta"]) <= {"role", "content"}, chunk
-    assert set(body["choices"][0]["message"]) == {"role", "content"}
+            assert set(choice["delta"]) <= {"role", "content", "refusal"}, chunk  # refusal: OpenAI's, null
+    assert set(body["choices"][0]["message"]) == {"role", "content", "refusal"}
     assert set(streamed[-1]["usage"]) == set(body["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
 
 
@@ -154,4 +154,4 @@ def test_reasoning_under_vllms_newer_key(thinking_vllm: RunningServer) -> None:
     texts = deltas(chunks(thinking_vllm))
     assert [set(d) for d in texts] == [{"reasoning"}] * 2 + [{"content"}] * 6
     message = completion(thinking_vllm)["choices"][0]["message"]
-    assert set(message) == {"role", "content", "reasoning"} and message["reasoning"]
+    assert set(message) == {"role", "content", "refusal", "reasoning"} and message["reasoning"]

@@ -183,7 +183,7 @@ def test_write_all_and_passing_run(tmp_path: Path) -> None:
     report = RunReport("t", {}, "now", 0.1, [CheckResult("a", "f", "c", "passed", 0.1)])
     paths = write_all(report, tmp_path / "new" / "dir")
     assert {k: p.name for k, p in paths.items()} == {"junit": "junit.xml", "json": "conformance.json",
-                                                       "html": "conformance.html"}
+                                                       "html": "conformance.html", "summary": "summary.md"}
     assert all(p.parent == tmp_path / "new" / "dir" for p in paths.values())
     assert 'id="verdict">PASS<' in paths["html"].read_text(encoding="utf-8")
     assert json.loads(paths["json"].read_text(encoding="utf-8"))["verdict"] == "passed"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import spec
-from conformance.context import Context, error_param, names_param, schema_errors
+from conformance.context import Context, bare_param, error_param, names_param, schema_errors
 from conformance.registry import CheckFailed, Skipped, check
 from conformance.target import OMIT, REDACTED, Exchange
 
@@ -172,6 +172,33 @@ def envelope(ctx: Context) -> None:
         named = error_param(data)
         ctx.expect(param is None or (named is not None and names_param(named, param)),
                    f"{what}: the envelope's param is {named!r}, expected {param!r}", exchange)
+
+
+@check("errors.param_bare_name", "errors", "envelope", severity="should")
+def param_bare_name(ctx: Context) -> None:
+    """An error's `param` names the parameter as the request names it (`max_tokens`), not by a
+    validator's location (`body.max_tokens`, FastAPI/pydantic's loc). Judged here once: every
+    other check accepts the location form as naming the parameter (spec x-decisions)."""
+    samples: list[tuple[str, Exchange]] = [("no messages", _missing(ctx, "messages"))]
+    found = _out_of_range(ctx)
+    if found is not None:
+        samples.append((f"{found[0]}={found[1]!r}", found[2]))
+    named = [(what, exchange, error_param(_json_or_none(exchange))) for what, exchange in samples
+             if 400 <= exchange.status < 500]
+    named = [(what, exchange, param) for what, exchange, param in named if param is not None]
+    if not named:
+        raise Skipped("no refused request named a param (errors.envelope judges that)")
+    for what, exchange, param in named:
+        ctx.expect(bare_param(param) == param,
+                   f"{what}: error.param is {param!r}, a validator's location; the parameter's name is "
+                   f"{bare_param(param)!r}", exchange)
+
+
+def _json_or_none(exchange: Exchange) -> Any:
+    try:
+        return exchange.json()
+    except ValueError:
+        return None
 
 
 @dataclasses.dataclass
