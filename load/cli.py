@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from load.capacity import CapacitySearch
-from load.config import API_PATH, LoadConfig, StepSpec
+from load.config import API_PATH, LoadConfig, MasterOptions, StepSpec
 from load.fidelity import describe as describe_fidelity
 from load.lengths import SPEC_HELP
 from load.prompts import message_counter, post_json
@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m load --base-url http://127.0.0.1:8000 --model m --users 8 --duration 60\n"
                "  python -m load --base-url URL --model m --rate 5 --arrival poisson --sweep 1,2,4,8\n"
                "  python -m load --calibrate --users 32      # measure our own error against the mock\n"
-               "  python -m load compare RUN_A RUN_B --fail-if-worse 5   # see python -m load compare --help\n",
+               "  python -m load compare RUN_A RUN_B --fail-if-worse 5   # see python -m load compare --help\n"
+               "  python -m load ... --master --expect-workers 4   # and on 4 machines: python -m load worker "
+               "--master-host HOST\n",
     )
     target = parser.add_argument_group("target")
     target.add_argument("--base-url", help="the API root, e.g. http://127.0.0.1:8000/v1 (requests go to "
@@ -99,7 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "a trace replay: 0)")
     shape.add_argument("--max-requests", type=int, default=None, help="stop a step after this many requests")
     shape.add_argument("--workers", type=int, default=1,
-                       help="Locust worker processes (master/worker mode, one per core) instead of one process")
+                       help="Locust worker processes on this machine (master/worker mode, one per core) instead of "
+                            "one process")
+
+    spread = parser.add_argument_group("load from several machines (docs/distributed.md)")
+    spread.add_argument("--master", action="store_true",
+                        help="run as the master of workers started elsewhere (python -m load worker --master-host "
+                             "THIS_HOST): wait for --expect-workers of them, then run the steps over them")
+    spread.add_argument("--expect-workers", type=int, default=None, metavar="N",
+                        help="with --master: how many workers the run waits for and splits the load between")
+    spread.add_argument("--master-bind-host", default="*", help="with --master: the address workers connect to")
+    spread.add_argument("--master-bind-port", type=int, default=5557, help="with --master: the port workers connect to")
+    spread.add_argument("--expect-workers-max-wait", type=float, default=0.0, metavar="S",
+                        help="with --master: give up (exit 2) when the workers have not all connected after S "
+                             "seconds; 0: wait as long as it takes")
 
     body = parser.add_argument_group("requests")
     body.add_argument("--prompt-tokens", default=None, metavar="SPEC",
@@ -387,6 +402,22 @@ def scrape_target(args: argparse.Namespace, base_url: str, api_key: str | None) 
     return Scrapes(url=url, series=series, headers=headers)
 
 
+def master_options(args: argparse.Namespace) -> MasterOptions | None:
+    """What --master and its options ask for (None: this run starts its own workers, if any)."""
+    if not args.master:
+        if args.expect_workers is not None:
+            raise UsageError("--expect-workers needs --master (--workers N starts N workers on this machine)")
+        return None
+    if args.expect_workers is None or args.expect_workers < 1:
+        raise UsageError("--master needs --expect-workers N (N >= 1): the workers to wait for")
+    if args.workers != 1:
+        raise UsageError("--master waits for workers started elsewhere: leave out --workers")
+    if not 0 <= args.master_bind_port < 65536 or args.expect_workers_max_wait < 0:
+        raise UsageError("--master-bind-port must be a port number, --expect-workers-max-wait >= 0")
+    return MasterOptions(bind_host=args.master_bind_host, bind_port=args.master_bind_port,
+                         max_wait_s=args.expect_workers_max_wait)
+
+
 def run(args: argparse.Namespace) -> int:
     """The whole run; returns the exit code."""
     try:
@@ -395,10 +426,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--slo: {exc}") from None
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
+    remote = master_options(args)
     if workload_kind(args) == "trace" and (args.rate is not None or args.sweep or args.find_capacity):
         # checked before any server starts: the trace sets its own send times
         raise UsageError("--workload trace sends at the trace's times: no --rate, --sweep or --find-capacity "
                          "(use --trace-speed)")
+    workers = args.expect_workers if remote is not None else args.workers
     steps = build_steps(args)
     search = capacity_search(args, steps, slo) if args.find_capacity else None
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -426,7 +459,7 @@ def run(args: argparse.Namespace) -> int:
                     say(search.progress_line(done, step))
                 return step
         try:
-            outcomes = run_load(config, [] if search else steps, workers=args.workers, slo=slo, progress=say,
+            outcomes = run_load(config, [] if search else steps, workers=workers, remote=remote, slo=slo, progress=say,
                                 server_exit=server_exit, plan=plan, early_stop=search.early_stop if search else None)
         finally:
             if scraper is not None:
@@ -441,7 +474,8 @@ def run(args: argparse.Namespace) -> int:
         calibration = {"ttft_ms": args.mock_ttft_ms, "itl_ms": args.mock_itl_ms,
                        "errors": calibration_errors(step_docs, args.mock_ttft_ms, args.mock_itl_ms)}
     settings = {"stream": config.stream, **workload.describe(),
-                "prompt_tokens_target": args.prompt_tokens, "dataset": args.dataset, "workers": args.workers,
+                "prompt_tokens_target": args.prompt_tokens, "dataset": args.dataset, "workers": workers,
+                **({"master": f"{remote.bind_host}:{remote.bind_port}"} if remote else {}),
                 "arrival": (f"trace x{args.trace_speed:g}" if isinstance(workload, TraceWorkload)
                             else args.arrival if args.rate is not None else "closed loop"),
                 "duration_s": steps[0].duration_s, "warmup_s": steps[0].warmup_s, "max_requests": args.max_requests,
@@ -493,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
         from load.compare import main as compare_main
 
         return compare_main(argv[1:])
+    if argv[:1] == ["worker"]:  # a worker of a --master run elsewhere (imports Locust)
+        from load.worker import main as worker_main
+
+        return worker_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

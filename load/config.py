@@ -78,6 +78,15 @@ class StepSpec:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class MasterOptions:
+    """`--master`: wait on this address for workers started elsewhere (`python -m load.worker`)."""
+
+    bind_host: str = "*"  # every interface, as Locust's own --master-bind-host
+    bind_port: int = 5557  # Locust's own default
+    max_wait_s: float = 0.0  # how long to wait for every worker to connect; 0: no limit
+
+
 def share(total: int, parts: int, index: int) -> int:
     """Worker `index`'s share of `total` when split as evenly as integers allow."""
     return total // parts + (1 if index < total % parts else 0)

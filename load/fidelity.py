@@ -108,9 +108,11 @@ def judge_step(
     end_detail: str,
     window_start_ns: int,
     window_end_ns: int,
+    lost: Sequence[str] = (),
 ) -> StepFidelity:
     """The step's fidelity: its counts summed over processes, and every way it fell short of the ask
-    for a reason the user did not choose (those are `problems`; the step is OK without any)."""
+    for a reason the user did not choose (those are `problems`; the step is OK without any).
+    `lost`: why each worker that vanished mid-step is gone (its share was not all sent or counted)."""
     scheduled = sum(c.scheduled for c in counts) + sum(c.missed for c in counts)
     missed = sum(c.missed for c in counts)
     sent = sum(c.sent for c in counts)
@@ -131,6 +133,8 @@ def judge_step(
         problems.append(f"{unsent} requests were scheduled but never sent")
     if sent != done and end != INTERRUPTED:
         problems.append(f"{sent - done} requests were sent but never ended with a record")
+    if end != INTERRUPTED:
+        problems += [f"{why}; its share of the step was not all sent or counted" for why in lost]
     if asked is not None and end == COMPLETE and sent != asked:
         problems.append(f"{asked} requests were asked for but {sent} were sent")
     return StepFidelity(asked=asked, asked_rate=asked_rate, users=users, scheduled=scheduled, missed=missed,

@@ -1,4 +1,5 @@
-"""Drive Locust through the steps of a run, in this process or over master/worker processes.
+"""Drive Locust through the steps of a run, in this process or over master/worker processes
+(load.distributed).
 
 Both backends give the same thing back per step: every raw request record and each process's
 health (CPU, event-loop lag), so one process and N workers produce reports of the same form.
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,8 @@ import gevent
 import gevent.event
 from locust.env import Environment
 
-from load.config import LoadConfig, StepSpec
+from load.config import LoadConfig, MasterOptions, StepSpec
+from load.distributed import DistributedBackend
 from load.fidelity import (
     COMPLETE,
     DRAIN_TIMEOUT,
@@ -58,6 +58,7 @@ class LocalBackend:
     """All users in this process."""
 
     workers = 1
+    spread = "--workers"  # the option that would add processes
 
     def __init__(self, config: LoadConfig) -> None:
         self.process = ProcessState()
@@ -82,95 +83,15 @@ class LocalBackend:
         self.runner.stop()  # users still in a request end it as cut off (their records say so)
         return list(self.process.records), [health], [self.process.counts()]
 
+    def lost(self) -> list[str]:
+        return []  # this process cannot lose itself
+
+    def notes(self) -> list[str]:
+        return []
+
     def close(self) -> None:
         self._probe.kill()
         self.runner.quit()
-
-
-class DistributedBackend:
-    """A Locust master here and `workers` worker processes (`python -m load.worker`) on loopback."""
-
-    def __init__(self, config: LoadConfig, workers: int, startup_timeout_s: float = 60.0) -> None:
-        from reference_server.launcher import free_port
-
-        self.workers = workers
-        self.step_index: int | None = None
-        # The master runs no users; the class is there for Locust to match the workers' by name.
-        self.environment = Environment(user_classes=[bound_user_class(ProcessState())])
-        port = free_port()
-        self.runner = self.environment.create_master_runner("127.0.0.1", port)
-        self.statuses: dict[int, dict[str, Any]] = {}
-        self.collected: dict[int, dict[str, Any]] = {}
-        self.acks: set[int] = set()
-        self.runner.register_message("chatspec_ack", lambda environment, msg, **_: self.acks.add(msg.data["worker"]))
-        self.runner.register_message("chatspec_status", self._on_status)
-        self.runner.register_message("chatspec_records", self._on_records)
-        self.processes = [
-            # A session of their own: Ctrl-C in the terminal reaches the master only, which then
-            # collects what the workers measured and stops them.
-            subprocess.Popen([sys.executable, "-m", "load.worker", "--master-port", str(port),
-                              "--workers", str(workers)], start_new_session=True)
-            for _ in range(workers)
-        ]
-        try:
-            self._wait(lambda: self.runner.worker_count >= workers, startup_timeout_s, "workers to connect")
-            self.runner.send_message("chatspec_config", config.to_wire())
-            self._wait(lambda: len(self.acks) >= workers, startup_timeout_s, "workers to take the settings")
-        except BaseException:
-            self.close()
-            raise
-
-    def _on_status(self, environment: Environment, msg: Any, **_kw: Any) -> None:
-        self.statuses[msg.data["worker"]] = msg.data
-
-    def _on_records(self, environment: Environment, msg: Any, **_kw: Any) -> None:
-        self.collected[msg.data["worker"]] = msg.data
-
-    def _wait(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            dead = [p.returncode for p in self.processes if p.poll() is not None]
-            if dead:
-                raise RuntimeError(f"a load worker exited (code {dead[0]}) while waiting for {what}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"gave up waiting {timeout_s:.0f} s for {what}")
-            gevent.sleep(0.05)
-
-    def start_step(self, step: StepSpec) -> None:
-        self.step_index = step.index
-        self.statuses.clear()
-        self.runner.send_message("chatspec_step", step.to_wire())
-        self.runner.start(step.users, spawn_rate=max(step.users, 1) * 20, wait=False)
-
-    def status(self) -> list[dict[str, Any]]:
-        """The latest status of each worker in this step (a worker not yet heard from is missing)."""
-        self.runner.send_message("chatspec_poll")
-        gevent.sleep(0.05)
-        return [s for s in self.statuses.values() if s.get("step") == self.step_index]
-
-    def stop_sending(self) -> None:
-        self.runner.send_message("chatspec_stop")
-
-    def finish(self) -> tuple[list[RequestRecord], list[dict[str, Any]], list[ProcessCounts]]:
-        self.collected.clear()
-        self.runner.send_message("chatspec_collect")
-        self._wait(lambda: len(self.collected) >= self.workers, 60.0, "workers' records")
-        self.runner.stop()
-        collected = sorted(self.collected.values(), key=lambda d: d["worker"])
-        records = [RequestRecord.from_wire(r) for data in collected for r in data["records"]]
-        return (records, [data["health"] for data in collected],
-                [ProcessCounts.from_wire(data["counts"]) for data in collected])
-
-    def close(self) -> None:
-        try:
-            self.runner.quit()
-        finally:
-            for process in self.processes:
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
 
 
 def _progress_line(step: StepSpec, total_steps: int, elapsed: float, statuses: list[dict[str, Any]],
@@ -264,6 +185,9 @@ def run_step(
         while time.monotonic() < deadline and not _finished(backend.status(), backend.workers):
             gevent.sleep(0.05)
     records, health, counts = backend.finish()
+    lost = backend.lost()  # workers gone mid-step: their records until then are in `records`
+    if lost and aborted is None:
+        aborted = f"{'; '.join(lost)}: later steps were not run"
     if end == COMPLETE:  # the window ends with the last reply, not when the poll noticed it
         end_ns = max((r.end_ns for r in records if r.end_ns is not None), default=stop_ns)
     elif end in (DURATION, DRAIN_TIMEOUT):
@@ -276,10 +200,11 @@ def run_step(
     metrics["requests_refused"] = sum(1 for r in records if r.connection_refused)  # warm-up included
     fidelity = judge_step(asked=step.max_requests, asked_rate=step.rate or step.schedule_rate, users=step.users,
                           counts=counts, records=records, end=end, end_detail=end_detail,
-                          window_start_ns=window.start_ns, window_end_ns=window.end_ns)
+                          window_start_ns=window.start_ns, window_end_ns=window.end_ns, lost=lost)
     outcome = StepOutcome(step, records, health, window, metrics, judge(metrics, slo), aborted=aborted,
                           interrupted=interrupted, started_at=start, stopped_early=stopped_early, fidelity=fidelity)
-    outcome.warnings = client_warnings(metrics, health, step, fidelity) + data_warnings(metrics)
+    outcome.warnings = (client_warnings(metrics, health, step, fidelity, backend.spread) + data_warnings(metrics)
+                        + backend.notes())
     return outcome
 
 
@@ -288,6 +213,7 @@ def run_load(
     steps: list[StepSpec],
     *,
     workers: int = 1,
+    remote: MasterOptions | None = None,
     slo: dict[str, float] | None = None,
     progress: Callable[[str], None] | None = None,
     server_exit: Callable[[], str | None] | None = None,
@@ -298,13 +224,17 @@ def run_load(
 
     A step that finds the endpoint gone ends the run: later steps are not started.
     `server_exit` says how a server this run started has ended (None while it runs).
+    With `remote`, the `workers` are not started here: the run waits for them on its address.
     With `plan`, the steps come from it instead, one at a time from the outcomes so far, until it
     gives None (a capacity search); `steps` then only sizes the progress lines.
     """
     logging.getLogger("locust").setLevel(logging.WARNING)
     logging.getLogger("locust.runners").addFilter(_NoSpawnRateWarning())
     backend: LocalBackend | DistributedBackend
-    backend = DistributedBackend(config, workers) if workers > 1 else LocalBackend(config)
+    if remote is not None or workers > 1:
+        backend = DistributedBackend(config, workers, remote, say=progress)
+    else:
+        backend = LocalBackend(config)
     outcomes = []
     # Ctrl-C sets an event the step loop waits on. Left to Python's default handler, the
     # KeyboardInterrupt would land in whichever greenlet runs (often a user's), not in this loop.

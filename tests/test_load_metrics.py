@@ -258,6 +258,13 @@ class TestHealth:
         warnings = client_warnings({"send_lag_ms": {"p99": 250.0}}, health, step)
         assert len(warnings) == 3 and all(w.startswith("client-limited") for w in warnings)
         assert "97%" in warnings[0] and "event loop" in warnings[1] and "scheduled" in warnings[2]
+        assert "--workers 2" in warnings[0]
+
+    def test_a_run_over_remote_workers_is_told_to_add_workers_there(self):
+        step = StepSpec(0, 4, 10, 1)
+        health = [{"worker": i, "cpu_fraction": 0.97, "loop_lag_ns": [100_000]} for i in range(2)]
+        warnings = client_warnings({"send_lag_ms": None}, health, step, spread="--expect-workers")
+        assert warnings and all("--expect-workers 3" in w and "--workers" not in w for w in warnings)
 
     def test_a_client_near_its_limit_is_told_how_many_workers_the_load_needs(self):
         step = StepSpec(0, 4, 10, 1)
