@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,11 +72,14 @@ class StepSpec:
         return self.rate if self.rate is not None else float(self.users)
 
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data; an unbounded duration (a step bounded by its count) is None, as JSON has no inf."""
+        data = asdict(self)
+        data["duration_s"] = self.duration_s if math.isfinite(self.duration_s) else None
+        return data
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> StepSpec:
-        return cls(**data)
+        return cls(**{**data, "duration_s": math.inf if data["duration_s"] is None else data["duration_s"]})
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,10 @@ class ProcessState:
         if self.schedule is None and step.rate is not None:
             offsets = intended_offsets_s(step.rate / self.workers, step.arrival, gamma_shape=self.config.gamma_shape,
                                          seed=self.config.seed * 1000 + step.index * 37 + self.worker_index)
-            self.schedule = ((int(s * 1e9), None) for s in offsets)
+            # Constant arrivals over W workers interleave (worker i starts i/rate in), so that together
+            # they are evenly spaced rather than W requests at once every W/rate seconds.
+            shift = self.worker_index / step.rate if step.arrival == "constant" else 0.0
+            self.schedule = ((int((s + shift) * 1e9), None) for s in offsets)
         self.deadline_ns = int(step.duration_s * 1e9) if math.isfinite(step.duration_s) else 2**62
         self.cpu_start_s, self.began_ns = time.process_time(), time.perf_counter_ns()
         self.origin_ns = self.began_ns + int(lead_s(step.users, self.workers) * 1e9)

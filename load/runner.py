@@ -9,6 +9,7 @@ Imports Locust (gevent monkey-patching): used by `python -m load`, not by librar
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from load.fidelity import (
 from load.health import GoneWatch, client_warnings, data_warnings
 from load.metrics import Window, step_metrics
 from load.outcome import StepOutcome
-from load.process import ProcessState
+from load.process import ProcessState, lead_s
 from load.records import RequestRecord
 from load.slo import judge
 from load.users import bound_user_class, probe_loop_lag
@@ -104,7 +105,8 @@ def _progress_line(step: StepSpec, total_steps: int, elapsed: float, statuses: l
     inflight = sum(s["inflight"] for s in statuses)
     of = f"/{total_steps}" if total_steps else ""  # a capacity search does not know its count
     asked = f"/{step.max_requests}" if step.max_requests is not None else ""
-    return (f"[step {step.index + 1}{of} {step.label}] {elapsed:5.1f}/{step.duration_s:g} s  "
+    length = f"/{step.duration_s:g}" if math.isfinite(step.duration_s) else ""
+    return (f"[step {step.index + 1}{of} {step.label}] {elapsed:5.1f}{length} s  "
             f"scheduled {scheduled}{asked}  sent {sent}  done {done}  failed {failed}  in flight {inflight}  "
             f"output tok/s {tokens_per_s:,.0f}")
 
@@ -144,7 +146,9 @@ def run_step(
     aborted, interrupted, stopped_early = None, False, None
     end, end_detail = DURATION, ""
     statuses: list[dict[str, Any]] = []
-    give_up = step.duration_s + drain_s
+    # Records are timed from each process's time 0, a lead after the step began (load.process.lead_s).
+    lead = lead_s(step.users, backend.workers)
+    give_up = lead + step.duration_s + drain_s + POLL_S
     while True:
         if interrupt.wait(POLL_S):
             interrupted = True
@@ -178,7 +182,7 @@ def run_step(
             end, end_detail = DRAIN_TIMEOUT, (f"requests were still in flight {drain_s:g} s after --duration "
                                               f"{step.duration_s:g} s")
             break
-    stop_ns = int((time.monotonic() - start) * 1e9)
+    stop_ns = int((time.monotonic() - start - lead) * 1e9)  # on the records' clock
     backend.stop_sending()
     if end in (INTERRUPTED, GONE, STOPPED_EARLY):  # requests in flight may still end, for a while
         deadline = time.monotonic() + (INTERRUPT_DRAIN_S if interrupted else drain_s)
@@ -191,7 +195,7 @@ def run_step(
     if end == COMPLETE:  # the window ends with the last reply, not when the poll noticed it
         end_ns = max((r.end_ns for r in records if r.end_ns is not None), default=stop_ns)
     elif end in (DURATION, DRAIN_TIMEOUT):
-        end_ns = int(step.duration_s * 1e9)
+        end_ns = int(step.duration_s * 1e9) if math.isfinite(step.duration_s) else stop_ns
     else:
         end_ns = stop_ns
     window = Window(int(step.warmup_s * 1e9), max(end_ns, int(step.warmup_s * 1e9) + 1))

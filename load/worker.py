@@ -66,6 +66,10 @@ def register_handlers(environment: Environment, process: ProcessState,
         runner.send_message("chatspec_status", {**process.status(), **reporter.new_records()})
 
     def on_collect(environment: Environment, msg: Any, **_kw: Any) -> None:
+        # Stop first, as the local backend does: a request still open is cut off now, and its record
+        # (kind cut_off) goes to the master with the rest instead of staying behind here.
+        process.stop()
+        runner.stop()
         runner.send_message("chatspec_records", {
             "worker": process.worker_index, "step": None if process.step is None else process.step.index,
             "health": process.health(), "counts": process.counts().to_wire(), **reporter.new_records()})

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from contextvars import ContextVar
 from typing import Any
 
 from aiohttp import web
+
+log = logging.getLogger("reference_server")
 
 # What the handler parsed and made, for the record of the request it serves (None: not recording).
 _NOTES: ContextVar[dict[str, Any] | None] = ContextVar("chatspec_record_notes", default=None)
@@ -118,10 +121,13 @@ def recording_middleware(recorder: Recorder, paths: frozenset[str]) -> Any:
         finally:
             end_ns = time.time_ns()
             _NOTES.reset(token)
-            recorder.write({
-                "arrival_ns": arrival_ns, "end_ns": end_ns, "path": request.path, "status": status,
-                "client_gone": gone, "body": await _body(request, notes),
-                "response_id": notes.get("response_id"), "client": _client(request), "pid": os.getpid(),
-            })
+            try:
+                recorder.write({
+                    "arrival_ns": arrival_ns, "end_ns": end_ns, "path": request.path, "status": status,
+                    "client_gone": gone, "body": await _body(request, notes),
+                    "response_id": notes.get("response_id"), "client": _client(request), "pid": os.getpid(),
+                })
+            except OSError as exc:  # the record is lost, never the answer (or a client's disconnect)
+                log.error("--record %s: could not write a request's record: %s", recorder.path, exc)
 
     return record

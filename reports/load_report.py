@@ -313,11 +313,11 @@ def render_load_html(doc: Mapping[str, Any]) -> str:
     failed = sum(s["metrics"]["requests_failed"] for s in doc["steps"])
     if failed and verdict != "SLO MISSED":  # errors are never "OK", SLO or not; the warnings say the rest
         verdict = f"ERRORS {failed}/{sent} ({100 * failed / max(sent, 1):.1f}%)"
-    capacity = doc.get("capacity")
-    if capacity:  # probes past the capacity miss the SLO on purpose: the answer is the verdict
-        verdict = f"CAPACITY {capacity['capacity_label']}" if capacity["capacity"] is not None else "NO CAPACITY"
     if not doc.get("fidelity_ok", True):  # numbers of a load that was not the one asked for are never OK
         verdict = "NOT SENT AS ASKED"
+    capacity = doc.get("capacity")
+    if capacity:  # probes past the capacity miss the SLO (or go unsent) by design: the answer is the verdict
+        verdict = f"CAPACITY {capacity['capacity_label']}" if capacity["capacity"] is not None else "NO CAPACITY"
     if doc.get("aborted"):
         verdict = "INTERRUPTED" if doc.get("interrupted") else "ABORTED"
     error_rows = [(s["label"], kind, count, count / max(s["metrics"]["requests_sent"], 1),

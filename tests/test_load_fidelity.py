@@ -242,8 +242,9 @@ def test_a_rate_sweep_sends_each_steps_count_at_its_rate(server, tmp_path):
 
 def test_capacity_search_over_users_holds_each_probed_level(slotted, tmp_path):
     """Two slots, requests of ~110 ms: with 3 or 4 users one waits for a slot, past the TTFT objective;
-    1 and 2 never wait (TTFT ~30 ms)."""
-    run = run_load(slotted, tmp_path, "--find-capacity", "--users", "1", "--slo", "ttft_p99=80",
+    1 and 2 never wait (TTFT ~30 ms). Judged at p90, so that one stall of a busy machine among ~40
+    requests cannot move the answer (a p99 over so few is their maximum)."""
+    run = run_load(slotted, tmp_path, "--find-capacity", "--users", "1", "--slo", "ttft_p90=80",
                    "--duration", "2", "--capacity-max-steps", "4", "--output-tokens", "40")
     steps, levels = run.by_step(), [int(step["level"]) for step in run.steps]
     assert levels[:3] == [1, 2, 4] and len(levels) == 4  # up while met, then down: the search went both ways
