@@ -112,29 +112,36 @@ class ChatUser(FastHttpUser):
             gevent.sleep(0.05)
             return
         intended, slot = turn
+        # The request is made before its time comes, so that at its time only its bytes go out (a
+        # trace's prompt text, the JSON: about a millisecond each, which a burst of slots would add up).
+        planned = self.session.next_request(slot)
+        body = self.body(planned)
         if intended is not None:
             delay = (intended - process.now_ns()) / 1e9
             if delay > 0:
                 gevent.sleep(delay)
-        if intended is not None:
             process.waiting.remove(intended)
         if process.stopped:  # scheduled, never sent: the step was stopped (Ctrl-C, endpoint gone)
             return
-        planned = self.session.next_request(slot)
-        record, answer = self.send(planned, intended)
+        record, answer = self.send(planned, body, intended)
         self.session.answered(answer if record.ok else None)
         if (record.status == 429 and process.schedule is None
                 and process.config is not None and process.config.honor_retry_after):
             gevent.sleep(retry_after_seconds(record.retry_after))
 
-    def send(self, planned: PlannedRequest, intended_ns: int | None) -> tuple[RequestRecord, str | None]:
-        """One request, timed end to end; its record goes to the process's records. Returns the
-        record and the answer's text (choice 0; None when there is none)."""
-        process = self.process
-        config = process.config
+    def body(self, planned: PlannedRequest) -> tuple[dict[str, Any], bytes]:
+        """The request's JSON body, as data and as the bytes that go out."""
+        config = self.process.config
         assert config is not None
         body = request_body(planned, model=config.model, stream=config.stream, extra_body=config.extra_body)
-        payload = json.dumps(body).encode()
+        return body, json.dumps(body).encode()
+
+    def send(self, planned: PlannedRequest, prepared: tuple[dict[str, Any], bytes],
+             intended_ns: int | None) -> tuple[RequestRecord, str | None]:
+        """One request (its body `prepared` by `body`), timed end to end; its record goes to the
+        process's records. Returns the record and the answer's text (choice 0; None when there is none)."""
+        process = self.process
+        body, payload = prepared
         stream = bool(body.get("stream"))
         process.sent += 1  # counted here, as its bytes go out: never when a slot is merely taken
         process.inflight += 1
