@@ -34,25 +34,24 @@ def client_warnings(metrics: Mapping[str, Any], health: Sequence[Mapping[str, An
     where its own figures show it: its CPU, its event-loop lag, or users that were all busy.
     `spread`: the option that adds load processes (--expect-workers for a run over remote workers)."""
     warnings = []
-    needed = workers_needed(health)
+    advice = f"{spread} {max(workers_needed(health), len(health) + 1)}"  # the processes this load needs
     busy = [h for h in health if h.get("cpu_fraction", 0.0) > CPU_LIMIT]
     for h in busy:
         warnings.append(f"client-limited: load worker {h['worker']} used {h['cpu_fraction']:.0%} of a CPU core; "
                         "its timestamps and the offered load may be limited by the client "
-                        f"(this load needs {spread} {max(needed, len(health) + 1)})")
+                        f"(this load needs {advice})")
     near = [h for h in health if CPU_NEAR < h.get("cpu_fraction", 0.0) <= CPU_LIMIT]
     if near and not busy:
         used = ", ".join(f"{h['cpu_fraction']:.0%}" for h in near)
         warnings.append(f"client near its limit: load process(es) used {used} of a CPU core for "
                         f"{metrics.get('token_events_per_s', 0.0):,.0f} token events/s; past about "
-                        f"{CPU_NEAR:.0%} token timestamps start to come late (run this load with "
-                        f"{spread} {max(needed, len(health) + 1)})")
+                        f"{CPU_NEAR:.0%} token timestamps start to come late (run this load with {advice})")
     p99 = loop_lag_summary(health)["p99"]
     lagging = p99 is not None and p99 > LOOP_LAG_P99_MS
     if lagging:
         warnings.append(f"client-limited: the client's event loop ran {p99:.1f} ms late at p99 "
                         f"(limit {LOOP_LAG_P99_MS:g} ms); token timestamps may be late by as much "
-                        f"(run this load with {spread} {max(needed, len(health) + 1)})")
+                        f"(run this load with {advice})")
     send_lag = metrics.get("send_lag_ms") or {}
     if (send_lag.get("p99") or 0.0) > SEND_LAG_P99_MS:  # open loop only: closed-loop requests have no schedule
         late = fidelity.late_claims if fidelity is not None else 0
