@@ -269,8 +269,9 @@ def _parameter(name: str, prop: dict[str, Any], required: bool, features: set[st
     effect = prop.get("x-effect")
     if effect is not None:
         effect = Effect(probe=effect["probe"], end=effect["end"], margin=float(effect.get("margin", 0)))
-        if effect.probe not in PROBES or effect.end not in ("min", "max"):
-            raise ValueError(f"{path.name}: {name} has x-effect {effect}; probes are {PROBES}, ends min or max")
+        if effect.probe not in PROBES or effect.end not in ("min", "max") or feature is None:
+            raise ValueError(f"{path.name}: {name} has x-effect {effect}; probes are {PROBES}, ends min or max, "
+                             "and it needs an x-feature")
     return RequestParameter(
         name=name, kind=_kind(prop), required=required, feature=feature, engine=engine,
         absent=prop.get("default", prop.get("x-neutral")), requires=tuple(prop.get("x-requires", {}).items()),
