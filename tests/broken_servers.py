@@ -30,6 +30,8 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, web
 from multidict import CIMultiDict
 
+import spec
+
 DONE = b"[DONE]"
 # Hop-by-hop and length headers the proxy recomputes rather than copies.
 _REQUEST_DROP = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
@@ -963,9 +965,6 @@ FAULTS: tuple[Fault, ...] = (
     Fault("always_greedy", ("sampling.temperature_effect",),
           reasons=("the endpoint decodes greedily, temperature is ignored",), on_request=_always_greedy,
           description="every temperature is replaced by 0.01 (greedy decoding whatever is asked)"),
-    Fault("top_k_ignored", ("sampling.top_k_effect",), reasons=("top_k is ignored",),
-          on_request=_drop_field("top_k"),
-          description="top_k is ignored"),
     Fault("context_behavior_ignored", ("context.error_behavior",),
           reasons=('context_length_exceeded_behavior "error": expected HTTP 400, got 200',),
           on_request=_drop_field("context_length_exceeded_behavior"),
@@ -1030,10 +1029,10 @@ FAULTS: tuple[Fault, ...] = (
     Fault("json_usage_off_by_one", ("usage.matches_logprobs_nonstream",),
           reasons=("logprob entries (choices[0].logprobs is set), usage says completion_tokens",),
           on_json=_off_by_one_json, description="a non-stream usage counts one token more than it sent"),
-    *(Fault(f"{name}_ignored", (f"sampling.{name}_effect",), reasons=(f"{name} is ignored",),
-            on_request=_drop_field(name), description=f"{name} is accepted and dropped")
-      for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty",
-                   "repetition_penalty")),
+    # Every parameter with an effect check (its x-effect in the spec), accepted and then ignored.
+    *(Fault(f"{param.name}_ignored", (f"{param.feature}.{param.name}_effect",), reasons=(f"{param.name} is ignored",),
+            on_request=_drop_field(param.name), description=f"{param.name} is accepted and dropped")
+      for param in spec.default().parameters if param.effect),
     Fault("logprob_tokens_misspelled", ("logprobs.spell_content", "logprobs.spell_content_stream"),
           reasons=("the logprob tokens spell", "the logprob tokens spell"),
           on_json=each_choice(_byte_level_choice), on_stream=each_chunk(_byte_level_chunk),

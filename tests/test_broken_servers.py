@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from broken_servers import FAULTS, LACKING, VARIANTS, Fault, broken_server, cold_first_answer
 
+import spec
 from conformance import registry
+from conformance.checks.effects import effect_checks
 from conformance.context import Context
 from conformance.registry import Check
 from conformance.runner import run_one
@@ -137,9 +139,7 @@ def test_an_allowed_variant_passes(server: RunningServer, variant: Fault) -> Non
 
 
 # What must still pass where logprobs are lacking: the checks that judge the text alone.
-TEXT_ONLY = ("logit_bias.force", "logit_bias.ban", "sampling.temperature_effect", "sampling.top_p_effect",
-             "sampling.min_p_effect", "sampling.top_k_effect", "sampling.frequency_penalty_effect",
-             "sampling.presence_penalty_effect", "sampling.repetition_penalty_effect")
+TEXT_ONLY = ("logit_bias.force", "logit_bias.ban", *(item.id for item in effect_checks(spec.default())))
 
 
 @pytest.mark.parametrize(("fault", "relying", "reason"), LACKING, ids=[fault.name for fault, _, _ in LACKING])
