@@ -61,9 +61,33 @@ def schema(name: str) -> dict[str, Any]:
     return copy.deepcopy(_schema_cached(name))
 
 
-def request_schema() -> dict[str, Any]:
-    """JSON Schema of a chat-completions request body."""
-    return schema("ChatCompletionRequest")
+def request_schema(profile: str = "documented") -> dict[str, Any]:
+    """JSON Schema of a chat-completions request body under `profile`: the documented request, or
+    it with the profile's extension (a component whose `x-profile` names it) merged in."""
+    base = schema("ChatCompletionRequest")
+    extension = profile_extension(profile)
+    if extension is not None:
+        base["properties"].update(schema(extension)["properties"])
+    return base
+
+
+def profile_extension(profile: str) -> str | None:
+    """The component that extends ChatCompletionRequest under `profile` (`x-profile`, `x-extends`), if any."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    components = load_spec()["components"]["schemas"]
+    found = [name for name, item in components.items()
+             if item.get("x-profile") == profile and item.get("x-extends") == "ChatCompletionRequest"]
+    return found[0] if found else None
+
+
+def profile_request_defaults(profile: str) -> dict[str, Any]:
+    """Defaults of the request properties that only `profile`'s extension adds (e.g. parallel_tool_calls)."""
+    extension = profile_extension(profile)
+    if extension is None:
+        return {}
+    props = load_spec()["components"]["schemas"][extension]["properties"]
+    return {name: prop["default"] for name, prop in props.items() if "default" in prop}
 
 
 def response_schema() -> dict[str, Any]:

@@ -11,7 +11,10 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reference_server.tool_calls import FunctionTool, ToolPlan
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,14 @@ class Engine(ABC):
     model_name: str
     context_length: int
     vocab_size: int
+    # Whether the engine can make tool calls (the openai profile's `tools`); one that cannot answers a
+    # request with tools with a 400 naming tools, so a client sees the feature as not offered.
+    serves_tools: bool = False
+
+    def plan_calls(self, plan: ToolPlan) -> tuple[FunctionTool, ...]:
+        """The functions this answer calls (empty: it answers in text); each call's arguments are then
+        generated in JSON mode against the function's parameters. Only engines that serve tools."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve tools")
 
     @abstractmethod
     def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
