@@ -32,11 +32,13 @@ CHECK_MODULES = (
     "conformance.checks.connection",
     "conformance.checks.fuzz",
     "conformance.checks.openai_fields",
+    "conformance.checks.tools",
+    "conformance.checks.reasoning",
 )
 
 FEATURES = (
     "auth", "errors", "ranges", "schema", "streaming", "usage", "seed", "stop", "max_tokens",
-    "n", "logprobs", "logit_bias", "json_mode", "context", "sampling", "connection",
+    "n", "logprobs", "logit_bias", "json_mode", "context", "sampling", "connection", "tools",
 )
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from conformance.checks.semantics import NEAR_GREEDY, STORY
-from conformance.context import Context
+from conformance.context import Context, generated_text
 from conformance.registry import CheckFailed, Skipped, check
 
 HOT = 1.5  # a temperature inside every profile's range at which samples spread
@@ -56,7 +56,8 @@ def _refused_as_unsupported(ctx: Context, body: dict[str, Any], tested: str | No
 
 
 def _text(data: dict[str, Any]) -> str:
-    return data["choices"][0]["message"].get("content") or ""
+    """What was sampled: a reasoning model's reasoning too, as the parameters act on every token."""
+    return generated_text(data["choices"][0]["message"])
 
 
 def _samples(ctx: Context, tested: str | None, **params: Any) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 
 from conformance.checks.ranges import needs_param
-from conformance.context import Context
+from conformance.context import Context, content_tokens, generated_text
 from conformance.registry import CheckFailed, Skipped, check
 from conformance.target import Exchange
 
@@ -246,7 +246,7 @@ def logprobs_shape(ctx: Context) -> None:
     choice = _choice(data)
     entries = _entries(data)
     ctx.expect(entries is not None, "logprobs: true but the choice has no logprobs.content", exchange)
-    used = data["usage"]["completion_tokens"]
+    used = content_tokens(data["usage"])  # logprobs cover the answer, not the reasoning
     finish = choice.get("finish_reason")
     allowed = {used} if finish == "length" else {used, used - 1}  # an end token may go unlisted
     ctx.expect(len(entries) in allowed,
@@ -372,7 +372,7 @@ def _force(ctx: Context, token_id: int) -> Forced | None:
         ctx.expect_error(exchange, [400], param="logit_bias", what=f"logit_bias {{{token_id}: 100}} rejected")
         return None  # not in this vocabulary
     data = ctx.completion(exchange)
-    text = _text(data)
+    text = generated_text(_choice(data)["message"])  # a reasoning model's reasoning is sampled with the bias too
     used = data["usage"]["completion_tokens"]
     if not text or used < 2:
         return None  # a special or end token: nothing to compare
@@ -443,7 +443,7 @@ def _first_token(ctx: Context, prompt: str, bias: dict[str, int] | None = None) 
     params: dict[str, Any] = {"logit_bias": bias} if bias else {}
     exchange, data = ctx.ok_json(ctx.body(messages=_user(prompt), max_tokens=1, temperature=NEAR_GREEDY,
                                           seed=ctx.target.seed, **params))
-    return exchange, _text(data)
+    return exchange, generated_text(_choice(data)["message"])
 
 
 @check("logit_bias.ban", "logit_bias", "logit_bias")
