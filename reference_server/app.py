@@ -211,11 +211,11 @@ class Server:
                 param="model",
                 code="model_not_found",
             )
+        calls = tool_calls.calls_for(self.engine, chat.tools)  # before rendering: an engine without tools says so
         try:
             prompt = self.engine.tokenize_chat(chat.messages)
         except ValueError as exc:
             raise ApiError(400, f"The messages cannot be rendered: {exc}", param="messages") from exc
-        calls = tool_calls.calls_for(self.engine, chat.tools)
         max_tokens = fit_to_context(chat, len(prompt), self.engine.context_length)
         if self.in_flight >= self.config.max_queue:
             raise ApiError(

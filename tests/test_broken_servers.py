@@ -41,6 +41,12 @@ def target_at(server: RunningServer, base_url: str, profile: str = "documented")
     return Target(base_url=base_url, api_key=server.api_key, model=server.model, timeout_s=60, profile=profile)
 
 
+def other_profile(result: Any) -> bool:
+    """The check belongs to another profile (e.g. the openai profile's tools checks in a documented run):
+    skipped, so it can neither pass nor fail here."""
+    return result.outcome == "skipped" and "--profile" in result.message
+
+
 def checks_by_id(target: Target, ids: list[str] | tuple[str, ...]) -> list[Check]:
     found = {item.id: item for item in registry.collect(target)}
     missing = [check_id for check_id in ids if check_id not in found]
@@ -90,7 +96,7 @@ def test_a_connection_dropped_after_each_stream_fails_no_check(server: RunningSe
             results = [run_one(item, ctx) for item in registry.collect(target, "streaming or usage")]
         finally:
             ctx.client.close()
-    bad = {r.id: r.message for r in results if r.outcome != "passed"}
+    bad = {r.id: r.message for r in results if r.outcome != "passed" and not other_profile(r)}
     assert len(results) >= 10 and not bad, bad
 
 
@@ -122,7 +128,7 @@ def test_one_deviation_is_one_failure(server: RunningServer, fault: Fault) -> No
             ctx.client.close()
     assert results, f"{fault.name}: its spares select no check"
     bad = {r.id: f"{r.outcome}: {r.message}" for r in results
-           if not (r.outcome == "passed"
+           if not (r.outcome == "passed" or other_profile(r)
                    or (r.outcome == "not_supported" and any(c in r.message for c in fault.catches)))}
     assert not bad, f"{fault.name}: {bad}"
 
@@ -145,7 +151,8 @@ def test_an_allowed_variant_passes(server: RunningServer, variant: Fault) -> Non
         target = target_at(server, url)
         ids = [item.id for item in registry.collect(target) if item.id.startswith(STREAM_RULES)]
         results = run_fresh(target, ids)
-    bad = {check_id: f"{r.outcome}: {r.message}" for check_id, r in results.items() if r.outcome != "passed"}
+    bad = {check_id: f"{r.outcome}: {r.message}" for check_id, r in results.items()
+           if r.outcome != "passed" and not other_profile(r)}
     assert len(ids) >= 15 and not bad, bad
 
 
