@@ -53,7 +53,7 @@ def _calls_of(data: dict[str, Any]) -> list[Any] | None:
     return calls if isinstance(calls, list) and calls else None
 
 
-def _offered(ctx: Context, exchange: Exchange) -> None:
+def _offered(exchange: Exchange) -> None:
     """Not supported when the endpoint refuses tools (a 4xx) or ignores a forced call (text, no calls)."""
     if 400 <= exchange.status < 500:
         raise NotSupported(f"relies on tools: a request with tools and a forced call was refused "
@@ -72,7 +72,7 @@ def forced_call(ctx: Context) -> tuple[Exchange, dict[str, Any]]:
     """The non-stream answer to a call forced by name (once per run), after the feature probe."""
     def probe() -> tuple[Exchange, dict[str, Any]]:
         exchange = ctx.chat(_body(ctx, tool_choice=named(FORCED), stream=False))
-        _offered(ctx, exchange)
+        _offered(exchange)
         return exchange, ctx.completion(exchange)
     return ctx.memo("tools.forced", probe)
 
