@@ -19,7 +19,7 @@ import aiohttp
 import aiohttp.http_exceptions
 from aiohttp import web
 
-from reference_server import generation, recording
+from reference_server import generation, recording, tool_calls
 from reference_server.engines.base import Engine
 from reference_server.errors import ApiError
 from reference_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -211,6 +211,7 @@ class Server:
                 param="model",
                 code="model_not_found",
             )
+        calls = tool_calls.calls_for(self.engine, chat.tools)  # before rendering: an engine without tools says so
         try:
             prompt = self.engine.tokenize_chat(chat.messages)
         except ValueError as exc:
@@ -233,8 +234,8 @@ class Server:
         recording.note(response_id=header["id"])
         try:
             if chat.stream:
-                return await self._stream(request, chat, header, prompt, params, started, tracker)
-            return await self._complete(chat, header, prompt, params, started, tracker)
+                return await self._stream(request, chat, header, prompt, params, started, tracker, calls)
+            return await self._complete(chat, header, prompt, params, started, tracker, calls)
         finally:
             self.in_flight -= 1
             tracker.finish(asyncio.get_running_loop().time(), chat.n)
@@ -244,12 +245,12 @@ class Server:
 
     async def _complete(
         self, chat: ChatRequest, header: dict[str, Any], prompt: list[int], params: Any, started: float,
-        tracker: RequestTracker,
+        tracker: RequestTracker, calls: tuple[tool_calls.FunctionTool, ...] = (),
     ) -> web.Response:
         cancel = threading.Event()
         engine = TimedEngine(self.engine, tracker)
         tasks = [asyncio.ensure_future(generation.complete_choice(engine, prompt, params, chat.stops, i,
-                                                                  cancel, started))
+                                                                  cancel, started, calls))
                  for i in range(chat.n)]  # the choices run at once (a batching engine decodes them together)
         try:
             choices = await asyncio.gather(*tasks)
@@ -268,7 +269,7 @@ class Server:
 
     async def _stream(
         self, request: web.Request, chat: ChatRequest, header: dict[str, Any], prompt: list[int], params: Any,
-        started: float, tracker: RequestTracker,
+        started: float, tracker: RequestTracker, calls: tuple[tool_calls.FunctionTool, ...] = (),
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
@@ -287,7 +288,8 @@ class Server:
 
         async def produce(state: generation.ChoiceState) -> None:
             try:
-                choice = generation.generate_choice(engine, prompt, params, chat.stops, state, cancel, started)
+                choice = generation.generate_choice(engine, prompt, params, chat.stops, state, cancel, started,
+                                                    calls)
                 async with contextlib.aclosing(choice):
                     async for piece in choice:
                         pieces.put_nowait((state.index, piece))
@@ -314,6 +316,9 @@ class Server:
                     raise piece
                 if piece.reasoning:
                     await send([{"index": index, "delta": {self.config.reasoning_field: piece.reasoning},
+                                 "finish_reason": None, "logprobs": None}])
+                if piece.tool_calls:
+                    await send([{"index": index, "delta": {"tool_calls": [p.to_delta() for p in piece.tool_calls]},
                                  "finish_reason": None, "logprobs": None}])
                 if piece.text or piece.logprobs:
                     await send([_chunk_choice(index, piece.text, piece.logprobs, params.logprobs)])

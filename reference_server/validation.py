@@ -16,6 +16,10 @@ import jsonschema
 import spec
 from reference_server.engines.base import SamplingParams
 from reference_server.errors import ApiError
+from reference_server.tool_calls import ToolPlan, parse_tool_plan
+
+# The server takes the openai profile's request (the documented one plus OpenAI's tool calling).
+PROFILE = "openai"
 
 
 @dataclass(frozen=True)
@@ -30,12 +34,13 @@ class ChatRequest:
     stops: list[str]
     context_behavior: str
     sampling: SamplingParams
+    tools: ToolPlan | None = None  # None: the request names no tools
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
 @functools.cache
 def _validator(api: spec.ApiSpec) -> jsonschema.Draft202012Validator:
-    schema = api.schema("ChatCompletionRequest")
+    schema = api.request_schema(PROFILE)
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 
@@ -157,6 +162,7 @@ def parse_request(body: Any, *, vocab_size: int, api: spec.ApiSpec | None = None
             body, "context_length_exceeded_behavior", defaults["context_length_exceeded_behavior"]
         ),
         sampling=sampling,
+        tools=parse_tool_plan(body, api.profile_request_defaults(PROFILE)["parallel_tool_calls"]),
         raw=body,
     )
 

@@ -60,9 +60,19 @@ def schema(name: str) -> dict[str, Any]:
     return default().schema(name)
 
 
-def request_schema() -> dict[str, Any]:
-    """JSON Schema of a chat-completions request body."""
-    return schema("ChatCompletionRequest")
+def request_schema(profile: str = "documented") -> dict[str, Any]:
+    """JSON Schema of a chat-completions request body under `profile` (the packaged spec)."""
+    return default().request_schema(profile)
+
+
+def profile_extension(profile: str) -> str | None:
+    """The component that extends ChatCompletionRequest under `profile` (the packaged spec)."""
+    return default().profile_extension(profile)
+
+
+def profile_request_defaults(profile: str) -> dict[str, Any]:
+    """Defaults of the request properties only `profile`'s extension adds (the packaged spec)."""
+    return default().profile_request_defaults(profile)
 
 
 def response_schema() -> dict[str, Any]:
@@ -331,6 +341,32 @@ class ApiSpec:
     def request_defaults(self) -> dict[str, Any]:
         """Documented defaults of request parameters that have one."""
         return {name: prop["default"] for name, prop in self._request["properties"].items() if "default" in prop}
+
+    def request_schema(self, profile: str = "documented") -> dict[str, Any]:
+        """JSON Schema of a chat-completions request body under `profile`: the documented request, or
+        it with the profile's extension (a component whose `x-profile` names it) merged in."""
+        base = self.schema("ChatCompletionRequest")
+        extension = self.profile_extension(profile)
+        if extension is not None:
+            base["properties"].update(self.schema(extension)["properties"])
+        return base
+
+    def profile_extension(self, profile: str) -> str | None:
+        """The component that extends ChatCompletionRequest under `profile` (`x-profile`, `x-extends`), if any."""
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+        components = self.document["components"]["schemas"]
+        found = [name for name, item in components.items()
+                 if item.get("x-profile") == profile and item.get("x-extends") == "ChatCompletionRequest"]
+        return found[0] if found else None
+
+    def profile_request_defaults(self, profile: str) -> dict[str, Any]:
+        """Defaults of the request properties that only `profile`'s extension adds (e.g. parallel_tool_calls)."""
+        extension = self.profile_extension(profile)
+        if extension is None:
+            return {}
+        props = self.document["components"]["schemas"][extension]["properties"]
+        return {name: prop["default"] for name, prop in props.items() if "default" in prop}
 
 
 @functools.cache

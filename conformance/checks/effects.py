@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 
 import spec
 from conformance.checks._shared import STORY, near_greedy
-from conformance.context import Context
+from conformance.context import Context, generated_text
 from conformance.registry import Check, CheckFailed, Skipped, register
 
 SAMPLES = 4  # seeds per group
@@ -89,7 +89,8 @@ def _refused_as_unsupported(ctx: Context, body: dict[str, Any], tested: str | No
 
 
 def _text(data: dict[str, Any]) -> str:
-    return data["choices"][0]["message"].get("content") or ""
+    """What was sampled: a reasoning model's reasoning too, as the parameters act on every token."""
+    return generated_text(data["choices"][0]["message"])
 
 
 def _samples(ctx: Context, tested: str | None, **params: Any) -> list[str]:

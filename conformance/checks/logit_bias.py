@@ -8,7 +8,7 @@ from typing import Any
 
 from conformance.checks import _shared as shared
 from conformance.checks.ranges import needs_param
-from conformance.context import Context
+from conformance.context import Context, generated_text
 from conformance.registry import CheckFailed, Skipped, check
 from conformance.target import Exchange
 
@@ -57,7 +57,8 @@ def _force(ctx: Context, token_id: int) -> Forced | None:
         ctx.expect_error(exchange, [400], param="logit_bias", what=f"logit_bias {{{token_id}: 100}} rejected")
         return None  # not in this vocabulary
     data = ctx.completion(exchange)
-    text = shared.text(data)
+    # a reasoning model's reasoning is sampled with the bias too
+    text = generated_text(shared.choice(data)["message"])
     used = data["usage"]["completion_tokens"]
     if not text or used < 2:
         return None  # a special or end token: nothing to compare
@@ -129,7 +130,7 @@ def _first_token(ctx: Context, prompt: str, bias: dict[str, int] | None = None) 
     exchange, data = ctx.ok_json(ctx.body(messages=shared.user(prompt), max_tokens=1,
                                           temperature=shared.near_greedy(ctx.target.api), seed=ctx.target.seed,
                                           **params))
-    return exchange, shared.text(data)
+    return exchange, generated_text(shared.choice(data)["message"])
 
 
 @check("logit_bias.ban", "logit_bias", "logit_bias")

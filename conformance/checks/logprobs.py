@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from conformance.checks import _shared as shared
-from conformance.context import Context
+from conformance.context import Context, content_tokens
 from conformance.registry import check
 
 EPS = 1e-6
@@ -42,7 +42,7 @@ def logprobs_shape(ctx: Context) -> None:
     choice = shared.choice(data)
     entries = _entries(data)
     ctx.expect(entries is not None, "logprobs: true but the choice has no logprobs.content", exchange)
-    used = data["usage"]["completion_tokens"]
+    used = content_tokens(data["usage"])  # logprobs cover the answer, not the reasoning
     finish = choice.get("finish_reason")
     allowed = {used} if finish == "length" else {used, used - 1}  # an end token may go unlisted
     ctx.expect(len(entries) in allowed,

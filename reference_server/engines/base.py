@@ -11,9 +11,12 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import spec
+
+if TYPE_CHECKING:
+    from reference_server.tool_calls import FunctionTool, ToolPlan
 
 # What a parameter is when a request leaves it out: the spec's x-neutral (or documented default).
 _ABSENT = {param.name: param.engine_value({}) for param in spec.default().engine_parameters()}
@@ -80,6 +83,14 @@ class Engine(ABC):
     model_name: str
     context_length: int
     vocab_size: int
+    # Whether the engine can make tool calls (the openai profile's `tools`); one that cannot answers a
+    # request with tools with a 400 naming tools, so a client sees the feature as not offered.
+    serves_tools: bool = False
+
+    def plan_calls(self, plan: ToolPlan) -> tuple[FunctionTool, ...]:
+        """The functions this answer calls (empty: it answers in text); each call's arguments are then
+        generated in JSON mode against the function's parameters. Only engines that serve tools."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve tools")
 
     @abstractmethod
     def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:

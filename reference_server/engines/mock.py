@@ -25,6 +25,7 @@ from typing import Any
 
 from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
 from reference_server.engines.timer import DeadlineTimer
+from reference_server.tool_calls import FunctionTool, ToolPlan
 
 # Words and punctuation, several multi-byte (é, ü, 日本, emoji) so UTF-8 handling is exercised.
 VOCAB: tuple[str, ...] = (
@@ -121,6 +122,15 @@ class MockEngine(Engine):
         self.vocab_size = len(VOCAB)
         self._pieces = [word.encode("utf-8") for word in VOCAB]
         self._timer = DeadlineTimer()
+
+    serves_tools = True
+
+    def plan_calls(self, plan: ToolPlan) -> tuple[FunctionTool, ...]:
+        """What the request forces (the named function; with required, one call per tool when parallel
+        calls are allowed); with auto, a call to the first tool; with none, text."""
+        if plan.choice == "auto":
+            return plan.tools[:1]
+        return plan.forced()
 
     def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         tokens: list[int] = []
