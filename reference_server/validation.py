@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
@@ -29,7 +29,6 @@ class ChatRequest:
     stops: list[str]
     context_behavior: str
     sampling: SamplingParams
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
 @functools.lru_cache(maxsize=1)
@@ -163,7 +162,6 @@ def parse_request(body: Any, *, vocab_size: int) -> ChatRequest:
             body, "context_length_exceeded_behavior", defaults["context_length_exceeded_behavior"]
         ),
         sampling=sampling,
-        raw=body,
     )
 
 

@@ -1,4 +1,4 @@
-"""A CPU stand-in for the exllamav2 generator, to test the engine's plumbing without a GPU.
+"""A CPU stand-in for the runtime's backend (where `ExLlamaV2Backend` sits): the engine's plumbing, no GPU.
 
 It honours what a `JobPlan` asks of a backend: max_new_tokens, stop tokens, seeds, logits for
 logprobs, and the logits processor (bias, penalties, JSON) exactly as the GPU backend wires it.
