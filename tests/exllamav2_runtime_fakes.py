@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reference_server.engines.exllamav2_plan import JobPlan, LogitsProcessor, logprobs_from_logits
+from reference_server.engines.exllamav2_plan import JobPlan, LogitsProcessor
 from reference_server.engines.exllamav2_runtime import JobEvent, TokenOut
+from reference_server.engines.logprobs import logprobs_from_logits
 
 
 @dataclass
