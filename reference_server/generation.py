@@ -111,7 +111,7 @@ async def generate_choice(
 
 @dataclass
 class CompletedChoice:
-    """A whole non-streamed choice."""
+    """A whole non-streamed choice (its API shape: responses.CompletionChoice)."""
 
     index: int
     text: str
@@ -120,19 +120,6 @@ class CompletedChoice:
     completion_tokens: int
     reasoning: str = ""
     reasoning_tokens: int = 0
-
-    def to_api(self, reasoning_field: str = "reasoning_content") -> dict[str, Any]:
-        """The choice as it appears in a `chat.completion` body; the reasoning, if any, under
-        `reasoning_field` of the message."""
-        message = {"role": "assistant", "content": self.text, "refusal": None}  # OpenAI's field (spec x-decisions)
-        if self.reasoning_tokens:
-            message[reasoning_field] = self.reasoning
-        return {
-            "index": self.index,
-            "message": message,
-            "finish_reason": self.finish_reason,
-            "logprobs": {"content": self.logprobs, "refusal": None} if self.logprobs is not None else None,
-        }
 
 
 async def complete_choice(
@@ -165,15 +152,3 @@ async def complete_choice(
         reasoning_tokens=state.reasoning_tokens,
     )
 
-
-def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
-    """The usage object; total is always the sum. Reasoning tokens are part of completion_tokens
-    and, when there are any, also counted apart in completion_tokens_details (OpenAI's form)."""
-    body: dict[str, Any] = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-    if reasoning_tokens:
-        body["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
-    return body

@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from exllamav2_runtime_fakes import FakeBackend, failing_factory, make_fake
 
 from reference_server import generation
-from reference_server.app import ServerConfig, build_app
+from reference_server.app import build_app
+from reference_server.config import ServerConfig
 from reference_server.engines.base import SamplingParams
 from reference_server.engines.exllamav2 import ExLlamaV2Engine, choose_paged, round_up
 from reference_server.engines.exllamav2_plan import plan_job
