@@ -151,4 +151,3 @@ async def complete_choice(
         reasoning="".join(thoughts),
         reasoning_tokens=state.reasoning_tokens,
     )
-

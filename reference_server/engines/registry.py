@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from reference_server.engines.base import Engine
@@ -27,6 +27,10 @@ class EngineExtra:
     what: str  # the engine in words, for the one-line refusal
 
 
+def _no_check(args: argparse.Namespace, chosen: bool) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """One engine: what the CLI offers for it and how it is made from the parsed arguments."""
@@ -36,7 +40,7 @@ class EngineSpec:
     add_options: Callable[[Options], None]  # its own options, in its own help group
     build: Callable[[argparse.Namespace], Engine]  # imports the engine only when called
     # Errors in its options' values that argparse cannot see; `chosen`: it is the --engine asked for.
-    check: Callable[[argparse.Namespace, bool], str | None] = field(default=lambda args, chosen: None)
+    check: Callable[[argparse.Namespace, bool], str | None] = _no_check
     needs_model_dir: bool = False  # cannot start without a model argument (a CLI cannot start it bare)
     extra: EngineExtra | None = None  # None: the base install runs it (or the engine names its own needs)
     crash_hint: str = ""  # what a native crash at its first generation most likely means
