@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conformance.hostile import envelope_problem, hostile_stream  # noqa: E402
 from reference_server.counts import counts_since, server_counts  # noqa: E402
+from reference_server.engines.registry import engine_names  # noqa: E402
 from reference_server.launcher import running_server  # noqa: E402
 
 CHAT = "/v3/openai/chat/completions"
@@ -406,13 +407,14 @@ def target(args: argparse.Namespace) -> Iterator[tuple[str, str | None, str]]:
         yield server.base_url, server.api_key, server.model
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("flood", help="hostile requests, raw-socket faults and slow senders")
     f.add_argument("--requests", type=int, default=2000)
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--engine", choices=("mock", "llamacpp"), default="mock", help="the server started here")
+    f.add_argument("--engine", choices=engine_names(startable_bare=True), default="mock",
+                   help="the server started here")
     f.add_argument("--base-url", default=None, help="an endpoint already running (the /v3/openai API)")
     f.add_argument("--api-key", default=None)
     f.add_argument("--model", default="mock")
@@ -420,13 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--slow-seconds", type=float, default=15.0, help="how long the slow senders run")
     f.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     t = sub.add_parser("storm", help="streamed requests whose clients vanish mid-way")
-    t.add_argument("--engine", choices=("mock", "llamacpp"), default="llamacpp")
+    t.add_argument("--engine", choices=engine_names(startable_bare=True), default="llamacpp")
     t.add_argument("--requests", type=int, default=200)
     t.add_argument("--concurrency", type=int, default=24)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     k = sub.add_parser("soak", help="minutes at saturation: only successes and 429s, flat memory and latency")
-    k.add_argument("--engine", choices=("mock", "llamacpp"), default="mock")
+    k.add_argument("--engine", choices=engine_names(startable_bare=True), default="mock")
     k.add_argument("--minutes", type=int, default=10)
     k.add_argument("--users", type=int, default=None, help="closed-loop users (default: max-queue + 4)")
     k.add_argument("--max-queue", type=int, default=12)
@@ -435,7 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--step-seconds", type=float, default=60.0, help="length of each judged step (a minute)")
     k.add_argument("--sample-seconds", type=float, default=10.0, help="how often the server's RSS is read")
     k.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "storm":
         server_args = ("--ttft-ms", "20", "--itl-ms", "10") if args.engine == "mock" else ()
         ban = {"0": -100} if args.engine == "mock" else {"0": -100, "2": -100}

@@ -133,10 +133,6 @@ class StreamResult:
                 out.setdefault(choice.get("index", 0), []).extend(content)
         return out
 
-    def usage_chunks(self) -> list[int]:
-        """Indices (into `chunks`) of chunks that carry a non-null usage."""
-        return [i for i, chunk in enumerate(self.chunks) if chunk.get("usage") is not None]
-
 
 class Context:
     """Per-run state shared by checks: the target, the client and memoized baseline runs."""

@@ -30,6 +30,7 @@ from load.slo import parse_slo
 from load.workloads import from_wire as workload_from_wire
 from load.workloads.build import DEFAULT_OUTPUT_TOKENS, add_workload_arguments, build_workload, workload_kind
 from load.workloads.trace import TraceWorkload
+from reference_server.engines.registry import engine_names
 from spec import endpoint
 
 API_KEY_ENV = "CHATSPEC_API_KEY"
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "{root}/models lists")
     target.add_argument("--path", default=None, help=f"the chat path on the base URL's host, overriding the "
                         f"rule above (e.g. {API_PATH})")
-    target.add_argument("--embedded-server", choices=("mock", "llamacpp"), default=None,
+    target.add_argument("--embedded-server", choices=engine_names(startable_bare=True), default=None,
                         help="start the reference server on loopback for this run (base URL and key not needed)")
     target.add_argument("--calibrate", action="store_true",
                         help="self-check: start the mock engine with --mock-ttft-ms/--mock-itl-ms and report "

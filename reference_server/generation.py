@@ -162,7 +162,7 @@ async def _generate_calls(
 
 @dataclass
 class CompletedChoice:
-    """A whole non-streamed choice."""
+    """A whole non-streamed choice (its API shape: responses.CompletionChoice)."""
 
     index: int
     text: str
@@ -172,22 +172,6 @@ class CompletedChoice:
     reasoning: str = ""
     reasoning_tokens: int = 0
     tool_calls: list[ToolCall] = field(default_factory=list)
-
-    def to_api(self, reasoning_field: str = "reasoning_content") -> dict[str, Any]:
-        """The choice as it appears in a `chat.completion` body; the reasoning, if any, under
-        `reasoning_field` of the message; calls, if any, under tool_calls (content then null)."""
-        message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}  # refusal: x-decisions
-        if self.reasoning_tokens:
-            message[reasoning_field] = self.reasoning
-        if self.tool_calls:
-            message["content"] = self.text or None
-            message["tool_calls"] = [call.to_api() for call in self.tool_calls]
-        return {
-            "index": self.index,
-            "message": message,
-            "finish_reason": self.finish_reason,
-            "logprobs": {"content": self.logprobs, "refusal": None} if self.logprobs is not None else None,
-        }
 
 
 async def complete_choice(
@@ -223,16 +207,3 @@ async def complete_choice(
         reasoning_tokens=state.reasoning_tokens,
         tool_calls=assemble(call_pieces),
     )
-
-
-def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
-    """The usage object; total is always the sum. Reasoning tokens are part of completion_tokens
-    and, when there are any, also counted apart in completion_tokens_details (OpenAI's form)."""
-    body: dict[str, Any] = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-    if reasoning_tokens:
-        body["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
-    return body

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
@@ -35,7 +35,6 @@ class ChatRequest:
     context_behavior: str
     sampling: SamplingParams
     tools: ToolPlan | None = None  # None: the request names no tools
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
 @functools.cache
@@ -163,7 +162,6 @@ def parse_request(body: Any, *, vocab_size: int, api: spec.ApiSpec | None = None
         ),
         sampling=sampling,
         tools=parse_tool_plan(body, api.profile_request_defaults(PROFILE)["parallel_tool_calls"]),
-        raw=body,
     )
 
 
