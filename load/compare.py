@@ -17,7 +17,6 @@ past --fail-if-worse; 2 a run cannot be read.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,7 +68,7 @@ def load_run(path: str) -> tuple[str, LoadReport, dict[str, StepSamples]]:
     if not doc_path.is_file() or not requests_path.is_file():
         raise RunError(f"{path}: not a load report folder (needs load.json and {FILE_NAME})")
     try:
-        doc = LoadReport.from_json(json.loads(doc_path.read_text(encoding="utf-8")))
+        doc = LoadReport.read(doc_path)
         steps = {s.spec.index: StepSamples(s.label, s.metrics.window_s) for s in doc.steps}
         for line in read_requests(requests_path):
             step = steps.get(line["step"])

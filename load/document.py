@@ -9,7 +9,9 @@ included (a key they lack takes its field's default).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from load.config import StepSpec
@@ -218,6 +220,11 @@ class LoadReport:
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
         return data
+
+    @classmethod
+    def read(cls, path: Path | str) -> LoadReport:
+        """The report in a load.json file."""
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LoadReport:
