@@ -39,6 +39,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conformance.hostile import envelope_problem, hostile_stream  # noqa: E402
+from load.document import LoadReport  # noqa: E402
 from reference_server.counts import counts_since, server_counts  # noqa: E402
 from reference_server.engines.registry import engine_names  # noqa: E402
 from reference_server.launcher import running_server  # noqa: E402
@@ -360,16 +361,15 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
         sampler.join()
         counted = counts_since(counted_before, server_counts(server.base_url))
         exit_status = server.exit_status()
-    doc = json.loads((report_dir / "load.json").read_text())
-    steps = doc["steps"]
+    steps = LoadReport.read(report_dir / "load.json").steps
     kinds: collections.Counter[str] = collections.Counter()
     for step in steps:
-        kinds.update(step["metrics"].get("errors_by_kind", {}))
-    ok = sum(step["metrics"]["requests_ok"] for step in steps)
+        kinds.update(step.metrics.errors_by_kind)
+    ok = sum(step.metrics.requests_ok for step in steps)
     after_first = [kib for t, kib in samples if t >= step_s]
     base = after_first[0] if after_first else None
     growth = (max(after_first) / base - 1) if base else None
-    p99 = [step["metrics"]["e2e_ms"]["p99"] for step in steps]
+    p99 = [step.metrics.e2e_ms.p99 for step in steps]
     drift = (p99[-1] / p99[1] - 1) if len(p99) >= 2 and p99[1] else None
     codes = counted["responses_by_code"]
     # Each rule by what the server counted (/metrics) and by what the load tool's clients saw: a
@@ -378,7 +378,7 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
     # the server began (a 200) must have been answered in full.
     rules = {
         "only successes and well-formed 429s": not any(kinds[k] for k in BAD_KINDS)
-        and not sum(step["metrics"]["http_429_without_retry_after"] for step in steps)
+        and not sum(step.metrics.http_429_without_retry_after for step in steps)
         and set(codes) <= {"200", "429"},
         "no 5xx": not kinds["http_5xx"] and not any(code.startswith("5") for code in codes),
         "no lost or truncated stream": not (kinds["truncated_stream"] or kinds["connection_closed"]
@@ -393,7 +393,7 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
             "load_stderr": load.stderr[-2000:], "server_counted": counted,
             "requests_ok": ok, "errors_by_kind": dict(kinds), "rss_kib": samples,
             "rss_growth_after_first_minute": growth, "e2e_p99_ms_per_minute": p99, "p99_last_vs_second": drift,
-            "output_tokens_per_s_per_minute": [step["metrics"]["output_tokens_per_s"] for step in steps],
+            "output_tokens_per_s_per_minute": [step.metrics.output_tokens_per_s for step in steps],
             "rules": rules, "ok": all(rules.values())}
 
 

@@ -148,7 +148,8 @@ def meets_slo(record: RequestRecord, slo: Mapping[str, float]) -> bool:
 def step_metrics(
     records: Sequence[RequestRecord], window: Window, slo: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
-    """Every metric of one step: latency summaries, throughput, goodput, errors, send lag."""
+    """Every metric of one step: latency summaries, throughput, goodput, errors, send lag (the fields
+    of load.document.StepMetrics)."""
     slo = slo or {}
     sent = sent_in(records, window)
     good = [r for r in sent if r.ok]
@@ -195,6 +196,8 @@ def step_metrics(
         "tpot_ms": summarize_ms(np.asarray(tpot, dtype=np.float64), pcts),
         "e2e_ms": summarize_ms(e2e, pcts),
         "send_lag_ms": summarize_ms(lags) if lags else None,
+        "requests_total": len(records),  # warm-up included
+        "requests_refused": sum(1 for r in records if r.connection_refused),
     }
 
 
