@@ -44,8 +44,8 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
                             "--groups system prompts of --prefix-tokens plus a unique --prompt-tokens suffix; "
                             "multi-turn: conversations of --turns turns carrying the history and the answers, "
                             "--think-time apart; trace: replay --trace at its recorded times; tools: "
-                            "--prompt-words prompts offering function tools (--tools-file) with --tool-choice, answered by tool calls "
-                            "(TTFT is the first token of any kind, a tool-call delta included) "
+                            "--prompt-words prompts offering function tools (--tools-file) with --tool-choice, "
+                            "answered by tool calls (TTFT is the first token of any kind, a tool-call delta included) "
                             "(default: dataset with --dataset, else synthetic)")
     group.add_argument("--groups", type=int, default=8, help="shared-prefix: how many distinct system prompts")
     group.add_argument("--prefix-tokens", type=int, default=512, help="shared-prefix: tokens of each system prompt")
