@@ -333,6 +333,9 @@ def print_summary(doc: LoadReport) -> None:
             print(f"{'':<16}{line}")
         if (first_content := reasoning_summary_line(m)) is not None:  # a reasoning model's TTFC, tokens
             print(f"{'':<16}{first_content}")
+        if m.requests_with_tool_calls:
+            print(f"{'':<16}tool calls: {m.requests_with_tool_calls} of {m.requests_ok} answers called a tool "
+                  f"({m.tool_calls_total} calls); TTFT counts a call's first delta")
         if m.errors_by_kind:
             kinds = ", ".join(f"{kind} {count}" for kind, count in m.errors_by_kind.items())
             print(f"{'':<16}errors by kind: {kinds}")

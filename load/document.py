@@ -57,6 +57,8 @@ class StepMetrics:
     requests_with_reasoning: int = 0
     reasoning_tokens_total: int = 0
     reasoning_tokens_mean: float | None = None
+    requests_with_tool_calls: int = 0
+    tool_calls_total: int = 0
     ttft_ms: LatencySummary
     ttfc_ms: LatencySummary | None = None
     itl_ms: LatencySummary

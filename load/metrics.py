@@ -190,6 +190,7 @@ def step_metrics(
         "output_tokens_mean": _mean([r.output_tokens for r in good]),
         "token_count_mismatches": mismatched,
         **reasoning_metrics(good),
+        **tool_call_metrics(good),
         "ttft_ms": summarize_ms(ttft, pcts),
         "ttfc_ms": summarize_ms(ttfc, pcts),
         "itl_ms": summarize_ms(itl, pcts),
@@ -199,6 +200,12 @@ def step_metrics(
         "requests_total": len(records),  # warm-up included
         "requests_refused": sum(1 for r in records if r.connection_refused),
     }
+
+
+def tool_call_metrics(good: Sequence[RequestRecord]) -> dict[str, Any]:
+    """How many successful requests were answered with tool calls, and how many calls they made."""
+    return {"requests_with_tool_calls": sum(1 for r in good if r.tool_calls),
+            "tool_calls_total": sum(r.tool_calls for r in good)}
 
 
 def reasoning_metrics(good: Sequence[RequestRecord]) -> dict[str, Any]:

@@ -129,9 +129,10 @@ async def _generate_calls(
 ) -> AsyncIterator[ChoicePiece]:
     """The calls one after another, each one's arguments generated in JSON mode against its
     function's parameters, within the choice's max_tokens; finish_reason tool_calls, or length
-    when the budget ran out inside a call."""
+    when the budget ran out inside a call. A call's first piece (id, name, arguments "") goes out
+    with its first generated token, as a model's would: never before the engine's first token."""
     for index, function in enumerate(calls):
-        yield ChoicePiece("", tool_calls=[ToolCallPiece(index, "", new_call_id(), function.name)])
+        head: ToolCallPiece | None = ToolCallPiece(index, "", new_call_id(), function.name)
         room = params.max_tokens - state.completion_tokens
         constrained = dataclasses.replace(choice_params(params, state.index), max_tokens=room, json_mode=True,
                                           json_schema=function.parameters, logprobs=False, top_logprobs=0)
@@ -146,11 +147,16 @@ async def _generate_calls(
                     state.reasoning_tokens += 1
                     yield ChoicePiece("", reasoning=token.piece.decode("utf-8", errors="replace"))
                     continue
+                if head is not None:
+                    yield ChoicePiece("", tool_calls=[head])
+                    head = None
                 fragment = decoder.decode(token.piece)
                 if fragment:
                     yield ChoicePiece("", tool_calls=[ToolCallPiece(index, fragment)])
         finally:
             await tokens.aclose()
+        if head is not None:  # no token came (a budget of zero, a cancel): the call is still named
+            yield ChoicePiece("", tool_calls=[head])
         tail = decoder.decode(b"", final=True)
         if tail:
             yield ChoicePiece("", tool_calls=[ToolCallPiece(index, tail)])

@@ -57,6 +57,7 @@ CSV_COLUMNS: tuple[tuple[str, Callable[[StepRecord], Any]], ...] = (
     *((f"ttfc_{p}_ms", _latency("ttfc", p)) for p in ("mean", "p50", "p90", "p99")),
     ("requests_with_reasoning", lambda s: s.metrics.requests_with_reasoning),
     ("reasoning_tokens_mean", lambda s: s.metrics.reasoning_tokens_mean),
+    ("requests_with_tool_calls", lambda s: s.metrics.requests_with_tool_calls),
     ("send_lag_p99_ms", _latency("send_lag", "p99")),
     ("prefix_sharing_ratio", _sharing_ratio),
     ("output_short", lambda s: s.workload.output_short if s.workload is not None else None),
