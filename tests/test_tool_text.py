@@ -9,7 +9,14 @@ import jsonschema
 import pytest
 
 from reference_server.tool_text import (
-    ArgumentsPiece, CallParser, CallStart, FunctionTool, PlainText, call_schema, history_for_template, tools_prompt,
+    ArgumentsPiece,
+    CallParser,
+    CallStart,
+    FunctionTool,
+    PlainText,
+    call_schema,
+    history_for_template,
+    tools_prompt,
 )
 
 WEATHER = FunctionTool("get_weather", {"type": "object", "properties": {"city": {"type": "string"}},
