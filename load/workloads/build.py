@@ -13,6 +13,7 @@ from typing import Any
 
 from load.lengths import SPEC_HELP, LengthSpec, LengthSpecError, fixed_length, parse_length
 from load.prompts import DatasetError, PromptPlan, TokenScale, calibrate_prompt, fit_token_scale, load_dataset
+from load.workloads import WORKLOAD_TYPES
 from load.workloads.base import Workload
 from load.workloads.dataset import DatasetWorkload
 from load.workloads.multi_turn import MultiTurnWorkload
@@ -23,7 +24,7 @@ from load.workloads.tools import CHOICES as TOOL_CHOICES
 from load.workloads.tools import SAMPLE_TOOLS, ToolsFileError, ToolsWorkload, read_tools, tool_name
 from load.workloads.trace import MOONCAKE_BLOCK_TOKENS, TraceWorkload, read_trace
 
-KINDS = ("synthetic", "dataset", "sharegpt", "shared-prefix", "multi-turn", "trace", "tools")
+KINDS = tuple(WORKLOAD_TYPES)  # --workload choices: every registered workload, by its kind
 DEFAULT_OUTPUT_TOKENS = 64
 CountMessages = Callable[[list[dict[str, Any]]], int]
 
