@@ -113,8 +113,8 @@ def check_factory(fn: Factory) -> Factory:
 
 def feature_check_factory(fn: Factory) -> Factory:
     """Register a function that generates checks for a target, each ordered by its feature among
-    the static checks as if registered with `register` where the function is: the checks follow
-    the target's spec (`target.api`), their order is a static check's."""
+    the static checks as if registered with `@check` where the function is: the checks follow the
+    target's spec (`target.api`), their place is a static check's."""
     _STATIC.append(fn)
     return fn
 

@@ -298,13 +298,14 @@ def _effect(name: str, prop: dict[str, Any], feature: str | None, where: str) ->
 
 
 def _flag(name: str, prop: dict[str, Any], key: str, feature: str | None, required: bool, where: str) -> bool:
-    """A boolean x- key about the property's feature: it needs an x-feature and an optional property."""
+    """A boolean x- key saying what an endpoint without the property's feature does with it: it
+    needs an x-feature, and an optional property (a required one is always sent and judged)."""
     value = prop.get(key, False)
     if not isinstance(value, bool):
         raise ValueError(f"{where}: {name} has {key} {value!r}; it is true or false")
     if value and (feature is None or required):
         raise ValueError(f"{where}: {name} has {key} but {'is required' if required else 'no x-feature'}: "
-                         "only an optional property relies on its feature")
+                         "it is for an optional property with a feature")
     return value
 
 

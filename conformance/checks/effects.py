@@ -60,7 +60,6 @@ class Temperatures:
     hot: float  # samples spread
     first_hot: float  # the first token spreads most
 
-
     def at(self, value: float) -> dict[str, float]:
         """The request parameters that set the greedy parameter to `value`."""
         return {self.name: value}
