@@ -113,6 +113,7 @@ def test_the_server_says_its_engine_ignores_the_new_parameter(api: spec.ApiSpec,
     async def health(config: ServerConfig) -> tuple[dict[str, Any], int]:
         async with TestClient(TestServer(build_app(MockEngine(), config))) as client:
             chat = await client.post("/v1/chat/completions", json=body(model="mock", typical_p=0.5))
+            await chat.read()
             return await (await client.get("/health")).json(), chat.status
 
     with caplog.at_level(logging.WARNING, logger="reference_server"):
