@@ -1,7 +1,9 @@
 """Checks and how they are found: each check is a function of a `Context` that raises on failure.
 
 Static checks register with `@check`; checks generated from the spec (one per parameter and
-boundary) come from functions registered with `@check_factory`, called with the target.
+boundary) come from functions registered with `@check_factory`, called with the target, and run
+after the static ones; `@feature_check_factory` generates checks from the target's spec that run
+in their feature's place among the static ones (one per parameter with an effect to probe).
 
 Every check has a severity in RFC 2119's words: "must" (an absolute requirement: a failure makes
 the run fail) or "should" (a recommendation, e.g. exactly 400 rather than another 4xx: reported,
@@ -80,8 +82,10 @@ class Check:
         return f"{self.id} {self.feature} {self.category} {self.severity}"
 
 
-_STATIC: list[Check] = []
-_FACTORIES: list[Callable[[Target], Iterable[Check]]] = []
+Factory = Callable[["Target"], Iterable[Check]]
+# Static checks and feature-placed factories, in the order they were registered.
+_STATIC: list[Check | Factory] = []
+_FACTORIES: list[Factory] = []
 
 
 def check(
@@ -100,29 +104,46 @@ def check(
     return register
 
 
-def register(item: Check) -> Check:
-    """Register a check built from data (e.g. one per parameter the spec describes)."""
-    if item.feature not in FEATURES:
-        raise ValueError(f"unknown feature {item.feature!r} for check {item.id!r}")
-    _STATIC.append(item)
-    return item
-
-
-def check_factory(fn: Callable[[Target], Iterable[Check]]) -> Callable[[Target], Iterable[Check]]:
-    """Register a function that generates checks for a target (e.g. from the spec's ranges)."""
+def check_factory(fn: Factory) -> Factory:
+    """Register a function that generates checks for a target (e.g. from the spec's ranges); they
+    run after the static checks."""
     _FACTORIES.append(fn)
     return fn
 
 
+def feature_check_factory(fn: Factory) -> Factory:
+    """Register a function that generates checks for a target, each ordered by its feature among
+    the static checks as if registered with `@check` where the function is: the checks follow the
+    target's spec (`target.api`), their place is a static check's."""
+    _STATIC.append(fn)
+    return fn
+
+
+def _expand(entry: Check | Factory, target: Target) -> list[Check]:
+    if isinstance(entry, Check):
+        return [entry]
+    made = list(entry(target))
+    for item in made:
+        if item.feature not in target.api.feature_names:
+            raise ValueError(f"unknown feature {item.feature!r} for check {item.id!r}")
+    return made
+
+
+def _module(entry: Check | Factory) -> str:
+    return entry.run.__module__ if isinstance(entry, Check) else entry.__module__
+
+
 def collect(target: Target, keyword: str | None = None, modules: Iterable[str] = CHECK_MODULES) -> list[Check]:
-    """The checks of `modules` for `target`, in a stable order (registered checks by their feature's
-    place in FEATURES, then generated ones, those that may wedge the endpoint last), filtered by a
-    `-k` style expression (which also matches the severity)."""
+    """The checks of `modules` for `target`, in a stable order (registered and feature-placed checks by
+    their feature's place in the target spec's features, then generated ones, those that may wedge the
+    endpoint last), filtered by a `-k` style expression (which also matches the severity)."""
     wanted = tuple(modules)
     for module in wanted:
         importlib.import_module(module)
-    checks = sorted((item for item in _STATIC if item.run.__module__ in wanted),
-                    key=lambda item: FEATURES.index(item.feature))
+    static = [item for entry in _STATIC if _module(entry) in wanted for item in _expand(entry, target)]
+    # The target's spec may declare a feature the packaged one does not (a test's edited copy).
+    order = (*target.api.feature_names, *(name for name in FEATURES if name not in target.api.feature_names))
+    checks = sorted(static, key=lambda item: order.index(item.feature))
     for factory in _FACTORIES:
         if factory.__module__ in wanted:
             checks.extend(factory(target))

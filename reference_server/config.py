@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import spec
 from reference_server.transport import DEFAULT_MAX_BODY_BYTES
 
 
@@ -25,3 +26,5 @@ class ServerConfig:
     # or "reasoning" (newer vLLM); only engines that mark tokens as reasoning (the mock) send any
     reasoning_field: str = "reasoning_content"
     record_path: str | None = None  # --record: a JSON line per chat request received (reference_server.recording)
+    # The spec requests are validated against (a test serves an edited copy; see spec.load).
+    api: spec.ApiSpec = field(default_factory=spec.default, compare=False, repr=False)

@@ -48,6 +48,11 @@ class Server:
         self.metrics = ServerMetrics(engine=config.engine_label or type(engine).__name__, model=engine.model_name,
                                      multiprocess_dir=config.metrics_dir)
         self.auth = BearerAuth.of(config.api_keys, config.auth_required)
+        # Validated and accepted, then dropped by the engine: said once here and on every /health.
+        self.ignored_parameters = engine.ignored_parameters(config.api)
+        if self.ignored_parameters:
+            log.warning("engine %s does not apply the spec parameter(s) %s: requests may carry them, and they "
+                        "change nothing", type(engine).__name__, ", ".join(self.ignored_parameters))
 
     def model_names(self) -> tuple[str, ...]:
         """Names a request may use for this server's model."""
@@ -58,7 +63,7 @@ class Server:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"status": "ok", "model": self.engine.model_name, "in_flight": self.in_flight,
-             "engine": self.engine.stats()}
+             "engine": self.engine.stats(), "ignored_parameters": list(self.ignored_parameters)}
         )
 
     async def prometheus(self, request: web.Request) -> web.Response:
@@ -81,7 +86,7 @@ class Server:
         started = asyncio.get_running_loop().time()  # engines with scripted timing count from here
         self.auth.check(request)
         body = await read_json(request, self.config.max_body_bytes, self.config.body_timeout_s)
-        chat = parse_request(body, vocab_size=self.engine.vocab_size)
+        chat = parse_request(body, vocab_size=self.engine.vocab_size, api=self.config.api)
         if chat.model not in self.model_names():
             raise ApiError(
                 404,

@@ -157,6 +157,7 @@ class TimedEngine(Engine):
         self.model_name = engine.model_name
         self.context_length = engine.context_length
         self.vocab_size = engine.vocab_size
+        self.applies = engine.applies
 
     def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         return self.engine.tokenize_chat(messages)

@@ -144,6 +144,9 @@ class ParamRange:
             value: float = inclusive
         elif exclusive is None:
             raise ValueError(f"{self.path} has no {end} end ({self.describe()})")
+        elif self.kind != "integer" and margin <= 0:
+            raise ValueError(f"{self.path}: the {end} end of {self.describe()} is exclusive, so a value inside "
+                             f"needs a margin > 0 (got {margin})")
         else:
             value = exclusive + inward * (1 if self.kind == "integer" else margin)
         if self.kind == "integer":
@@ -214,6 +217,11 @@ def _ranges_of(properties: dict[str, Any], profile: str) -> dict[str, ParamRange
 
 _KINDS = ("integer", "number", "boolean", "string", "object", "array")
 PROBES = ("collapse", "greedy", "keep_k", "penalty")  # see the spec's info.description on x-effect
+# The x- keys a request property may carry (the spec's info.description says what each means):
+# any other x- key is a typo, refused at load rather than silently ignored.
+PROPERTY_KEYS = ("x-feature", "x-neutral", "x-effect", "x-requires", "x-ranges-need-feature",
+                 "x-kept-without-feature", "x-profiles", "x-doc-says", "x-decision")
+EFFECT_KEYS = ("probe", "end", "margin")
 
 
 @dataclass(frozen=True)
@@ -240,7 +248,10 @@ class RequestParameter:
 
     `engine`: the property reaches the engine in SamplingParams (it has `x-neutral`); `absent` is
     the value it takes there when the request leaves it out or sends null (its documented default,
-    else its neutral value).
+    else its neutral value). `ranges_need_feature`: an endpoint without the feature refuses the
+    property outright, so its range checks rely on the feature (`x-ranges-need-feature`).
+    `kept_without_feature`: an endpoint without the feature still takes the property, so generated
+    requests keep it when the feature is declared unsupported (`x-kept-without-feature`).
     """
 
     name: str
@@ -251,6 +262,8 @@ class RequestParameter:
     absent: Any = None
     requires: tuple[tuple[str, Any], ...] = ()
     effect: Effect | None = None
+    ranges_need_feature: bool = False
+    kept_without_feature: bool = False
 
     def engine_value(self, body: dict[str, Any]) -> Any:
         """The value the engine gets for this parameter from a validated request `body`."""
@@ -269,23 +282,54 @@ def _kind(prop: dict[str, Any]) -> str | None:
     return next((kind for kind in _KINDS if kind in types), None)
 
 
+def _effect(name: str, prop: dict[str, Any], feature: str | None, where: str) -> Effect | None:
+    """The property's `x-effect`, its shape checked (its range is checked by ApiSpec.validate)."""
+    effect = prop.get("x-effect")
+    if effect is None:
+        return None
+    if not isinstance(effect, dict) or set(effect) - set(EFFECT_KEYS) or not {"probe", "end"} <= set(effect):
+        raise ValueError(f"{where}: {name} has x-effect {effect!r}; it takes probe and end, and maybe margin")
+    if "x-neutral" not in prop:
+        raise ValueError(f"{where}: {name} has x-effect but no x-neutral, so it never reaches the engine")
+    if effect["probe"] not in PROBES or effect["end"] not in ("min", "max") or feature is None:
+        raise ValueError(f"{where}: {name} has x-effect {effect!r}; probes are {PROBES}, ends min or max, "
+                         "and it needs an x-feature")
+    return Effect(probe=effect["probe"], end=effect["end"], margin=float(effect.get("margin", 0)))
+
+
+def _flag(name: str, prop: dict[str, Any], key: str, feature: str | None, required: bool, where: str) -> bool:
+    """A boolean x- key saying what an endpoint without the property's feature does with it: it
+    needs an x-feature, and an optional property (a required one is always sent and judged)."""
+    value = prop.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}: {name} has {key} {value!r}; it is true or false")
+    if value and (feature is None or required):
+        raise ValueError(f"{where}: {name} has {key} but {'is required' if required else 'no x-feature'}: "
+                         "it is for an optional property with a feature")
+    return value
+
+
 def _parameter(name: str, prop: dict[str, Any], required: bool, features: set[str], path: Path) -> RequestParameter:
+    where = path.name
+    unknown = [key for key in prop if key.startswith("x-") and key not in PROPERTY_KEYS]
+    if unknown:
+        raise ValueError(f"{where}: request property {name} has unknown key {unknown[0]!r}; "
+                         f"known keys: {', '.join(PROPERTY_KEYS)}")
     feature = prop.get("x-feature")
     if feature is not None and feature not in features:
-        raise ValueError(f"{path.name}: {name} has x-feature {feature!r}, which info.x-features does not declare")
+        raise ValueError(f"{where}: {name} has x-feature {feature!r}, which info.x-features does not declare")
     engine = "x-neutral" in prop
     if engine and "default" in prop and prop["default"] != prop["x-neutral"]:
-        raise ValueError(f"{path.name}: {name} has default {prop['default']!r} but x-neutral {prop['x-neutral']!r}")
-    effect = prop.get("x-effect")
-    if effect is not None:
-        effect = Effect(probe=effect["probe"], end=effect["end"], margin=float(effect.get("margin", 0)))
-        if effect.probe not in PROBES or effect.end not in ("min", "max") or feature is None:
-            raise ValueError(f"{path.name}: {name} has x-effect {effect}; probes are {PROBES}, ends min or max, "
-                             "and it needs an x-feature")
+        raise ValueError(f"{where}: {name} has default {prop['default']!r} but x-neutral {prop['x-neutral']!r}")
+    requires = prop.get("x-requires", {})
+    if not isinstance(requires, dict):
+        raise ValueError(f"{where}: {name} has x-requires {requires!r}; it maps property names to values")
     return RequestParameter(
         name=name, kind=_kind(prop), required=required, feature=feature, engine=engine,
-        absent=prop.get("default", prop.get("x-neutral")), requires=tuple(prop.get("x-requires", {}).items()),
-        effect=effect,
+        absent=prop.get("default", prop.get("x-neutral")), requires=tuple(requires.items()),
+        effect=_effect(name, prop, feature, where),
+        ranges_need_feature=_flag(name, prop, "x-ranges-need-feature", feature, required, where),
+        kept_without_feature=_flag(name, prop, "x-kept-without-feature", feature, required, where),
     )
 
 
@@ -320,7 +364,50 @@ class ApiSpec:
                      for name, prop in self._request["properties"].items())
 
     def parameter(self, name: str) -> RequestParameter:
-        return next(param for param in self.parameters if param.name == name)
+        """The request property `name` (KeyError naming it when the spec has none)."""
+        for param in self.parameters:
+            if param.name == name:
+                return param
+        raise KeyError(f"{self.path.name}: no request property {name!r}")
+
+    def greedy_parameter(self) -> RequestParameter:
+        """The one parameter whose `x-effect` probe is greedy (temperature): the effect checks sample
+        at its values, and its near-greedy value is what other checks use."""
+        found = [param for param in self.parameters if param.effect and param.effect.probe == "greedy"]
+        if len(found) != 1:
+            raise ValueError(f"{self.path.name}: exactly one request property needs an x-effect with probe greedy; "
+                             f"found {[param.name for param in found]}")
+        return found[0]
+
+    def effect_value(self, param: RequestParameter) -> int | float:
+        """The value `param`'s effect is probed at: just inside the end of its documented range
+        that its `x-effect` names."""
+        if param.effect is None:
+            raise ValueError(f"{self.path.name}: {param.name} has no x-effect")
+        rng = self.parameter_ranges("documented").get(param.name)
+        if rng is None:
+            raise ValueError(f"{self.path.name}: {param.name} has an x-effect but no documented range")
+        try:
+            return rng.near(param.effect.end, param.effect.margin)
+        except ValueError as exc:
+            raise ValueError(f"{self.path.name}: {param.name} has x-effect {param.effect}: {exc}") from None
+
+    def near_greedy(self) -> int | float:
+        """The value of the greedy parameter that picks the most likely token (temperature near 0)."""
+        return self.effect_value(self.greedy_parameter())
+
+    def validate(self) -> None:
+        """Refuse, at load, what would otherwise fail in some later check: a malformed or unknown
+        x- key, an x-requires naming no property, an x-effect outside its range, no one greedy probe."""
+        names = {param.name for param in self.parameters}
+        for param in self.parameters:
+            for needed, _ in param.requires:
+                if needed not in names:
+                    raise ValueError(f"{self.path.name}: {param.name} has x-requires {needed!r}, "
+                                     "which is no request property")
+            if param.effect is not None:
+                self.effect_value(param)
+        self.greedy_parameter()
 
     def engine_parameters(self) -> tuple[RequestParameter, ...]:
         """The parameters the engine gets in SamplingParams (those with `x-neutral`)."""
@@ -374,7 +461,7 @@ def load(path: Path = SPEC_PATH) -> ApiSpec:
     """The spec at `path`, parsed once per path (callers must not mutate its document)."""
     with path.open(encoding="utf-8") as fh:
         api = ApiSpec(yaml.safe_load(fh), path)
-    api.parameters  # noqa: B018 - a malformed x- key fails here, at load, not in some later check
+    api.validate()  # a malformed x- key fails here, at load, not in some later check
     return api
 
 

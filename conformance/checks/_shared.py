@@ -1,5 +1,5 @@
 """What the feature checks share: the seeded story request, the answer's readers and the
-near-greedy temperature (from the spec's range of temperature, not written here).
+near-greedy parameter (the spec's greedy x-effect on temperature's range, not written here).
 
 Every expectation is derived from the endpoint's own seeded outputs (never from what a given
 model happens to say), and every choice a check makes (seeds, stop strings, token ids) is
@@ -49,8 +49,7 @@ def baseline(ctx: Context, seed: int) -> tuple[Exchange, dict[str, Any]]:
     return ctx.memo(f"semantics.story.{seed}", lambda: ctx.ok_json(story(ctx, seed)))
 
 
-def near_greedy(api: spec.ApiSpec) -> float:
-    """The temperature that picks the most likely token: the value its `x-effect` (probe greedy)
-    names, just inside the low end of its documented range."""
-    param = next(item for item in api.parameters if item.effect and item.effect.probe == "greedy")
-    return api.parameter_ranges("documented")[param.name].near(param.effect.end, param.effect.margin)
+def near_greedy_params(api: spec.ApiSpec) -> dict[str, int | float]:
+    """The request parameter that picks the most likely token (its `x-effect` probe is greedy:
+    temperature), set just inside the end of its documented range that the probe names."""
+    return {api.greedy_parameter().name: api.near_greedy()}

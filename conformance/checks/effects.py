@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import spec
-from conformance.checks._shared import STORY, near_greedy
+from conformance.checks._shared import STORY, near_greedy_params
 from conformance.context import Context, generated_text
-from conformance.registry import Check, CheckFailed, Skipped, register
+from conformance.registry import Check, CheckFailed, Skipped, feature_check_factory
+from conformance.target import Target
 
 SAMPLES = 4  # seeds per group
 SPREAD = 3  # distinct texts out of SAMPLES that count as spread (a collapsed sampler gives 1, maybe 2)
@@ -51,30 +52,30 @@ PENALTY_TOKENS = 32
 @dataclass(frozen=True)
 class Temperatures:
     """The temperatures the effect checks sample at, from the documented range of the parameter
-    whose x-effect probe is greedy (temperature)."""
+    whose x-effect probe is greedy (`name`: temperature), sent under that name."""
 
+    name: str  # the greedy parameter (ApiSpec.greedy_parameter)
     check_id: str  # the check that judges whether temperature is applied
     near_greedy: float  # picks the most likely token
     hot: float  # samples spread
     first_hot: float  # the first token spreads most
 
+    def at(self, value: float) -> dict[str, float]:
+        """The request parameters that set the greedy parameter to `value`."""
+        return {self.name: value}
+
 
 def temperatures(api: spec.ApiSpec) -> Temperatures:
-    param = next(item for item in api.parameters if item.effect and item.effect.probe == "greedy")
+    param = api.greedy_parameter()
+    assert param.effect is not None  # greedy_parameter has an x-effect
     rng = api.parameter_ranges("documented")[param.name]
     other_end = "max" if param.effect.end == "min" else "min"
-    return Temperatures(check_id=_check_id(param), near_greedy=near_greedy(api),
+    return Temperatures(name=param.name, check_id=_check_id(param), near_greedy=api.near_greedy(),
                         hot=rng.at_fraction(HOT_FRACTION), first_hot=rng.near(other_end, FIRST_HOT_MARGIN))
 
 
 def _check_id(param: spec.RequestParameter) -> str:
     return f"{param.feature}.{param.name}_effect"
-
-
-def probe_value(api: spec.ApiSpec, param: spec.RequestParameter) -> int | float:
-    """The value a parameter's effect is probed at: just inside the end its `x-effect` names."""
-    assert param.effect is not None
-    return api.parameter_ranges("documented")[param.name].near(param.effect.end, param.effect.margin)
 
 
 def _refused_as_unsupported(ctx: Context, body: dict[str, Any], tested: str | None) -> dict[str, Any]:
@@ -118,7 +119,7 @@ def _greedy_texts(ctx: Context, temps: Temperatures) -> list[str] | None:
         seeds = [ctx.target.seed + SEED_OFFSET + i for i in range(FIRST_SAMPLES)]
         return [_text(_refused_as_unsupported(
             ctx, ctx.body(messages=[{"role": "user", "content": STORY}], max_tokens=SAMPLE_TOKENS, seed=seed,
-                          temperature=temps.first_hot), None)) for seed in seeds]
+                          **temps.at(temps.first_hot)), None)) for seed in seeds]
 
     texts = ctx.memo("effects.greedy_check", run)
     return texts if _distinct(texts) == 1 else None
@@ -128,16 +129,16 @@ def _no_spread(ctx: Context, temps: Temperatures, what: str, seen: str) -> NoRet
     """The control did not spread: not supported when the endpoint never samples (temperature_effect
     fails for that), else cannot judge."""
     if (greedy := _greedy_texts(ctx, temps)) is not None:
-        ctx.lacks(f"sampling at a high temperature ({FIRST_SAMPLES} seeds at temperature {temps.first_hot} gave one "
+        ctx.lacks(f"sampling at a high {temps.name} ({FIRST_SAMPLES} seeds at {temps.name} {temps.first_hot} gave one "
                   f"text, {greedy[0]!r}: the endpoint decodes greedily)", temps.check_id)
     raise Skipped(f"cannot judge {what}: {seen}")
 
 
 def _hot_spread(ctx: Context, temps: Temperatures, what: str) -> list[str]:
     """The control: texts at temperature hot with no filter, which must spread for `what` to be seen."""
-    texts = _samples(ctx, None, temperature=temps.hot)
+    texts = _samples(ctx, None, **temps.at(temps.hot))
     if _distinct(texts) < SPREAD:
-        _no_spread(ctx, temps, what, f"{SAMPLES} seeds at temperature {temps.hot} gave only {_distinct(texts)} "
+        _no_spread(ctx, temps, what, f"{SAMPLES} seeds at {temps.name} {temps.hot} gave only {_distinct(texts)} "
                                      f"distinct text(s), too little spread to see a filter narrow it: {texts}")
     return texts
 
@@ -147,21 +148,21 @@ def _collapse_check(param: str, value: float, temps: Temperatures) -> Callable[[
 
     def run(ctx: Context) -> None:
         hot = _hot_spread(ctx, temps, f"{param} {value}")
-        texts = _samples(ctx, param, temperature=temps.hot, **{param: value})
+        texts = _samples(ctx, param, **temps.at(temps.hot), **{param: value})
         # Kept to the most likely token, the seeds agree; a near tie broken differently by a
         # non-deterministic endpoint may split them once, never into SPREAD different texts.
         ctx.expect(_distinct(texts) < SPREAD,
-                   f"{param} {value} at temperature {temps.hot} {rule}, but {SAMPLES} seeds gave "
+                   f"{param} {value} at {temps.name} {temps.hot} {rule}, but {SAMPLES} seeds gave "
                    f"{_distinct(texts)} different texts ({texts}), as spread as without it ({_distinct(hot)} "
                    f"distinct): {param} is ignored")
 
-    run.__doc__ = f"{param} {value} at temperature {temps.hot} {rule}: {SAMPLES} seeds give (nearly) one text."
+    run.__doc__ = f"{param} {value} at {temps.name} {temps.hot} {rule}: {SAMPLES} seeds give (nearly) one text."
     return run
 
 
 def _greedy_check(param: str, value: float, temps: Temperatures) -> Callable[[Context], None]:
     def run(ctx: Context) -> None:
-        hot = _samples(ctx, None, temperature=temps.hot)
+        hot = _samples(ctx, None, **temps.at(temps.hot))
         if _distinct(hot) < SPREAD and (greedy := _greedy_texts(ctx, temps)) is not None:
             ctx.fail(f"{param} {temps.first_hot} must spread the sampled texts, but {FIRST_SAMPLES} seeds all gave "
                      f"{greedy[0]!r} (and {SAMPLES} seeds at {param} {temps.hot} gave {_distinct(hot)} distinct): "
@@ -174,7 +175,7 @@ def _greedy_check(param: str, value: float, temps: Temperatures) -> Callable[[Co
                    f"({_distinct(hot)} distinct): {param} is ignored")
 
     run.__doc__ = (f"A near-zero {param} ({value}) picks the most likely token: {SAMPLES} seeds give (nearly) one "
-                   "text, where at a high temperature they spread.")
+                   f"text, where at a high {temps.name} they spread.")
     return run
 
 
@@ -186,7 +187,7 @@ def _first_tokens(ctx: Context, temps: Temperatures, tested: str | None, **param
         seeds = [ctx.target.seed + SEED_OFFSET + i for i in range(FIRST_SAMPLES)]
         return [_text(_refused_as_unsupported(
             ctx, ctx.body(messages=[{"role": "user", "content": STORY}], max_tokens=1, seed=seed,
-                          temperature=temps.first_hot, **params), tested)) for seed in seeds]
+                          **temps.at(temps.first_hot), **params), tested)) for seed in seeds]
 
     return ctx.memo(key, run)
 
@@ -195,16 +196,16 @@ def _keep_k_check(param: str, k: int, temps: Temperatures) -> Callable[[Context]
     def run(ctx: Context) -> None:
         free = _first_tokens(ctx, temps, None)
         if _distinct(free) <= k:
-            _no_spread(ctx, temps, param, f"{FIRST_SAMPLES} seeds at temperature {temps.first_hot} began with only "
+            _no_spread(ctx, temps, param, f"{FIRST_SAMPLES} seeds at {temps.name} {temps.first_hot} began with only "
                                           f"{_distinct(free)} distinct token(s) ({sorted(set(free))}), no more than "
                                           f"{param} {k} allows")
         kept = _first_tokens(ctx, temps, param, **{param: k})
         ctx.expect(_distinct(kept) <= k,
-                   f"{param} {k} at temperature {temps.first_hot}: {FIRST_SAMPLES} seeds began with "
+                   f"{param} {k} at {temps.name} {temps.first_hot}: {FIRST_SAMPLES} seeds began with "
                    f"{_distinct(kept)} different tokens {sorted(set(kept))}, but only the {k} most likely may be "
                    f"sampled (without {param}: {_distinct(free)} distinct): {param} is ignored")
 
-    run.__doc__ = (f"{param} {k} at a high temperature: the first token of {FIRST_SAMPLES} seeded answers is one of "
+    run.__doc__ = (f"{param} {k} at a high {temps.name}: the first token of {FIRST_SAMPLES} seeded answers is one of "
                    f"at most {k} tokens (so at most {k} texts), where without {param} it takes more.")
     return run
 
@@ -224,7 +225,7 @@ def _near_greedy(ctx: Context, prompt: str, tested: str | None, ask: int = 0, **
     """The seeded near-greedy answer to `prompt` with `params`; `ask` numbers repeats of the same
     request (each its own memo)."""
     body = ctx.body(messages=[{"role": "user", "content": prompt}], max_tokens=PENALTY_TOKENS,
-                    temperature=near_greedy(ctx.target.api), seed=ctx.target.seed + SEED_OFFSET, **params)
+                    **near_greedy_params(ctx.target.api), seed=ctx.target.seed + SEED_OFFSET, **params)
     key = "effects.greedy." + repr((prompt, sorted(params.items()), ask))
     return ctx.memo(key, lambda: _text(_refused_as_unsupported(ctx, body, tested)))
 
@@ -278,17 +279,15 @@ _PROBES: dict[str, Callable[[str, Any, Temperatures], Callable[[Context], None]]
 }
 
 
-def effect_checks(api: spec.ApiSpec) -> Iterator[Check]:
-    """One check per parameter of `api` with an `x-effect`, grouped by probe (spec.PROBES' order)."""
+@feature_check_factory
+def effect_checks(target: Target) -> Iterator[Check]:
+    """One check per parameter of the target's spec with an `x-effect`, grouped by probe (spec.PROBES' order)."""
+    api = target.api
     temps = temperatures(api)
     for probe in spec.PROBES:
         for param in api.parameters:
             if param.effect is None or param.effect.probe != probe:
                 continue
-            run = _PROBES[probe](param.name, probe_value(api, param), temps)
+            run = _PROBES[probe](param.name, api.effect_value(param), temps)
             yield Check(id=_check_id(param), feature=str(param.feature), category="effect", run=run,
                         description=(run.__doc__ or "").strip())
-
-
-for _item in effect_checks(spec.default()):
-    register(_item)

@@ -46,10 +46,10 @@ MAX_CONTENT_CHARS = 48
 def feature_fields(api: spec.ApiSpec) -> dict[str, tuple[str, ...]]:
     """Optional request fields per feature (their `x-feature`): a feature the target declares
     unsupported is left out of generated requests (leaving out an optional field never changes
-    whether a request is valid)."""
+    whether a request is valid), except fields every endpoint takes (`x-kept-without-feature`)."""
     groups: dict[str, tuple[str, ...]] = {}
     for param in api.parameters:
-        if param.feature and not param.required:
+        if param.feature and not param.required and not param.kept_without_feature:
             groups[param.feature] = (*groups.get(param.feature, ()), param.name)
     return groups
 

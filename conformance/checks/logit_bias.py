@@ -128,7 +128,7 @@ def _first_token(ctx: Context, prompt: str, bias: dict[str, int] | None = None) 
     """The text of the first token of the near-greedy, seeded answer to `prompt`."""
     params: dict[str, Any] = {"logit_bias": bias} if bias else {}
     exchange, data = ctx.ok_json(ctx.body(messages=shared.user(prompt), max_tokens=1,
-                                          temperature=shared.near_greedy(ctx.target.api), seed=ctx.target.seed,
+                                          **shared.near_greedy_params(ctx.target.api), seed=ctx.target.seed,
                                           **params))
     return exchange, generated_text(shared.choice(data)["message"])
 

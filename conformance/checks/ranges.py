@@ -3,7 +3,8 @@ each end are rejected with a 4xx naming the parameter (the spec says 400), exclu
 inclusive ends accepted, a wrong type is rejected and null is accepted exactly when nullable.
 
 No range is written here: every value is derived from the target's spec (`target.api`), and
-so is what a parameter's checks rely on (its `x-feature`) and what it needs alongside (`x-requires`).
+so is what a parameter's checks rely on (its `x-feature`, where `x-ranges-need-feature` says so)
+and what it needs alongside (`x-requires`).
 Rejecting a value is a must; that it is exactly 400, and the envelope's shape, are judged once by
 the errors checks. Rejecting an exclusive end that OpenAI's API accepts (temperature 0) is a should.
 """
@@ -30,9 +31,11 @@ def _param(path: str) -> str:
 
 
 def _relies_on(api: spec.ApiSpec, path: str) -> tuple[str, ...]:
-    """The feature a parameter belongs to: declared unsupported, its checks are "not supported"."""
-    feature = api.parameter(_param(path)).feature
-    return (feature,) if feature else ()
+    """The feature a parameter's checks rely on (declared unsupported, they are "not supported"):
+    its x-feature, only when the spec says an endpoint without it refuses the parameter outright
+    (`x-ranges-need-feature`; never a required parameter). Other ranges hold whatever is declared."""
+    param = api.parameter(_param(path))
+    return (param.feature,) if param.ranges_need_feature and param.feature else ()
 
 
 def _body(ctx: Context, path: str, value: Any) -> dict[str, Any]:

@@ -49,15 +49,25 @@ class SamplingParams:
     extras: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
+    def named_parameters(cls, api: spec.ApiSpec) -> frozenset[str]:
+        """The spec parameters that reach the engine (`x-neutral`) under a field of their own here
+        (the rest arrive in `extras`)."""
+        return frozenset(item.name for item in fields(cls)) & {param.name for param in api.engine_parameters()}
+
+    @classmethod
     def from_request(cls, body: dict[str, Any], api: spec.ApiSpec, **given: Any) -> SamplingParams:
         """The params of a validated request `body`: every `x-neutral` parameter of `api` (absent or
         null: its neutral value), then `given` (what needs more than a type: max_tokens, logit_bias)."""
-        named = {item.name for item in fields(cls)}
+        named = cls.named_parameters(api)
         values: dict[str, Any] = {}
         extras: dict[str, Any] = {}
         for param in api.engine_parameters():
             (values if param.name in named else extras)[param.name] = param.engine_value(body)
         return cls(**{**values, **given}, extras=extras)
+
+
+# Every spec parameter SamplingParams has a field for: what an engine that applies them all declares.
+NAMED_PARAMETERS = SamplingParams.named_parameters(spec.default())
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,14 @@ class Engine(ABC):
     # Whether the engine can make tool calls (the openai profile's `tools`); one that cannot answers a
     # request with tools with a 400 naming tools, so a client sees the feature as not offered.
     serves_tools: bool = False
+    # The spec parameters (those with `x-neutral`, in SamplingParams) the engine acts on. The server
+    # warns at startup about, and /health lists, any other such parameter: it is validated and
+    # accepted, then ignored, and that must be visible.
+    applies: frozenset[str] = frozenset()
+
+    def ignored_parameters(self, api: spec.ApiSpec) -> tuple[str, ...]:
+        """The parameters of `api` that reach this engine but that it does not apply, in spec order."""
+        return tuple(param.name for param in api.engine_parameters() if param.name not in self.applies)
 
     def plan_calls(self, plan: ToolPlan) -> tuple[FunctionTool, ...]:
         """The functions this answer calls (empty: it answers in text); each call's arguments are then

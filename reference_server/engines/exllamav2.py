@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
+from reference_server.engines.base import NAMED_PARAMETERS, Engine, GeneratedToken, SamplingParams
 from reference_server.engines.exllamav2_plan import (
     JobPlan,
     LogitsProcessor,
@@ -251,6 +251,8 @@ class ExLlamaV2Backend:
 
 class ExLlamaV2Engine(Engine):
     """Jobs on exllamav2 generator replicas; the asyncio side of streaming and cancellation."""
+
+    applies = NAMED_PARAMETERS
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
+from reference_server.engines.base import NAMED_PARAMETERS, Engine, GeneratedToken, SamplingParams
 from reference_server.engines.logprobs import logprobs_from_logits
 from reference_server.engines.timer import DeadlineTimer
 from reference_server.tool_calls import FunctionTool, ToolPlan
@@ -75,6 +75,8 @@ def minimal_instance(schema: dict[str, Any]) -> Any:
 
 class MockEngine(Engine):
     """Deterministic tokens at `ttft_ms` before the first and `itl_ms` between the next ones."""
+
+    applies = NAMED_PARAMETERS
 
     def __init__(
         self,
