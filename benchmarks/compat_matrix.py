@@ -241,7 +241,7 @@ def start(name: str, args: argparse.Namespace, log: Path) -> Iterator[Started]:
                    "--port", str(port)]
         version = dist_version(venv, "llama_cpp_python") + " (portable build)"
     elif name == "llama-server":
-        binary = binary_path() if install else cached_binary()
+        binary = binary_path(native=False) if install else cached_binary(native=False)
         if not binary.is_file():
             raise CannotRun(f"llama-server is not built ({binary}) and --skip-install given")
         command = [str(binary), "-m", gguf, "-np", "4", "--api-key", key, "-t", "1", "-tb", "1", "--alias", ALIAS,

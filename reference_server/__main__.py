@@ -14,6 +14,7 @@ from reference_server.app import DEFAULT_MAX_BODY_BYTES, ServerConfig, build_app
 from reference_server.engines.base import Engine
 from reference_server.engines.extras import missing_engine_extra
 from reference_server.engines.unavailable import EngineUnavailableError
+from reference_server.llama_build import build_mismatch
 from reference_server.self_check import SelfCheckFailed, check_in_child, check_in_process
 
 API_KEYS_ENV = "CHATSPEC_API_KEYS"
@@ -163,6 +164,9 @@ def _load_and_check(args: argparse.Namespace, argv: list[str]) -> Engine:
     missing = missing_engine_extra(args.engine)
     if missing:
         raise StartupFailed(missing)
+    mismatch = build_mismatch() if args.engine == "llamacpp" else None
+    if mismatch:  # before the library is loaded: it could fault as soon as it is
+        raise StartupFailed(f"cannot start the llamacpp engine: {mismatch}")
     if args.self_check == "isolated" and not args.self_check_only:
         hint = LLAMACPP_CRASH_HINT if args.engine == "llamacpp" else ""
         try:
