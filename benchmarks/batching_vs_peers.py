@@ -34,6 +34,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from load.document import LoadReport  # noqa: E402
 from reference_server.engines.llamacpp import default_model_path  # noqa: E402
 from reference_server.launcher import free_port, running_server  # noqa: E402
 
@@ -99,14 +100,12 @@ def load_sweep(base: str, path: str, key: str | None, args: argparse.Namespace, 
     if key:
         command += ["--api-key", key]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    doc = json.loads((out / "load.json").read_text())
     rows = []
-    for step in doc["steps"]:
-        m = step["metrics"]
-        rows.append({"level": step["level"], "prompt_tokens": prompt_tokens, "tok_s": m["output_tokens_per_s"],
-                     "ok": m["requests_ok"],
-                     "failed": m["requests_failed"], "ttft_p50": m["ttft_ms"]["p50"], "ttft_p99": m["ttft_ms"]["p99"],
-                     "itl_p50": m["itl_ms"]["p50"], "itl_p99": m["itl_ms"]["p99"]})
+    for step in LoadReport.read(out / "load.json").steps:
+        m = step.metrics
+        rows.append({"level": step.level, "prompt_tokens": prompt_tokens, "tok_s": m.output_tokens_per_s,
+                     "ok": m.requests_ok, "failed": m.requests_failed, "ttft_p50": m.ttft_ms.p50,
+                     "ttft_p99": m.ttft_ms.p99, "itl_p50": m.itl_ms.p50, "itl_p99": m.itl_ms.p99})
     return rows
 
 

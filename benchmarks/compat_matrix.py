@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import compat_table  # noqa: E402
 from benchmarks.llama_server_build import binary_path, cached_binary  # noqa: E402
 from reference_server import llama_build  # noqa: E402
+from reference_server.engines.registry import DEFAULT_ENGINE, engine_names  # noqa: E402
 from reference_server.launcher import describe_exit, free_port, running_server  # noqa: E402
 
 SERVERS = ("chatspec-documented", "chatspec-openai", "llama-cpp-python", "llama-server", "transformers-serve",
@@ -360,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bounds the peers are held to (chatspec-documented and litellm-proxy, which fronts our "
                              "reference server, always use documented)")
     parser.add_argument("--max-examples", type=int, default=25, help="schema-generated examples per fuzz mode")
-    parser.add_argument("--chatspec-engine", choices=("llamacpp", "mock"), default="llamacpp",
+    parser.add_argument("--chatspec-engine", choices=engine_names(startable_bare=True), default=DEFAULT_ENGINE,
                         help="engine of our reference server (its columns and behind LiteLLM); mock for a "
                              "quick smoke run")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds a server may take to be ready")

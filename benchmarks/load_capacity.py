@@ -24,7 +24,6 @@ events/s at its client CPU is the client's capacity per core:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -33,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from load.document import LoadReport
 from load.records import RequestRecord, StreamTimer
 from reference_server.launcher import running_server
 
@@ -85,17 +85,17 @@ def sweep(levels: str, itl_ms: float, ttft_ms: float, duration: float, output_to
                    "--report-dir", folder]
         subprocess.run(command, check=False, cwd=ROOT, stdout=subprocess.DEVNULL,
                        preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if pin else None)
-        doc = json.loads((Path(folder) / "load.json").read_text())
+        doc = LoadReport.read(Path(folder) / "load.json")
     rows = []
-    for step in doc["steps"]:
-        metrics, cpu = step["metrics"], max(step["client"]["cpu_fraction"])
-        events = metrics["token_events_per_s"]
-        rows.append({"users": step["step"]["users"], "events_per_s": events, "client_cpu": cpu,
+    for step in doc.steps:
+        metrics, cpu = step.metrics, max(step.client.cpu_fraction)
+        events = metrics.token_events_per_s
+        rows.append({"users": step.spec.users, "events_per_s": events, "client_cpu": cpu,
                      "events_per_client_core_s": events / cpu if cpu else None,
-                     "itl_p50_error_ms": metrics["itl_ms"]["p50"] - itl_ms,
-                     "itl_p99_error_ms": metrics["itl_ms"]["p99"] - itl_ms,
-                     "loop_lag_p99_ms": step["client"]["loop_lag_ms"]["p99"], "warnings": step["warnings"],
-                     "sent_as_asked": step["fidelity"]["ok"]})
+                     "itl_p50_error_ms": metrics.itl_ms.p50 - itl_ms,  # type: ignore[operator]
+                     "itl_p99_error_ms": metrics.itl_ms.p99 - itl_ms,  # type: ignore[operator]
+                     "loop_lag_p99_ms": step.client.loop_lag_ms.p99, "warnings": step.warnings,
+                     "sent_as_asked": step.fidelity is not None and step.fidelity.ok})
     return rows
 
 

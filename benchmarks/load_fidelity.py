@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from load.document import LoadReport, StepRecord
 from reference_server.launcher import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def run_load(server: Any, record: Path, report: Path, *args: str) -> tuple[int, dict[str, Any], list[dict], list[dict]]:
+def run_load(server: Any, record: Path, report: Path, *args: str) -> tuple[int, LoadReport, list[dict], list[dict]]:
     """One `python -m load` run; (exit code, load.json, requests.jsonl lines, the server's records
     of the run's streamed requests)."""
     before = len(read_jsonl(record)) if record.exists() else 0
@@ -78,7 +79,7 @@ def run_load(server: Any, record: Path, report: Path, *args: str) -> tuple[int, 
         sys.exit(f"load run failed:\n{result.stderr[-3000:]}")
     time.sleep(0.5)  # the last answer's record is written as its answer ends
     seen = [r for r in read_jsonl(record)[before:] if isinstance(r.get("body"), dict) and r["body"].get("stream")]
-    doc = json.loads((report / "load.json").read_text())
+    doc = LoadReport.read(report / "load.json")
     return result.returncode, doc, read_jsonl(report / "requests.jsonl"), seen
 
 
@@ -101,6 +102,17 @@ def summary(errors_ms: np.ndarray) -> dict[str, float | None]:
     return {"p50": round(float(p50), 3), "p99": round(float(p99), 3), "max": round(float(errors_ms.max()), 3)}
 
 
+def fidelity_fields(step: StepRecord, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named fields of the step's fidelity (the tool's own counts)."""
+    return {name: getattr(step.fidelity, name, None) for name in names}
+
+
+def send_lag(step: StepRecord) -> dict[str, Any]:
+    """The tool's own send lag (ms) at p50, p99 and max; None where it measured none."""
+    lag = step.metrics.send_lag_ms
+    return {key: lag.stat(key) if lag is not None else None for key in ("p50", "p99", "max")}
+
+
 def trace_case(args: argparse.Namespace, server: Any, record: Path, folder: Path) -> dict[str, Any]:
     rows = bursty_trace(args.requests, args.span, args.seed)
     trace = folder / "trace.jsonl"
@@ -109,16 +121,16 @@ def trace_case(args: argparse.Namespace, server: Any, record: Path, folder: Path
     code, doc, requests, seen = run_load(server, record, folder / "trace-report", "--workload", "trace",
                                          "--trace", str(trace), "--trace-speed", str(args.speed),
                                          "--workers", str(args.workers))
-    step = doc["steps"][0]
+    step = doc.steps[0]
     planned = sorted(r["intended_s"] for r in requests)
     asked = sorted((r["timestamp"] - rows[0]["timestamp"]) / 1000 / args.speed for r in rows)
     plan_error_ms = max((abs(a - b) * 1e3 for a, b in zip(planned, asked, strict=False)), default=None)
     errors = arrival_errors_ms(requests, seen)
     return {"case": "trace", "rows": len(rows), "span_s": round(asked[-1], 1), "speed": args.speed,
             "server_received": len(seen), "exact": len(seen) == len(rows), "exit": code,
-            "tool": {k: step["fidelity"][k] for k in ("asked", "scheduled", "sent", "done", "end", "ok")},
+            "tool": fidelity_fields(step, ("asked", "scheduled", "sent", "done", "end", "ok")),
             "plan_vs_trace_max_ms": plan_error_ms, "arrival_error_ms": summary(errors), "joined": int(errors.size),
-            "tool_send_lag_ms": {k: step["metrics"]["send_lag_ms"][k] for k in ("p50", "p99", "max")}}
+            "tool_send_lag_ms": send_lag(step)}
 
 
 def poisson_case(args: argparse.Namespace, server: Any, record: Path, folder: Path, rate: float) -> dict[str, Any]:
@@ -126,16 +138,16 @@ def poisson_case(args: argparse.Namespace, server: Any, record: Path, folder: Pa
     code, doc, requests, seen = run_load(server, record, folder / f"poisson-{rate:g}", "--rate", str(rate),
                                          "--arrival", "poisson", "--duration", str(args.duration), "--warmup", "0",
                                          "--output-tokens", str(args.output_tokens), "--workers", str(args.workers))
-    step = doc["steps"][0]
+    step = doc.steps[0]
     expected = rate * args.duration
     errors = arrival_errors_ms(requests, seen)
     return {"case": "poisson", "rate": rate, "duration_s": args.duration, "expected": expected,
             "expected_sd": round(math.sqrt(expected), 1), "server_received": len(seen),
             "z": round((len(seen) - expected) / math.sqrt(expected), 2), "exit": code,
-            "tool": {k: step["fidelity"][k] for k in ("scheduled", "missed", "sent", "done", "end", "ok")},
-            "exact_vs_scheduled": len(seen) == step["fidelity"]["scheduled"],
+            "tool": fidelity_fields(step, ("scheduled", "missed", "sent", "done", "end", "ok")),
+            "exact_vs_scheduled": step.fidelity is not None and len(seen) == step.fidelity.scheduled,
             "arrival_error_ms": summary(errors), "joined": int(errors.size),
-            "tool_send_lag_ms": {k: step["metrics"]["send_lag_ms"][k] for k in ("p50", "p99", "max")}}
+            "tool_send_lag_ms": send_lag(step)}
 
 
 def main() -> int:

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from load.document import LoadReport
 from reference_server.launcher import running_server
 
 API_ROUTE = "v3/openai/chat/completions"  # guidellm joins target + "/" + route
@@ -102,18 +103,18 @@ def run_ours(server: Any, args: argparse.Namespace, report_dir: Path, warmup: fl
     started = time.monotonic()
     subprocess.run(command, check=True)
     wall = time.monotonic() - started
-    doc = json.loads((report_dir / "load.json").read_text())
-    metrics = doc["steps"][0]["metrics"]
+    step = LoadReport.read(report_dir / "load.json").steps[0]
+    metrics = step.metrics
     return {
         "tool": "load (ours)",
-        "ttft_p50_ms": metrics["ttft_ms"]["p50"], "ttft_p99_ms": metrics["ttft_ms"]["p99"],
-        "itl_p50_ms": metrics["itl_ms"]["p50"], "itl_p99_ms": metrics["itl_ms"]["p99"],
-        "requests_completed": metrics["requests_ok"], "requests_failed": metrics["requests_failed"],
+        "ttft_p50_ms": metrics.ttft_ms.p50, "ttft_p99_ms": metrics.ttft_ms.p99,
+        "itl_p50_ms": metrics.itl_ms.p50, "itl_p99_ms": metrics.itl_ms.p99,
+        "requests_completed": metrics.requests_ok, "requests_failed": metrics.requests_failed,
         # (E2E - TTFT) / (output tokens - 1) per request: guidellm's ITL definition, but to the last byte
-        "tpot_p50_ms": metrics["tpot_ms"]["p50"], "tpot_p99_ms": metrics["tpot_ms"]["p99"],
-        "ttft_samples": metrics["ttft_ms"]["count"], "itl_samples": metrics["itl_ms"]["count"],
-        "output_tokens_mean": metrics["output_tokens_mean"], "prompt_tokens_mean": metrics["prompt_tokens_mean"],
-        "client_processes": 1, "warnings": doc["steps"][0]["warnings"],
+        "tpot_p50_ms": metrics.tpot_ms.p50, "tpot_p99_ms": metrics.tpot_ms.p99,
+        "ttft_samples": metrics.ttft_ms.count, "itl_samples": metrics.itl_ms.count,
+        "output_tokens_mean": metrics.output_tokens_mean, "prompt_tokens_mean": metrics.prompt_tokens_mean,
+        "client_processes": 1, "warnings": step.warnings,
         "wall_s": wall, "report": str(report_dir / "load.json"),
     }
 

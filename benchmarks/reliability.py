@@ -39,7 +39,9 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conformance.hostile import envelope_problem, hostile_stream  # noqa: E402
+from load.document import LoadReport  # noqa: E402
 from reference_server.counts import counts_since, server_counts  # noqa: E402
+from reference_server.engines.registry import engine_names  # noqa: E402
 from reference_server.launcher import running_server  # noqa: E402
 
 CHAT = "/v3/openai/chat/completions"
@@ -359,16 +361,15 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
         sampler.join()
         counted = counts_since(counted_before, server_counts(server.base_url))
         exit_status = server.exit_status()
-    doc = json.loads((report_dir / "load.json").read_text())
-    steps = doc["steps"]
+    steps = LoadReport.read(report_dir / "load.json").steps
     kinds: collections.Counter[str] = collections.Counter()
     for step in steps:
-        kinds.update(step["metrics"].get("errors_by_kind", {}))
-    ok = sum(step["metrics"]["requests_ok"] for step in steps)
+        kinds.update(step.metrics.errors_by_kind)
+    ok = sum(step.metrics.requests_ok for step in steps)
     after_first = [kib for t, kib in samples if t >= step_s]
     base = after_first[0] if after_first else None
     growth = (max(after_first) / base - 1) if base else None
-    p99 = [step["metrics"]["e2e_ms"]["p99"] for step in steps]
+    p99 = [step.metrics.e2e_ms.p99 for step in steps]
     drift = (p99[-1] / p99[1] - 1) if len(p99) >= 2 and p99[1] else None
     codes = counted["responses_by_code"]
     # Each rule by what the server counted (/metrics) and by what the load tool's clients saw: a
@@ -377,7 +378,7 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
     # the server began (a 200) must have been answered in full.
     rules = {
         "only successes and well-formed 429s": not any(kinds[k] for k in BAD_KINDS)
-        and not sum(step["metrics"]["http_429_without_retry_after"] for step in steps)
+        and not sum(step.metrics.http_429_without_retry_after for step in steps)
         and set(codes) <= {"200", "429"},
         "no 5xx": not kinds["http_5xx"] and not any(code.startswith("5") for code in codes),
         "no lost or truncated stream": not (kinds["truncated_stream"] or kinds["connection_closed"]
@@ -392,7 +393,7 @@ def soak(engine: str, minutes: int, users: int, max_queue: int, output_tokens: i
             "load_stderr": load.stderr[-2000:], "server_counted": counted,
             "requests_ok": ok, "errors_by_kind": dict(kinds), "rss_kib": samples,
             "rss_growth_after_first_minute": growth, "e2e_p99_ms_per_minute": p99, "p99_last_vs_second": drift,
-            "output_tokens_per_s_per_minute": [step["metrics"]["output_tokens_per_s"] for step in steps],
+            "output_tokens_per_s_per_minute": [step.metrics.output_tokens_per_s for step in steps],
             "rules": rules, "ok": all(rules.values())}
 
 
@@ -406,13 +407,14 @@ def target(args: argparse.Namespace) -> Iterator[tuple[str, str | None, str]]:
         yield server.base_url, server.api_key, server.model
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("flood", help="hostile requests, raw-socket faults and slow senders")
     f.add_argument("--requests", type=int, default=2000)
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--engine", choices=("mock", "llamacpp"), default="mock", help="the server started here")
+    f.add_argument("--engine", choices=engine_names(startable_bare=True), default="mock",
+                   help="the server started here")
     f.add_argument("--base-url", default=None, help="an endpoint already running (the /v3/openai API)")
     f.add_argument("--api-key", default=None)
     f.add_argument("--model", default="mock")
@@ -420,13 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--slow-seconds", type=float, default=15.0, help="how long the slow senders run")
     f.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     t = sub.add_parser("storm", help="streamed requests whose clients vanish mid-way")
-    t.add_argument("--engine", choices=("mock", "llamacpp"), default="llamacpp")
+    t.add_argument("--engine", choices=engine_names(startable_bare=True), default="llamacpp")
     t.add_argument("--requests", type=int, default=200)
     t.add_argument("--concurrency", type=int, default=24)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     k = sub.add_parser("soak", help="minutes at saturation: only successes and 429s, flat memory and latency")
-    k.add_argument("--engine", choices=("mock", "llamacpp"), default="mock")
+    k.add_argument("--engine", choices=engine_names(startable_bare=True), default="mock")
     k.add_argument("--minutes", type=int, default=10)
     k.add_argument("--users", type=int, default=None, help="closed-loop users (default: max-queue + 4)")
     k.add_argument("--max-queue", type=int, default=12)
@@ -435,7 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--step-seconds", type=float, default=60.0, help="length of each judged step (a minute)")
     k.add_argument("--sample-seconds", type=float, default=10.0, help="how often the server's RSS is read")
     k.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "storm":
         server_args = ("--ttft-ms", "20", "--itl-ms", "10") if args.engine == "mock" else ()
         ban = {"0": -100} if args.engine == "mock" else {"0": -100, "2": -100}

@@ -19,6 +19,7 @@ from conformance import baseline, options
 from conformance.registry import collect
 from conformance.runner import Unreachable, preflight, run_checks, summary_line
 from conformance.target import Target
+from reference_server.engines.registry import DEFAULT_ENGINE, engine_names
 from spec import endpoint
 
 API_KEY_ENV = options.API_KEY_ENV
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = parser.add_argument_group("target")
     how = parser.add_argument_group("run")
     options.add_to_argparse({"target": where, "run": how})
-    where.add_argument("--embedded-server", nargs="?", const="llamacpp", choices=("llamacpp", "mock"),
+    where.add_argument("--embedded-server", nargs="?", const=DEFAULT_ENGINE, choices=engine_names(startable_bare=True),
                        default=None, help="start the reference server on loopback (llamacpp: the "
                        "embedded CPU model, needs chatspec[cpu]; mock: no model) and test it; needs no --base-url")
     how.add_argument("--report-dir", type=Path, default=None,

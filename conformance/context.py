@@ -58,6 +58,33 @@ def names_param(named: str, param: str) -> bool:
     return named == param or named.split(".")[0].split("[")[0] == param
 
 
+# Where reasoning models put their reasoning, apart from the answer: a delta's or message's
+# `reasoning_content` (DeepSeek, older vLLM) or `reasoning` (newer vLLM). Checks of the answer read
+# `content` only; checks of what was sampled read both (`generated_text`), and compare counts of
+# answer tokens with usage less its reasoning tokens (`content_tokens`).
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def reasoning_of(part: Any) -> str:
+    """The reasoning text a message or a delta carries ('' when none)."""
+    if not isinstance(part, dict):
+        return ""
+    return "".join(part[name] for name in REASONING_FIELDS if isinstance(part.get(name), str))
+
+
+def generated_text(message: Any) -> str:
+    """Every sampled token's text of a message: its reasoning, then its content."""
+    content = message.get("content") if isinstance(message, dict) else None
+    return reasoning_of(message) + (content if isinstance(content, str) else "")
+
+
+def content_tokens(usage: dict[str, Any]) -> int:
+    """usage.completion_tokens less the reasoning tokens it counts (completion_tokens_details)."""
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return usage["completion_tokens"] - (reasoning if isinstance(reasoning, int) else 0)
+
+
 @dataclass
 class StreamResult:
     """A streamed response, parsed strictly."""
@@ -78,6 +105,16 @@ class StreamResult:
                     out[choice.get("index", 0)] = out.get(choice.get("index", 0), "") + content
         return out
 
+    def reasonings(self) -> dict[int, str]:
+        """Concatenated delta reasoning per choice index (reasoning_content or reasoning)."""
+        out: dict[int, str] = {}
+        for chunk in self.chunks:
+            for choice in chunk.get("choices") or []:
+                thought = reasoning_of(choice.get("delta"))
+                if thought:
+                    out[choice.get("index", 0)] = out.get(choice.get("index", 0), "") + thought
+        return out
+
     def finish_reasons(self) -> dict[int, list[str]]:
         """Every non-null finish_reason seen, per choice index."""
         out: dict[int, list[str]] = {}
@@ -95,10 +132,6 @@ class StreamResult:
                 content = (choice.get("logprobs") or {}).get("content") or []
                 out.setdefault(choice.get("index", 0), []).extend(content)
         return out
-
-    def usage_chunks(self) -> list[int]:
-        """Indices (into `chunks`) of chunks that carry a non-null usage."""
-        return [i for i, chunk in enumerate(self.chunks) if chunk.get("usage") is not None]
 
 
 class Context:

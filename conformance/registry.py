@@ -11,33 +11,31 @@ and gating only with `--fail-on should`). Checks that may wedge an endpoint run 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import spec
 from reports.model import SEVERITIES
 
 if TYPE_CHECKING:
     from conformance.context import Context
     from conformance.target import Exchange, Target
 
-CHECK_MODULES = (
-    "conformance.checks.errors",
-    "conformance.checks.streaming",
-    "conformance.checks.usage",
-    "conformance.checks.ranges",
-    "conformance.checks.semantics",
-    "conformance.checks.effects",
-    "conformance.checks.connection",
-    "conformance.checks.fuzz",
-    "conformance.checks.openai_fields",
-)
 
-FEATURES = (
-    "auth", "errors", "ranges", "schema", "streaming", "usage", "seed", "stop", "max_tokens",
-    "n", "logprobs", "logit_bias", "json_mode", "context", "sampling", "connection",
-)
+def _check_modules() -> tuple[str, ...]:
+    """Every module of the conformance.checks package: a new module of checks needs no listing."""
+    import conformance.checks as package
+
+    return tuple(f"{package.__name__}.{info.name}" for info in pkgutil.iter_modules(package.__path__)
+                 if not info.name.startswith("_"))
+
+
+CHECK_MODULES = _check_modules()
+# The features checks are grouped by, in the order they run (the spec's info.x-features).
+FEATURES = spec.default().feature_names
 
 
 class CheckFailed(AssertionError):
@@ -102,6 +100,14 @@ def check(
     return register
 
 
+def register(item: Check) -> Check:
+    """Register a check built from data (e.g. one per parameter the spec describes)."""
+    if item.feature not in FEATURES:
+        raise ValueError(f"unknown feature {item.feature!r} for check {item.id!r}")
+    _STATIC.append(item)
+    return item
+
+
 def check_factory(fn: Callable[[Target], Iterable[Check]]) -> Callable[[Target], Iterable[Check]]:
     """Register a function that generates checks for a target (e.g. from the spec's ranges)."""
     _FACTORIES.append(fn)
@@ -109,12 +115,14 @@ def check_factory(fn: Callable[[Target], Iterable[Check]]) -> Callable[[Target],
 
 
 def collect(target: Target, keyword: str | None = None, modules: Iterable[str] = CHECK_MODULES) -> list[Check]:
-    """The checks of `modules` for `target`, in a stable order (those that may wedge the endpoint
-    last), filtered by a `-k` style expression (which also matches the severity)."""
+    """The checks of `modules` for `target`, in a stable order (registered checks by their feature's
+    place in FEATURES, then generated ones, those that may wedge the endpoint last), filtered by a
+    `-k` style expression (which also matches the severity)."""
     wanted = tuple(modules)
     for module in wanted:
         importlib.import_module(module)
-    checks = [item for item in _STATIC if item.run.__module__ in wanted]
+    checks = sorted((item for item in _STATIC if item.run.__module__ in wanted),
+                    key=lambda item: FEATURES.index(item.feature))
     for factory in _FACTORIES:
         if factory.__module__ in wanted:
             checks.extend(factory(target))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import socket
 import sys
 import time
@@ -253,6 +252,3 @@ def summary_line(report: RunReport) -> str:
             line += f", fixed: {', '.join(report.fixed)}"
     return line
 
-
-def dump_json(report: RunReport) -> str:
-    return json.dumps(report.to_dict(), indent=2)

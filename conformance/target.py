@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 
+import spec
 from spec.endpoint import Endpoint, resolve
 
 REDACTED = "$API_KEY"
@@ -31,6 +32,8 @@ class Target:
     max_examples: int = 25
     seed: int = 1234
     headers: tuple[tuple[str, str], ...] = ()  # sent with every request (--header)
+    # The spec the target is judged against (a test passes an edited copy; see spec.load).
+    api: spec.ApiSpec = field(default_factory=spec.default, compare=False, repr=False)
 
     @property
     def endpoint(self) -> Endpoint:

@@ -21,6 +21,8 @@ from typing import Any
 
 from load.capacity import CapacitySearch
 from load.config import API_PATH, LoadConfig, MasterOptions, StepSpec
+from load.document import Calibration, LoadReport
+from load.document_parts import WorkloadSummary
 from load.fidelity import describe as describe_fidelity
 from load.lengths import SPEC_HELP
 from load.prompts import message_counter, post_json
@@ -30,6 +32,7 @@ from load.slo import parse_slo
 from load.workloads import from_wire as workload_from_wire
 from load.workloads.build import DEFAULT_OUTPUT_TOKENS, add_workload_arguments, build_workload, workload_kind
 from load.workloads.trace import TraceWorkload
+from reference_server.engines.registry import engine_names
 from spec import endpoint
 
 API_KEY_ENV = "CHATSPEC_API_KEY"
@@ -72,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "{root}/models lists")
     target.add_argument("--path", default=None, help=f"the chat path on the base URL's host, overriding the "
                         f"rule above (e.g. {API_PATH})")
-    target.add_argument("--embedded-server", choices=("mock", "llamacpp"), default=None,
+    target.add_argument("--embedded-server", choices=engine_names(startable_bare=True), default=None,
                         help="start the reference server on loopback for this run (base URL and key not needed)")
     target.add_argument("--calibrate", action="store_true",
                         help="self-check: start the mock engine with --mock-ttft-ms/--mock-itl-ms and report "
@@ -312,31 +315,33 @@ def trace_steps(args: argparse.Namespace, steps: list[StepSpec], workload: Trace
                                 schedule_rate=(count - 1) / span if count > 1 and span > 0 else None)]
 
 
-def print_summary(doc: dict[str, Any]) -> None:
+def print_summary(doc: LoadReport) -> None:
     """One line per step on stdout: what a person wants to see when the run ends."""
     print(f"{'step':<16}{'req/s':>8}{'tok/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}"
           f"{'ITL p99':>9}{'E2E p50':>10}{'errors':>8}  SLO")
-    for step in doc["steps"]:
-        m = step["metrics"]
+    for step in doc.steps:
+        m = step.metrics
 
-        def ms(metric: str, pct: str, m: dict[str, Any] = m) -> str:
-            value = m[f"{metric}_ms"][pct]
+        def ms(value: float | None) -> str:
             return "-" if value is None else f"{value:.1f}"
 
-        slo = "-" if not step["slo"] else ("met" if step["slo_met"] else "MISSED")
-        print(f"{step['label']:<16}{m['requests_per_s']:>8.2f}{m['output_tokens_per_s']:>10.1f}"
-              f"{ms('ttft', 'p50'):>10}{ms('ttft', 'p99'):>10}{ms('itl', 'p50'):>9}{ms('itl', 'p99'):>9}"
-              f"{ms('e2e', 'p50'):>10}{m['requests_failed']:>8}  {slo}")
-        for line in describe_fidelity(step["fidelity"]) if step.get("fidelity") else []:
+        slo = "-" if not step.slo else ("met" if step.slo_met else "MISSED")
+        print(f"{step.label:<16}{m.requests_per_s:>8.2f}{m.output_tokens_per_s:>10.1f}"
+              f"{ms(m.ttft_ms.p50):>10}{ms(m.ttft_ms.p99):>10}{ms(m.itl_ms.p50):>9}{ms(m.itl_ms.p99):>9}"
+              f"{ms(m.e2e_ms.p50):>10}{m.requests_failed:>8}  {slo}")
+        for line in describe_fidelity(step.fidelity) if step.fidelity else []:
             print(f"{'':<16}{line}")
         if (first_content := reasoning_summary_line(m)) is not None:  # a reasoning model's TTFC, tokens
             print(f"{'':<16}{first_content}")
-        if m.get("errors_by_kind"):
-            kinds = ", ".join(f"{kind} {count}" for kind, count in m["errors_by_kind"].items())
+        if m.requests_with_tool_calls:
+            print(f"{'':<16}tool calls: {m.requests_with_tool_calls} of {m.requests_ok} answers called a tool "
+                  f"({m.tool_calls_total} calls); TTFT counts a call's first delta")
+        if m.errors_by_kind:
+            kinds = ", ".join(f"{kind} {count}" for kind, count in m.errors_by_kind.items())
             print(f"{'':<16}errors by kind: {kinds}")
-        for line in workload_lines(step.get("workload") or {}):
+        for line in workload_lines(step.workload):
             print(f"{'':<16}{line}")
-    capacity = doc.get("capacity")
+    capacity = doc.capacity
     if capacity:
         answer = capacity["capacity_label"] or "none (no level met every objective)"
         print(f"capacity: {answer}; search ended: {capacity['stop_reason']}")
@@ -344,27 +349,29 @@ def print_summary(doc: dict[str, Any]) -> None:
             if row["headroom"] is not None:
                 print(f"  {row['objective']}: {row['measured']:g} of {row['limit']:g} "
                       f"({row['headroom']:+.0%} headroom)")
-    if doc.get("calibration"):
-        for row in doc["calibration"]["errors"]:
-            if row["error_ms"] is not None:
-                print(f"calibration {row['step']}: {row['metric']} {row['percentile']} measured "
-                      f"{row['measured_ms']:.3f} ms, truth {row['truth_ms']:g} ms, error {row['error_ms']:+.3f} ms")
+    if doc.calibration:
+        for row in doc.calibration.errors:
+            if row.error_ms is not None:
+                print(f"calibration {row.step}: {row.metric} {row.percentile} measured "
+                      f"{row.measured_ms:.3f} ms, truth {row.truth_ms:g} ms, error {row.error_ms:+.3f} ms")
 
 
-def workload_lines(workload: dict[str, Any]) -> list[str]:
+def workload_lines(workload: WorkloadSummary | None) -> list[str]:
     """The workload's own findings for the summary: lengths served short, prefix sharing, turns."""
+    if workload is None:
+        return []
     lines = []
-    out = workload.get("output_tokens") or {}
-    if out.get("served", {}).get("count"):
-        lines.append(f"output tokens: asked mean {out['requested']['mean']:.1f}, served mean "
-                     f"{out['served']['mean']:.1f}; {workload['output_short']} requests served fewer than asked")
-    sharing = workload.get("prefix_sharing")
-    if sharing and sharing["ratio"] is not None:
-        lines.append(f"prefix-sharing ratio {sharing['ratio']:.3f} ({sharing['reusable_prompt_tokens']} of "
-                     f"{sharing['prompt_tokens']} prompt tokens repeat a prefix sent before)")
-    for turn in workload.get("per_turn") or []:
-        ttft, prompt = turn["ttft_ms"]["p50"], turn["prompt_tokens_mean"]
-        lines.append(f"turn {turn['turn']}: {turn['requests']} requests, TTFT p50 "
+    out = workload.output_tokens
+    if out.served.count:
+        lines.append(f"output tokens: asked mean {out.requested.mean:.1f}, served mean "
+                     f"{out.served.mean:.1f}; {workload.output_short} requests served fewer than asked")
+    sharing = workload.prefix_sharing
+    if sharing and sharing.ratio is not None:
+        lines.append(f"prefix-sharing ratio {sharing.ratio:.3f} ({sharing.reusable_prompt_tokens} of "
+                     f"{sharing.prompt_tokens} prompt tokens repeat a prefix sent before)")
+    for turn in workload.per_turn or []:
+        ttft, prompt = turn.ttft_ms.p50, turn.prompt_tokens_mean
+        lines.append(f"turn {turn.turn}: {turn.requests} requests, TTFT p50 "
                      f"{'-' if ttft is None else f'{ttft:.1f}'} ms, prompt tokens mean "
                      f"{'-' if prompt is None else f'{prompt:.0f}'}")
     return lines
@@ -479,11 +486,11 @@ def run(args: argparse.Namespace) -> int:
     if scrapes is not None:
         ends = [o.started_at for o in outcomes[1:]] + [time.monotonic()]
         for doc_step, outcome, end in zip(step_docs, outcomes, ends, strict=True):
-            doc_step["server"] = scrapes.between(outcome.started_at, end)
+            doc_step.server = scrapes.between(outcome.started_at, end)
     calibration = None
     if args.calibrate:
-        calibration = {"ttft_ms": args.mock_ttft_ms, "itl_ms": args.mock_itl_ms,
-                       "errors": calibration_errors(step_docs, args.mock_ttft_ms, args.mock_itl_ms)}
+        calibration = Calibration(ttft_ms=args.mock_ttft_ms, itl_ms=args.mock_itl_ms,
+                                  errors=calibration_errors(step_docs, args.mock_ttft_ms, args.mock_itl_ms))
     settings = {"stream": config.stream, **workload.describe(),
                 "prompt_tokens_target": args.prompt_tokens, "dataset": args.dataset, "workers": workers,
                 **({"master": f"{remote.bind_host}:{remote.bind_port}"} if remote else {}),
@@ -501,9 +508,9 @@ def run(args: argparse.Namespace) -> int:
                          interrupted=interrupted,
                          steps_not_run=[] if search else [step.label for step in steps[len(outcomes):]])
     if search is not None:
-        doc["capacity"] = search.result(outcomes)
+        doc.capacity = search.result(outcomes)
     if scrapes is not None:
-        doc["server_metrics"] = {"url": scrapes.url, "series": scrapes.series, "scrapes": len(scrapes.samples),
+        doc.server_metrics = {"url": scrapes.url, "series": scrapes.series, "scrapes": len(scrapes.samples),
                                  "failures": scrapes.failures, "last_error": scrapes.last_error}
     from load.export import write_requests
     from reports.load_report import write_load_reports
@@ -518,19 +525,19 @@ def run(args: argparse.Namespace) -> int:
     if aborted:
         print(f"error: {aborted}", file=sys.stderr)
         return 2
-    if not doc["fidelity_ok"]:
+    if not doc.fidelity_ok:
         # A capacity search's probe that was not sent as asked never passes (load.capacity): a finding
         # about that level, while the answer stands on levels that were. Any other step: exit 2.
         kind = "note" if search is not None else "error"
-        for step in doc["steps"]:
-            for problem in (step.get("fidelity") or {}).get("problems", []):
-                print(f"{kind}: step {step['label']} did not send what was asked: {problem}", file=sys.stderr)
+        for step in doc.steps:
+            for problem in step.fidelity.problems if step.fidelity else []:
+                print(f"{kind}: step {step.label} did not send what was asked: {problem}", file=sys.stderr)
         if search is None:
             return 2
     if search is not None:  # probes past the capacity miss the SLO by design; none meeting it is the failure
-        return 0 if doc["capacity"]["capacity"] is not None else 1
-    if not doc["slo_met"]:
-        missed = [f"{s['label']} {v['objective']}" for s in doc["steps"] for v in s["slo"] if not v["met"]]
+        return 0 if doc.capacity and doc.capacity["capacity"] is not None else 1
+    if not doc.slo_met:
+        missed = [f"{s.label} {v.objective}" for s in doc.steps for v in s.slo if not v.met]
         print(f"SLO missed: {', '.join(missed)}", file=sys.stderr)
         return 1
     return 0

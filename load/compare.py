@@ -17,7 +17,6 @@ past --fail-if-worse; 2 a run cannot be read.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from load.document import LoadReport, StepRecord
 from load.export import FILE_NAME, read_requests
 
 # (key, title, metric source, percentile or None, higher is better)
@@ -59,7 +59,7 @@ class StepSamples:
     failed: list[float] = field(default_factory=list)  # 1.0 per failed request
 
 
-def load_run(path: str) -> tuple[str, dict[str, Any], dict[str, StepSamples]]:
+def load_run(path: str) -> tuple[str, LoadReport, dict[str, StepSamples]]:
     """(name, load.json, samples per step label) of a run folder (or its load.json)."""
     folder = Path(path)
     if folder.is_file():
@@ -68,8 +68,8 @@ def load_run(path: str) -> tuple[str, dict[str, Any], dict[str, StepSamples]]:
     if not doc_path.is_file() or not requests_path.is_file():
         raise RunError(f"{path}: not a load report folder (needs load.json and {FILE_NAME})")
     try:
-        doc = json.loads(doc_path.read_text(encoding="utf-8"))
-        steps = {s["step"]["index"]: StepSamples(s["label"], s["metrics"]["window_s"]) for s in doc["steps"]}
+        doc = LoadReport.read(doc_path)
+        steps = {s.spec.index: StepSamples(s.label, s.metrics.window_s) for s in doc.steps}
         for line in read_requests(requests_path):
             step = steps.get(line["step"])
             if step is None or not line["in_window"]:
@@ -143,13 +143,16 @@ def bootstrap(step: StepSamples, resamples: int, rng: np.random.Generator) -> di
     return out
 
 
-def point(step: StepSamples, doc_step: Mapping[str, Any], key: str) -> float | None:
+def point(doc_step: StepRecord, key: str) -> float | None:
     """The metric as the run's own report has it (load.json), so the numbers agree."""
-    metrics = doc_step["metrics"]
-    if key in ("output_tokens_per_s", "error_rate"):
-        return metrics[key]
+    metrics = doc_step.metrics
+    if key == "output_tokens_per_s":
+        return metrics.output_tokens_per_s
+    if key == "error_rate":
+        return metrics.error_rate
     metric, _, pct = key.partition("_p")
-    return metrics[f"{metric}_ms"].get(f"p{pct}")
+    summary = metrics.latency(metric)
+    return summary.stat(f"p{pct}") if summary is not None else None
 
 
 def _interval(values: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
@@ -161,7 +164,7 @@ def _interval(values: np.ndarray, confidence: float) -> tuple[float | None, floa
 
 
 def compare_runs(
-    runs: Sequence[tuple[str, dict[str, Any], dict[str, StepSamples]]], *, resamples: int = 1000,
+    runs: Sequence[tuple[str, LoadReport, dict[str, StepSamples]]], *, resamples: int = 1000,
     confidence: float = 0.95, seed: int = 0,
 ) -> dict[str, Any]:
     """Every step of the first run against the same step of each other run: values with their
@@ -169,7 +172,7 @@ def compare_runs(
     rng = np.random.default_rng(seed)
     base_name, base_doc, base_steps = runs[0]
     rows, notes = [], []
-    doc_steps = [{s["label"]: s for s in doc["steps"]} for _, doc, _ in runs]
+    doc_steps = [{s.label: s for s in doc.steps} for _, doc, _ in runs]
     for label, base in base_steps.items():
         matched = []
         for index, (name, _doc, steps) in enumerate(runs):
@@ -184,11 +187,11 @@ def compare_runs(
         for key, title, _source, _pct, higher in METRICS:
             base_boot = boots[0][key]
             cells = []
-            for index, name, step, doc_step in matched:
-                value = point(step, doc_step, key)
+            for index, name, _step, doc_step in matched:
+                value = point(doc_step, key)
                 low, high = _interval(boots[index][key], confidence)
                 cell: dict[str, Any] = {"run": name, "value": value, "ci": [low, high]}
-                base_value = point(base, doc_steps[0][base.label], key)
+                base_value = point(doc_steps[0][base.label], key)
                 if index > 0 and value is not None and base_value is not None:
                     diff = boots[index][key] - base_boot if base_boot.size and boots[index][key].size else np.empty(0)
                     d_low, d_high = _interval(diff, confidence)
@@ -201,8 +204,9 @@ def compare_runs(
                     })
                 cells.append(cell)
             rows.append({"step": label, "metric": key, "title": title, "higher_is_better": higher, "runs": cells})
-    if all(doc.get("capacity") for _, doc, _ in runs):  # --find-capacity runs: their answers too
-        answers = [doc["capacity"]["capacity"] for _, doc, _ in runs]
+    capacities = [doc.capacity for _, doc, _ in runs]
+    if all(capacities):  # --find-capacity runs: their answers too
+        answers = [capacity["capacity"] for capacity in capacities if capacity]
         cells = [{"run": name, "value": value, "ci": [None, None]} for (name, _, _), value in zip(runs, answers,
                                                                                                    strict=True)]
         for cell in cells[1:]:

@@ -76,6 +76,11 @@ class StepFidelity:
     def to_wire(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
 
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> StepFidelity:
+        """The inverse of `to_wire()` (`ok` is recomputed from the problems)."""
+        return cls(**{key: value for key, value in data.items() if key != "ok"})
+
 
 def mean_concurrency(records: Sequence[RequestRecord], start_ns: int, end_ns: int) -> float:
     """Requests in flight, time-weighted mean over [start_ns, end_ns): each request counts from its
@@ -144,14 +149,14 @@ def judge_step(
                         problems=problems)
 
 
-def describe(fidelity: dict[str, Any]) -> list[str]:
-    """Two lines from a step's fidelity (its wire form, as load.json holds it): what was asked beside
-    what was scheduled, sent and done, why the step ended and the verdict; the rates and concurrency."""
-    asked = "" if fidelity["asked"] is None else f"{fidelity['asked']} asked, "
-    missed = f" ({fidelity['missed']} missed: every user busy)" if fidelity["missed"] else ""
-    rate = (f"rate {fidelity['achieved_rate']:.3g}/s sent of {fidelity['asked_rate']:.3g}/s asked"
-            if fidelity["asked_rate"] is not None else f"rate {fidelity['achieved_rate']:.3g}/s sent")
-    verdict = "sent as asked" if fidelity["ok"] else "NOT SENT AS ASKED: " + "; ".join(fidelity["problems"])
-    return [f"{asked}{fidelity['scheduled']} scheduled{missed}, {fidelity['sent']} sent, {fidelity['done']} done; "
-            f"ended: {fidelity['end']}; {verdict}",
-            f"{rate}, mean in flight {fidelity['mean_concurrency']:.2f} of {fidelity['users']} users"]
+def describe(fidelity: StepFidelity) -> list[str]:
+    """Two lines from a step's fidelity: what was asked beside what was scheduled, sent and done, why
+    the step ended and the verdict; the rates and concurrency."""
+    asked = "" if fidelity.asked is None else f"{fidelity.asked} asked, "
+    missed = f" ({fidelity.missed} missed: every user busy)" if fidelity.missed else ""
+    rate = (f"rate {fidelity.achieved_rate:.3g}/s sent of {fidelity.asked_rate:.3g}/s asked"
+            if fidelity.asked_rate is not None else f"rate {fidelity.achieved_rate:.3g}/s sent")
+    verdict = "sent as asked" if fidelity.ok else "NOT SENT AS ASKED: " + "; ".join(fidelity.problems)
+    return [f"{asked}{fidelity.scheduled} scheduled{missed}, {fidelity.sent} sent, {fidelity.done} done; "
+            f"ended: {fidelity.end}; {verdict}",
+            f"{rate}, mean in flight {fidelity.mean_concurrency:.2f} of {fidelity.users} users"]

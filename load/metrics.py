@@ -148,7 +148,8 @@ def meets_slo(record: RequestRecord, slo: Mapping[str, float]) -> bool:
 def step_metrics(
     records: Sequence[RequestRecord], window: Window, slo: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
-    """Every metric of one step: latency summaries, throughput, goodput, errors, send lag."""
+    """Every metric of one step: latency summaries, throughput, goodput, errors, send lag (the fields
+    of load.document.StepMetrics)."""
     slo = slo or {}
     sent = sent_in(records, window)
     good = [r for r in sent if r.ok]
@@ -189,13 +190,22 @@ def step_metrics(
         "output_tokens_mean": _mean([r.output_tokens for r in good]),
         "token_count_mismatches": mismatched,
         **reasoning_metrics(good),
+        **tool_call_metrics(good),
         "ttft_ms": summarize_ms(ttft, pcts),
         "ttfc_ms": summarize_ms(ttfc, pcts),
         "itl_ms": summarize_ms(itl, pcts),
         "tpot_ms": summarize_ms(np.asarray(tpot, dtype=np.float64), pcts),
         "e2e_ms": summarize_ms(e2e, pcts),
         "send_lag_ms": summarize_ms(lags) if lags else None,
+        "requests_total": len(records),  # warm-up included
+        "requests_refused": sum(1 for r in records if r.connection_refused),
     }
+
+
+def tool_call_metrics(good: Sequence[RequestRecord]) -> dict[str, Any]:
+    """How many successful requests were answered with tool calls, and how many calls they made."""
+    return {"requests_with_tool_calls": sum(1 for r in good if r.tool_calls),
+            "tool_calls_total": sum(r.tool_calls for r in good)}
 
 
 def reasoning_metrics(good: Sequence[RequestRecord]) -> dict[str, Any]:

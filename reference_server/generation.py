@@ -15,6 +15,7 @@ from typing import Any
 
 from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
 from reference_server.stop import StopMatcher
+from reference_server.tool_calls import FunctionTool, ToolCall, ToolCallPiece, assemble, new_call_id
 
 
 @dataclass
@@ -22,12 +23,14 @@ class ChoicePiece:
     """Text that became safe to send for one choice, with the logprobs of the tokens behind it.
 
     `reasoning`: reasoning text (tokens the engine marked as reasoning), sent apart from `text`.
+    `tool_calls`: pieces of the calls the choice makes (an answer with calls has no text).
     """
 
     text: str
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     reasoning: str = ""
+    tool_calls: list[ToolCallPiece] = field(default_factory=list)
 
 
 @dataclass
@@ -71,13 +74,19 @@ async def generate_choice(
     state: ChoiceState,
     cancel: threading.Event,
     started: float | None = None,
+    calls: tuple[FunctionTool, ...] = (),
 ) -> AsyncIterator[ChoicePiece]:
     """Yield pieces of one choice as they become safe to send; the last one has a finish_reason.
 
     Text that may begin a stop sequence is held back until resolved, and a multi-byte
     character is only released once all its bytes have arrived. Reasoning tokens go out as
-    `reasoning` pieces at once: stop sequences and logprobs are about the content.
+    `reasoning` pieces at once: stop sequences and logprobs are about the content. With `calls`
+    (the functions the engine chose to call) the choice is those calls instead of text.
     """
+    if calls:
+        async for piece in _generate_calls(engine, prompt_tokens, params, calls, state, cancel, started):
+            yield piece
+        return
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     thinking = codecs.getincrementaldecoder("utf-8")(errors="replace")
     matcher = StopMatcher(stops)
@@ -109,9 +118,57 @@ async def generate_choice(
     yield ChoicePiece(tail, pending_logprobs, reason, thinking.decode(b"", final=True))
 
 
+async def _generate_calls(
+    engine: Engine,
+    prompt_tokens: list[int],
+    params: SamplingParams,
+    calls: tuple[FunctionTool, ...],
+    state: ChoiceState,
+    cancel: threading.Event,
+    started: float | None,
+) -> AsyncIterator[ChoicePiece]:
+    """The calls one after another, each one's arguments generated in JSON mode against its
+    function's parameters, within the choice's max_tokens; finish_reason tool_calls, or length
+    when the budget ran out inside a call. A call's first piece (id, name, arguments "") goes out
+    with its first generated token, as a model's would: never before the engine's first token."""
+    for index, function in enumerate(calls):
+        head: ToolCallPiece | None = ToolCallPiece(index, "", new_call_id(), function.name)
+        room = params.max_tokens - state.completion_tokens
+        constrained = dataclasses.replace(choice_params(params, state.index), max_tokens=room, json_mode=True,
+                                          json_schema=function.parameters, logprobs=False, top_logprobs=0)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        used = 0
+        tokens = engine.stream(prompt_tokens, constrained, cancel, started)
+        try:
+            async for token in tokens:
+                state.completion_tokens += 1
+                used += 1
+                if token.reasoning:
+                    state.reasoning_tokens += 1
+                    yield ChoicePiece("", reasoning=token.piece.decode("utf-8", errors="replace"))
+                    continue
+                if head is not None:
+                    yield ChoicePiece("", tool_calls=[head])
+                    head = None
+                fragment = decoder.decode(token.piece)
+                if fragment:
+                    yield ChoicePiece("", tool_calls=[ToolCallPiece(index, fragment)])
+        finally:
+            await tokens.aclose()
+        if head is not None:  # no token came (a budget of zero, a cancel): the call is still named
+            yield ChoicePiece("", tool_calls=[head])
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield ChoicePiece("", tool_calls=[ToolCallPiece(index, tail)])
+        if used >= room:
+            yield ChoicePiece("", finish_reason="length")
+            return
+    yield ChoicePiece("", finish_reason="tool_calls")
+
+
 @dataclass
 class CompletedChoice:
-    """A whole non-streamed choice."""
+    """A whole non-streamed choice (its API shape: responses.CompletionChoice)."""
 
     index: int
     text: str
@@ -120,19 +177,7 @@ class CompletedChoice:
     completion_tokens: int
     reasoning: str = ""
     reasoning_tokens: int = 0
-
-    def to_api(self, reasoning_field: str = "reasoning_content") -> dict[str, Any]:
-        """The choice as it appears in a `chat.completion` body; the reasoning, if any, under
-        `reasoning_field` of the message."""
-        message = {"role": "assistant", "content": self.text, "refusal": None}  # OpenAI's field (spec x-decisions)
-        if self.reasoning_tokens:
-            message[reasoning_field] = self.reasoning
-        return {
-            "index": self.index,
-            "message": message,
-            "finish_reason": self.finish_reason,
-            "logprobs": {"content": self.logprobs, "refusal": None} if self.logprobs is not None else None,
-        }
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 async def complete_choice(
@@ -143,17 +188,20 @@ async def complete_choice(
     index: int,
     cancel: threading.Event,
     started: float | None = None,
+    calls: tuple[FunctionTool, ...] = (),
 ) -> CompletedChoice:
     """Run one choice to the end and gather it. `started`: when the request arrived (loop time)."""
     state = ChoiceState(index)
     parts: list[str] = []
     thoughts: list[str] = []
     logprobs: list[dict[str, Any]] = []
+    call_pieces: list[ToolCallPiece] = []
     reason = "stop"
-    async for piece in generate_choice(engine, prompt_tokens, params, stops, state, cancel, started):
+    async for piece in generate_choice(engine, prompt_tokens, params, stops, state, cancel, started, calls):
         parts.append(piece.text)
         thoughts.append(piece.reasoning)
         logprobs.extend(piece.logprobs)
+        call_pieces.extend(piece.tool_calls)
         reason = piece.finish_reason or reason
     return CompletedChoice(
         index=index,
@@ -163,17 +211,5 @@ async def complete_choice(
         completion_tokens=state.completion_tokens,
         reasoning="".join(thoughts),
         reasoning_tokens=state.reasoning_tokens,
+        tool_calls=assemble(call_pieces),
     )
-
-
-def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
-    """The usage object; total is always the sum. Reasoning tokens are part of completion_tokens
-    and, when there are any, also counted apart in completion_tokens_details (OpenAI's form)."""
-    body: dict[str, Any] = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-    if reasoning_tokens:
-        body["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
-    return body

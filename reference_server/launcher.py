@@ -4,6 +4,7 @@ conformance suite's embedded mode and benchmarks."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -16,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from spec.endpoint import DEFAULT_ROOT
 
@@ -61,7 +63,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], log_path: str, timeout_s: float) -> None:
+def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], log_path: str, timeout_s: float) -> dict[str, Any]:
+    """The server's first 200 answer on /health (which names the model it serves), once it comes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -75,7 +78,7 @@ def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], log_path: str
         try:
             with urllib.request.urlopen(base_url + "/health", timeout=2) as response:
                 if response.status == 200:
-                    return
+                    return json.load(response)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.1)
@@ -111,8 +114,10 @@ def running_server(
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base_url, process, log_path, startup_timeout_s)
-        served = model or ("mock" if engine == "mock" else "SmolLM2-135M-Instruct")
+        health = _wait_healthy(base_url, process, log_path, startup_timeout_s)
+        # Asked, not guessed: /health names the engine's model (the first GET {root}/models lists) and,
+        # unlike /models, is not counted in the server's responses (chatspec:http_responses_total).
+        served = model or health["model"]
         yield RunningServer(base_url=base_url, api_key=key, model=served, process=process)
     finally:
         _stop(process)

@@ -6,8 +6,9 @@ Ranges come only from `spec` (no range is written twice); every error names its 
 from __future__ import annotations
 
 import functools
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
@@ -15,6 +16,10 @@ import jsonschema
 import spec
 from reference_server.engines.base import SamplingParams
 from reference_server.errors import ApiError
+from reference_server.tool_calls import ToolPlan, parse_tool_plan
+
+# The server takes the openai profile's request (the documented one plus OpenAI's tool calling).
+PROFILE = "openai"
 
 
 @dataclass(frozen=True)
@@ -29,12 +34,12 @@ class ChatRequest:
     stops: list[str]
     context_behavior: str
     sampling: SamplingParams
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    tools: ToolPlan | None = None  # None: the request names no tools
 
 
-@functools.lru_cache(maxsize=1)
-def _validator() -> jsonschema.Draft202012Validator:
-    schema = spec.request_schema()
+@functools.cache
+def _validator(api: spec.ApiSpec) -> jsonschema.Draft202012Validator:
+    schema = api.request_schema(PROFILE)
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 
@@ -71,15 +76,17 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
-def check_schema(body: Any) -> None:
-    """Raise a 400 naming the first offending parameter when `body` breaks the request schema."""
+def check_schema(body: Any, api: spec.ApiSpec | None = None) -> None:
+    """Raise a 400 naming the first offending parameter when `body` breaks the request schema
+    (of `api`, by default the packaged spec)."""
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_type")
     for name, value in body.items():
         if _has_non_finite(value):
             raise ApiError(400, f"Invalid value for '{name}': NaN and Infinity are not JSON numbers.",
                            param=name, code="invalid_value")
-    errors = sorted(_validator().iter_errors(body), key=lambda e: (len(e.absolute_path), e.path))
+    validator = _validator(api or spec.default())
+    errors = sorted(validator.iter_errors(body), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
         # A missing required field is reported before anything nested inside other fields.
         first = min(errors, key=lambda e: (e.validator != "required", len(e.absolute_path)))
@@ -91,20 +98,25 @@ def _value(body: dict[str, Any], name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def parse_request(body: Any, *, vocab_size: int) -> ChatRequest:
-    """Validate `body` and return it with defaults applied; raise ApiError(400) otherwise."""
-    check_schema(body)
-    defaults = spec.request_defaults()
+def _check_requires(body: dict[str, Any], api: spec.ApiSpec) -> None:
+    """A parameter present with what its `x-requires` names set otherwise is a 400 naming it."""
+    for param in api.parameters:
+        if body.get(param.name) is None:
+            continue
+        for name, wanted in param.requires:
+            if _value(body, name, api.parameter(name).absent) != wanted:
+                raise ApiError(400, f"{param.name} requires {name} to be {json.dumps(wanted)}.",
+                               param=param.name, code="invalid_value")
 
-    logprobs = bool(_value(body, "logprobs", defaults["logprobs"]))
-    top_logprobs = body.get("top_logprobs")
-    if top_logprobs is not None and not logprobs:
-        raise ApiError(
-            400,
-            "top_logprobs requires logprobs to be true.",
-            param="top_logprobs",
-            code="invalid_value",
-        )
+
+def parse_request(body: Any, *, vocab_size: int, api: spec.ApiSpec | None = None) -> ChatRequest:
+    """Validate `body` against `api` (by default the packaged spec) and return it with defaults
+    applied; raise ApiError(400) otherwise."""
+    api = api or spec.default()
+    check_schema(body, api)
+    defaults = api.request_defaults()
+
+    _check_requires(body, api)
 
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -136,22 +148,8 @@ def parse_request(body: Any, *, vocab_size: int) -> ChatRequest:
             ) from exc
 
     max_tokens = int(body["max_tokens"])  # JSON Schema counts 1.0 as an integer
-    sampling = SamplingParams(
-        max_tokens=max_tokens,
-        temperature=float(_value(body, "temperature", defaults["temperature"])),
-        top_p=float(_value(body, "top_p", 1.0)),
-        top_k=int(_value(body, "top_k", 0)),
-        min_p=float(_value(body, "min_p", 0.0)),
-        frequency_penalty=float(_value(body, "frequency_penalty", defaults["frequency_penalty"])),
-        presence_penalty=float(_value(body, "presence_penalty", defaults["presence_penalty"])),
-        repetition_penalty=float(_value(body, "repetition_penalty", 1.0)),
-        logit_bias=logit_bias,
-        seed=None if body.get("seed") is None else int(body["seed"]),
-        logprobs=logprobs,
-        top_logprobs=int(top_logprobs or 0),
-        json_mode=json_mode,
-        json_schema=json_schema,
-    )
+    sampling = SamplingParams.from_request(body, api, max_tokens=max_tokens, logit_bias=logit_bias,
+                                           json_mode=json_mode, json_schema=json_schema)
     return ChatRequest(
         model=body["model"],
         messages=body["messages"],
@@ -163,7 +161,7 @@ def parse_request(body: Any, *, vocab_size: int) -> ChatRequest:
             body, "context_length_exceeded_behavior", defaults["context_length_exceeded_behavior"]
         ),
         sampling=sampling,
-        raw=body,
+        tools=parse_tool_plan(body, api.profile_request_defaults(PROFILE)["parallel_tool_calls"]),
     )
 
 

@@ -6,53 +6,64 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from load.document import LoadReport, StepRecord
 from load.reasoning import worth_showing
 from reports.charts import new_figure, png_base64
 from reports.load_workload import WORKLOAD_TEMPLATE, length_charts, workload_rows
 
 
-def _latency(metric: str, stat: str) -> Callable[[Mapping[str, Any]], Any]:
-    return lambda step: step["metrics"][f"{metric}_ms"][stat]
+def _latency(metric: str, stat: str) -> Callable[[StepRecord], Any]:
+    """A latency statistic (None where the step has no such summary: reports written before it)."""
+    def get(step: StepRecord) -> Any:
+        summary = step.metrics.latency(metric)
+        return summary.stat(stat) if summary is not None else None
+    return get
 
 
-def _optional_latency(metric: str, stat: str) -> Callable[[Mapping[str, Any]], Any]:
-    """A latency reports written before it existed lack (None there)."""
-    return lambda step: (step["metrics"].get(f"{metric}_ms") or {}).get(stat)
+def _fidelity(name: str) -> Callable[[StepRecord], Any]:
+    """A field of the step's fidelity (None for reports written before it)."""
+    return lambda step: getattr(step.fidelity, name) if step.fidelity is not None else None
 
 
-CSV_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
-    ("step", lambda s: s["step"]["index"]),
-    ("label", lambda s: s["label"]),
-    ("users", lambda s: s["step"]["users"]),
-    ("rate", lambda s: s["step"]["rate"]),
-    ("asked", lambda s: (s.get("fidelity") or {}).get("asked")),
-    ("scheduled", lambda s: (s.get("fidelity") or {}).get("scheduled")),
-    ("sent", lambda s: (s.get("fidelity") or {}).get("sent")),
-    ("done", lambda s: (s.get("fidelity") or {}).get("done")),
-    ("ended", lambda s: (s.get("fidelity") or {}).get("end")),
-    ("sent_as_asked", lambda s: (s.get("fidelity") or {}).get("ok")),
-    ("requests_sent", lambda s: s["metrics"]["requests_sent"]),
-    ("requests_ok", lambda s: s["metrics"]["requests_ok"]),
-    ("error_rate", lambda s: s["metrics"]["error_rate"]),
-    ("requests_per_s", lambda s: s["metrics"]["requests_per_s"]),
-    ("output_tokens_per_s", lambda s: s["metrics"]["output_tokens_per_s"]),
-    ("goodput_per_s", lambda s: s["metrics"]["goodput_per_s"]),
+def _sharing_ratio(step: StepRecord) -> float | None:
+    sharing = step.workload.prefix_sharing if step.workload is not None else None
+    return sharing.ratio if sharing is not None else None
+
+
+CSV_COLUMNS: tuple[tuple[str, Callable[[StepRecord], Any]], ...] = (
+    ("step", lambda s: s.spec.index),
+    ("label", lambda s: s.label),
+    ("users", lambda s: s.spec.users),
+    ("rate", lambda s: s.spec.rate),
+    ("asked", _fidelity("asked")),
+    ("scheduled", _fidelity("scheduled")),
+    ("sent", _fidelity("sent")),
+    ("done", _fidelity("done")),
+    ("ended", _fidelity("end")),
+    ("sent_as_asked", _fidelity("ok")),
+    ("requests_sent", lambda s: s.metrics.requests_sent),
+    ("requests_ok", lambda s: s.metrics.requests_ok),
+    ("error_rate", lambda s: s.metrics.error_rate),
+    ("requests_per_s", lambda s: s.metrics.requests_per_s),
+    ("output_tokens_per_s", lambda s: s.metrics.output_tokens_per_s),
+    ("goodput_per_s", lambda s: s.metrics.goodput_per_s),
     *((f"{m}_{p}_ms", _latency(m, p)) for m in ("ttft", "itl", "tpot", "e2e") for p in ("mean", "p50", "p90", "p99")),
-    *((f"ttfc_{p}_ms", _optional_latency("ttfc", p)) for p in ("mean", "p50", "p90", "p99")),
-    ("requests_with_reasoning", lambda s: s["metrics"].get("requests_with_reasoning")),
-    ("reasoning_tokens_mean", lambda s: s["metrics"].get("reasoning_tokens_mean")),
-    ("send_lag_p99_ms", lambda s: (s["metrics"]["send_lag_ms"] or {}).get("p99")),
-    ("prefix_sharing_ratio", lambda s: ((s.get("workload") or {}).get("prefix_sharing") or {}).get("ratio")),
-    ("output_short", lambda s: (s.get("workload") or {}).get("output_short")),
-    ("client_cpu_max", lambda s: max(s["client"]["cpu_fraction"], default=None)),
-    ("slo_met", lambda s: s["slo_met"]),
-    ("warnings", lambda s: " | ".join(s["warnings"])),
+    *((f"ttfc_{p}_ms", _latency("ttfc", p)) for p in ("mean", "p50", "p90", "p99")),
+    ("requests_with_reasoning", lambda s: s.metrics.requests_with_reasoning),
+    ("reasoning_tokens_mean", lambda s: s.metrics.reasoning_tokens_mean),
+    ("requests_with_tool_calls", lambda s: s.metrics.requests_with_tool_calls),
+    ("send_lag_p99_ms", _latency("send_lag", "p99")),
+    ("prefix_sharing_ratio", _sharing_ratio),
+    ("output_short", lambda s: s.workload.output_short if s.workload is not None else None),
+    ("client_cpu_max", lambda s: max(s.client.cpu_fraction, default=None)),
+    ("slo_met", lambda s: s.slo_met),
+    ("warnings", lambda s: " | ".join(s.warnings)),
 )
 
 TEMPLATE = """<!DOCTYPE html>
@@ -79,11 +90,11 @@ started {{ doc.started_at }}, {{ '%.1f' % doc.duration_s }} s</p>
 ({{ '%.1f%%' % (100 * error_total / [sent_total, 1]|max) }}):
 {% for kind, count in error_kinds.items() %}{{ kind }} {{ count }}{{ ', ' if not loop.last }}{% endfor %}
 (table below).</p>{% endif %}
-{% if doc.get('aborted') %}<p class="aborted" id="aborted"><b>The run stopped early{{ ' (partial report)'
-if doc.get('interrupted') else '' }}:</b> {{ doc.aborted }}.
+{% if doc.aborted %}<p class="aborted" id="aborted"><b>The run stopped early{{ ' (partial report)'
+if doc.interrupted else '' }}:</b> {{ doc.aborted }}.
 The step's numbers cover the time until then{% if doc.steps_not_run %}; steps not run:
 {{ doc.steps_not_run|join(', ') }}{% endif %}.</p>{% endif %}
-{% for step in doc.steps %}{% for problem in (step.fidelity or {}).get('problems', []) %}
+{% for step in doc.steps %}{% for problem in (step.fidelity.problems if step.fidelity else []) %}
 <p class="aborted not-sent">{{ step.label }}: <b>not sent as asked:</b> {{ problem }}.</p>{% endfor %}{% endfor %}
 {% for step in doc.steps %}{% for w in step.warnings %}
 <div class="warn">{{ step.label }}: {{ w }}</div>{% endfor %}{% endfor %}
@@ -115,7 +126,7 @@ up and every sent request has ended, or at --duration, Ctrl-C or when the endpoi
 <td class="n">{{ f(m.itl_ms.p50) }}</td><td class="n">{{ f(m.itl_ms.p99) }}</td>
 <td class="n">{{ f(m.tpot_ms.p50) }}</td><td class="n">{{ f(m.e2e_ms.p50) }}</td>
 <td class="n">{{ f(m.e2e_ms.p99) }}</td>
-<td class="n">{{ f((m.send_lag_ms or {}).get('p99')) }}</td>
+<td class="n">{{ f(m.send_lag_ms.p99 if m.send_lag_ms else none) }}</td>
 <td class="n">{{ s.client.cpu_fraction | map('round', 2) | join(', ') }}</td></tr>
 {% endfor %}</table>
 <p class="muted">Latencies in milliseconds; percentiles are exact over every raw sample of every worker.</p>
@@ -139,7 +150,7 @@ first token of the answer itself. Reasoning tokens are part of the output tokens
 <td class="n">{{ count }}</td><td class="n">{{ '%.1f%%' % (100 * share) }}</td><td><code>{{ example }}</code></td></tr>
 {% endfor %}</table>{% endif %}
 
-{% if doc.get('capacity') %}{% set c = doc.capacity %}<h2>Capacity search</h2>
+{% if doc.capacity %}{% set c = doc.capacity %}<h2>Capacity search</h2>
 <p id="capacity">{% if c.capacity is not none %}Highest {{ 'rate' if c.mode == 'rate' else 'concurrency' }} meeting
 every objective: <b>{{ c.capacity_label }}</b>{% if c.first_failing is not none %} (the next level probed,
 {{ f(c.first_failing, 3) }}, missed){% endif %}.{% else %}No level probed met every objective.{% endif %}
@@ -159,9 +170,9 @@ else '–' }}</td></tr>{% endfor %}</table>{% endif %}
 {% if slo_rows %}<h2>Service-level objectives</h2>
 <table id="slo"><tr><th>step</th><th>objective</th><th>limit</th><th>measured</th><th>unit</th><th>verdict</th></tr>
 {% for label, v in slo_rows %}<tr><td>{{ label }}</td><td>{{ v.objective }}</td>
-<td class="n">{{ f(v.get('limit', v.get('limit_ms')), 3 if v.get('unit') == 'fraction' else 1) }}</td>
-<td class="n">{{ f(v.get('measured', v.get('measured_ms')), 3 if v.get('unit') == 'fraction' else 1) }}</td>
-<td>{{ v.get('unit', 'ms') }}</td>
+<td class="n">{{ f(v.limit, 3 if v.unit == 'fraction' else 1) }}</td>
+<td class="n">{{ f(v.measured, 3 if v.unit == 'fraction' else 1) }}</td>
+<td>{{ v.unit }}</td>
 <td class="{{ 'met' if v.met else 'miss' }}">{{ 'met' if v.met else 'MISSED' }}</td></tr>
 {% endfor %}</table>{% endif %}
 
@@ -172,7 +183,7 @@ else '–' }}</td></tr>{% endfor %}</table>{% endif %}
 <td>{{ r.percentile }}</td><td class="n">{{ f(r.truth_ms) }}</td><td class="n">{{ f(r.measured_ms, 3) }}</td>
 <td class="n">{{ f(r.error_ms, 3) }}</td></tr>{% endfor %}</table>{% endif %}
 
-{% if doc.get('server_metrics') %}<p class="muted" id="scrape">Server side: {{ doc.server_metrics.scrapes }}
+{% if doc.server_metrics %}<p class="muted" id="scrape">Server side: {{ doc.server_metrics.scrapes }}
 scrapes of <code>{{ doc.server_metrics.url }}</code> ({{ doc.server_metrics.series|join(', ') }}){% if
 doc.server_metrics.failures %}, {{ doc.server_metrics.failures }} failed (last: {{ doc.server_metrics.last_error
 }}){% endif %}; drawn in each step's plot over time.</p>{% endif %}
@@ -197,17 +208,17 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def _level_charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _level_charts(doc: LoadReport) -> list[tuple[str, str]]:
     """Throughput, goodput and TTFT/ITL percentiles against the level: only when several levels
     were run (one dot per plot says nothing); steps in level order (a capacity search is not)."""
-    steps = sorted(doc["steps"], key=lambda s: s["level"])
-    if len({s["level"] for s in steps}) < 2:
+    steps = sorted(doc.steps, key=lambda s: s.level)
+    if len({s.level for s in steps}) < 2:
         return []
-    open_loop = steps[0]["step"]["rate"] is not None
-    levels = [s["level"] for s in steps]
+    open_loop = steps[0].spec.rate is not None
+    levels = [s.level for s in steps]
     xlabel = "arrival rate (requests/s)" if open_loop else "concurrent users"
     charts = []
-    capacity = (doc.get("capacity") or {}).get("capacity")
+    capacity = doc.capacity["capacity"] if doc.capacity else None
 
     def mark_capacity(axes: Any) -> None:  # the search's answer as a dotted vertical line
         for axis in axes if capacity is not None else ():
@@ -215,21 +226,21 @@ def _level_charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
 
     fig = new_figure(11, 3.6)
     ax = fig.subplots(1, 2)
-    ax[0].plot(levels, [s["metrics"]["output_tokens_per_s"] for s in steps], "o-", label="output tokens/s")
+    ax[0].plot(levels, [s.metrics.output_tokens_per_s for s in steps], "o-", label="output tokens/s")
     ax[0].set_xlabel(xlabel), ax[0].set_ylabel("output tokens/s"), ax[0].set_title("Throughput")
-    ax[1].plot(levels, [s["metrics"]["requests_per_s"] for s in steps], "o-", label="requests/s")
-    if any(s["metrics"]["goodput_per_s"] is not None for s in steps):
-        ax[1].plot(levels, [s["metrics"]["goodput_per_s"] or 0 for s in steps], "s--", label="goodput/s")
+    ax[1].plot(levels, [s.metrics.requests_per_s for s in steps], "o-", label="requests/s")
+    if any(s.metrics.goodput_per_s is not None for s in steps):
+        ax[1].plot(levels, [s.metrics.goodput_per_s or 0 for s in steps], "s--", label="goodput/s")
     mark_capacity(ax)
     ax[1].set_xlabel(xlabel), ax[1].set_ylabel("requests/s"), ax[1].legend(), ax[1].set_title("Requests")
     charts.append(("throughput", png_base64(fig)))
     fig = new_figure(11, 3.6)
-    slo = doc["settings"].get("slo") or {}
-    for axis, metric, title in zip(fig.subplots(1, 2), ("ttft_ms", "itl_ms"), ("TTFT", "ITL"), strict=True):
+    slo = doc.settings.get("slo") or {}
+    for axis, metric, title in zip(fig.subplots(1, 2), ("ttft", "itl"), ("TTFT", "ITL"), strict=True):
         for pct, style in (("p50", "o-"), ("p90", "^-"), ("p99", "s-")):
-            axis.plot(levels, [s["metrics"][metric][pct] for s in steps], style, label=pct)
+            axis.plot(levels, [_latency(metric, pct)(s) for s in steps], style, label=pct)
         for key, limit in slo.items():  # the objectives on this metric, as horizontal lines
-            if key.startswith(metric.removesuffix("_ms") + "_p"):
+            if key.startswith(metric + "_p"):
                 axis.axhline(limit, color="#c62828", linestyle="--", linewidth=1, label=f"SLO {key}")
         mark_capacity([axis])
         axis.set_xlabel(xlabel), axis.set_ylabel("ms"), axis.set_title(f"{title} percentiles"), axis.legend()
@@ -237,25 +248,25 @@ def _level_charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     return charts
 
 
-def _timeline_chart(step: Mapping[str, Any]) -> str | None:
+def _timeline_chart(step: StepRecord) -> str | None:
     """One step over time, like Locust's charts: in flight, output tokens/s, TTFT and ITL per second,
     and the scraped server series on the same axis; the warm-up shaded."""
-    line = step.get("timeline") or {}
-    if not line.get("t"):
+    line = step.timeline
+    if line is None or not line.t:
         return None
-    server = step.get("server") or {}
+    server = step.server or {}
     panels = 5 if server.get("series") else 4
     fig = new_figure(11, 1.7 * panels + 0.6)
     axes = fig.subplots(panels, 1, sharex=True)
-    t = [x + line["bin_s"] / 2 for x in line["t"]]  # each bin drawn at its middle
-    axes[0].plot(t, line["inflight"], "-", label="in flight")
-    axes[0].bar(t, line["failed"], width=line["bin_s"] * 0.8, color="#c62828", alpha=0.6, label="failed")
+    t = [x + line.bin_s / 2 for x in line.t]  # each bin drawn at its middle
+    axes[0].plot(t, line.inflight, "-", label="in flight")
+    axes[0].bar(t, line.failed, width=line.bin_s * 0.8, color="#c62828", alpha=0.6, label="failed")
     axes[0].set_ylabel("requests")
-    axes[1].plot(t, line["output_tokens_per_s"], "-", color="#1565c0")
+    axes[1].plot(t, line.output_tokens_per_s, "-", color="#1565c0")
     axes[1].set_ylabel("output tok/s")
     for axis, metric, name in ((axes[2], "ttft", "TTFT"), (axes[3], "itl", "ITL")):
         for pct, style in (("p50", "-"), ("p99", "--")):
-            values = [v if v is not None else float("nan") for v in line[f"{metric}_{pct}_ms"]]
+            values = [v if v is not None else float("nan") for v in getattr(line, f"{metric}_{pct}_ms")]
             axis.plot(t, values, style, label=f"{name} {pct}")
         axis.set_ylabel(f"{name} ms")
     if panels == 5:  # gauges on the left axis, counters' rates on their own right axis
@@ -269,20 +280,20 @@ def _timeline_chart(step: Mapping[str, Any]) -> str | None:
         if right is not None:
             right.set_ylabel("per second")
             right.legend(fontsize="x-small", loc="upper right")
-    warmup = step["step"]["warmup_s"]
+    warmup = step.spec.warmup_s
     for axis in axes:
         if warmup > 0:
             axis.axvspan(0, warmup, color="#bdbdbd", alpha=0.3, linewidth=0)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize="x-small", loc="upper left")
     axes[-1].set_xlabel("seconds since the step started (grey: warm-up, not measured)")
-    axes[0].set_title(f"{step['label']} over time")
+    axes[0].set_title(f"{step.label} over time")
     return png_base64(fig)
 
 
-def _charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _charts(doc: LoadReport) -> list[tuple[str, str]]:
     """Level plots (several levels only), latency CDFs and each step over time, as base64 PNGs."""
-    steps = doc["steps"]
+    steps = doc.steps
     if not steps or new_figure(1, 1) is None:
         return []
     charts = _level_charts(doc)
@@ -290,9 +301,9 @@ def _charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     for axis, metric, title in zip(fig.subplots(1, 3), ("ttft_ms", "itl_ms", "e2e_ms"), ("TTFT", "ITL", "E2E"),
                                    strict=True):
         for s in steps:
-            points = s["cdf"][metric]
-            if points["x"]:
-                axis.plot(points["x"], points["y"], label=s["label"])
+            points = s.cdf.get(metric)
+            if points is not None and points.x:
+                axis.plot(points.x, points.y, label=s.label)
         axis.set_xlabel("ms"), axis.set_ylabel("fraction <= x"), axis.set_title(f"{title} CDF")
         if len(steps) <= 8 and axis.get_lines():  # no legend for a step without answered requests
             axis.legend(fontsize="small")
@@ -300,34 +311,34 @@ def _charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     for step in steps:
         png = _timeline_chart(step)
         if png is not None:
-            charts.append((f"{step['label']} over time", png))
+            charts.append((f"{step.label} over time", png))
     return charts
 
 
-def render_load_html(doc: Mapping[str, Any]) -> str:
+def render_load_html(doc: LoadReport) -> str:
     """The self-contained HTML page for one load report document."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
                              loader=jinja2.DictLoader({"workload": WORKLOAD_TEMPLATE}))
-    verdict = "SLO MISSED" if not doc["slo_met"] else ("CLIENT-LIMITED" if doc["client_limited"] else "OK")
-    sent = sum(s["metrics"]["requests_sent"] for s in doc["steps"])
-    failed = sum(s["metrics"]["requests_failed"] for s in doc["steps"])
+    verdict = "SLO MISSED" if not doc.slo_met else ("CLIENT-LIMITED" if doc.client_limited else "OK")
+    sent = sum(s.metrics.requests_sent for s in doc.steps)
+    failed = sum(s.metrics.requests_failed for s in doc.steps)
     if failed and verdict != "SLO MISSED":  # errors are never "OK", SLO or not; the warnings say the rest
         verdict = f"ERRORS {failed}/{sent} ({100 * failed / max(sent, 1):.1f}%)"
-    if not doc.get("fidelity_ok", True):  # numbers of a load that was not the one asked for are never OK
+    if not doc.fidelity_ok:  # numbers of a load that was not the one asked for are never OK
         verdict = "NOT SENT AS ASKED"
-    capacity = doc.get("capacity")
+    capacity = doc.capacity
     if capacity:  # probes past the capacity miss the SLO (or go unsent) by design: the answer is the verdict
         verdict = f"CAPACITY {capacity['capacity_label']}" if capacity["capacity"] is not None else "NO CAPACITY"
-    if doc.get("aborted"):
-        verdict = "INTERRUPTED" if doc.get("interrupted") else "ABORTED"
-    error_rows = [(s["label"], kind, count, count / max(s["metrics"]["requests_sent"], 1),
-                   s["metrics"].get("error_examples", {}).get(kind, ""))
-                  for s in doc["steps"] for kind, count in s["metrics"].get("errors_by_kind", {}).items()]
-    slo_rows = [(s["label"], v) for s in doc["steps"] for v in s["slo"]]
-    reasoning_rows = [s for s in doc["steps"] if worth_showing(s["metrics"])]
+    if doc.aborted:
+        verdict = "INTERRUPTED" if doc.interrupted else "ABORTED"
+    error_rows = [(s.label, kind, count, count / max(s.metrics.requests_sent, 1),
+                   s.metrics.error_examples.get(kind, ""))
+                  for s in doc.steps for kind, count in s.metrics.errors_by_kind.items()]
+    slo_rows = [(s.label, v) for s in doc.steps for v in s.slo]
+    reasoning_rows = [s for s in doc.steps if worth_showing(s.metrics)]
     error_kinds: dict[str, int] = {}
-    for step in doc["steps"]:
-        for kind, count in step["metrics"].get("errors_by_kind", {}).items():
+    for step in doc.steps:
+        for kind, count in step.metrics.errors_by_kind.items():
             error_kinds[kind] = error_kinds.get(kind, 0) + count
     return env.from_string(TEMPLATE).render(doc=doc, verdict=verdict, slo_rows=slo_rows, error_rows=error_rows,
                                             error_kinds=error_kinds, error_total=failed, sent_total=sent,
@@ -336,16 +347,16 @@ def render_load_html(doc: Mapping[str, Any]) -> str:
                                             **workload_rows(doc))
 
 
-def write_load_reports(doc: Mapping[str, Any], directory: Path | str) -> dict[str, Path]:
+def write_load_reports(doc: LoadReport, directory: Path | str) -> dict[str, Path]:
     """Write load.json, load.csv and load.html into `directory` (created if needed)."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "load.json", "csv": folder / "load.csv", "html": folder / "load.html"}
-    paths["json"].write_text(json.dumps(doc, indent=1, allow_nan=False), encoding="utf-8")
+    paths["json"].write_text(json.dumps(doc.to_json(), indent=1, allow_nan=False), encoding="utf-8")
     with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow([name for name, _ in CSV_COLUMNS])
-        for step in doc["steps"]:
+        for step in doc.steps:
             writer.writerow([getter(step) for _, getter in CSV_COLUMNS])
     paths["html"].write_text(render_load_html(doc), encoding="utf-8")
     return paths

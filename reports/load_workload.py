@@ -3,9 +3,9 @@ the prefix-sharing ratio and the per-turn latencies of each step (see load.workl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from load.document import LoadReport
 from reports.charts import new_figure, png_base64
 
 WORKLOAD_TEMPLATE = """
@@ -33,46 +33,44 @@ tokens than asked. {% endfor %}</p>{% endif %}
 """
 
 
-def workload_rows(doc: Mapping[str, Any]) -> dict[str, list[Any]]:
+def workload_rows(doc: LoadReport) -> dict[str, list[Any]]:
     """What WORKLOAD_TEMPLATE shows, per step."""
     rows: dict[str, list[Any]] = {"length_rows": [], "short_rows": [], "sharing_rows": [], "turn_rows": []}
-    for step in doc["steps"]:
-        workload = step.get("workload")
-        if not workload:
+    for step in doc.steps:
+        workload = step.workload
+        if workload is None:
             continue
-        for name, key in (("prompt tokens", "input_tokens"), ("output tokens", "output_tokens")):
-            lengths = workload[key]
-            if lengths["served"]["count"] or lengths["requested"]["count"]:
-                rows["length_rows"].append((step["label"], name, lengths["requested"], lengths["served"]))
-        if workload["output_tokens"]["served"]["count"]:
-            rows["short_rows"].append((step["label"], workload["output_short"]))
-        if workload.get("prefix_sharing"):
-            rows["sharing_rows"].append((step["label"], workload["prefix_sharing"]))
-        rows["turn_rows"] += [(step["label"], turn) for turn in workload.get("per_turn") or []]
+        for name, lengths in (("prompt tokens", workload.input_tokens), ("output tokens", workload.output_tokens)):
+            if lengths.served.count or lengths.requested.count:
+                rows["length_rows"].append((step.label, name, lengths.requested, lengths.served))
+        if workload.output_tokens.served.count:
+            rows["short_rows"].append((step.label, workload.output_short))
+        if workload.prefix_sharing:
+            rows["sharing_rows"].append((step.label, workload.prefix_sharing))
+        rows["turn_rows"] += [(step.label, turn) for turn in workload.per_turn or []]
     return rows
 
 
-def length_charts(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+def length_charts(doc: LoadReport) -> list[tuple[str, str]]:
     """Per step, prompt and output length histograms, asked and served overlaid (base64 PNGs)."""
     charts = []
-    for step in doc["steps"]:
-        workload = step.get("workload")
-        if not workload or not workload["output_tokens"]["served"]["count"]:
+    for step in doc.steps:
+        workload = step.workload
+        if workload is None or not workload.output_tokens.served.count:
             continue
         fig = new_figure(11, 3.2)
         if fig is None:
             return []
-        for axis, key, title in zip(fig.subplots(1, 2), ("input_tokens", "output_tokens"),
-                                    ("prompt tokens", "output tokens"), strict=True):
-            lengths = workload[key]
-            edges = lengths["edges"]
-            for counts, label, style in ((lengths["served_counts"], "served (usage)", "stepfilled"),
-                                         (lengths["requested_counts"], "asked", "step")):
+        for axis, lengths, title in zip(fig.subplots(1, 2), (workload.input_tokens, workload.output_tokens),
+                                        ("prompt tokens", "output tokens"), strict=True):
+            edges = lengths.edges
+            for counts, label, style in ((lengths.served_counts, "served (usage)", "stepfilled"),
+                                         (lengths.requested_counts, "asked", "step")):
                 if counts:
                     axis.hist(edges[:-1], bins=edges, weights=counts, histtype=style, label=label,
                               **({"color": "black", "linewidth": 1.5} if style == "step" else {"alpha": 0.5}))
-            axis.set_xlabel(title), axis.set_ylabel("requests"), axis.set_title(f"{step['label']}: {title}")
+            axis.set_xlabel(title), axis.set_ylabel("requests"), axis.set_title(f"{step.label}: {title}")
             if axis.get_legend_handles_labels()[0]:
                 axis.legend(fontsize="small")
-        charts.append((f"lengths {step['label']}", png_base64(fig)))
+        charts.append((f"lengths {step.label}", png_base64(fig)))
     return charts

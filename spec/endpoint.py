@@ -10,7 +10,8 @@ LiteLLM and OpenAI itself; `/v3/openai` for the API this project specifies). The
 
 `--header 'Name: value'` adds a header to every request (gateways that authenticate with
 `api-key:`), and a run without `--model` uses the one model that `{root}/models` lists.
-Stdlib only: the load tool imports it before gevent patches anything.
+It uses urllib (no requests, no gevent) and the spec package (which reads the YAML spec with
+PyYAML): the load tool imports it, and resolves the endpoint, before gevent patches anything.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, web
 from multidict import CIMultiDict
 
+import spec
+
 DONE = b"[DONE]"
 # Hop-by-hop and length headers the proxy recomputes rather than copies.
 _REQUEST_DROP = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
@@ -91,6 +93,8 @@ class Fault:
     # llama.cpp's llama-server does): a client's next request on it finds it dead.
     close_after_stream: bool = False
     stall: Callable[[Call], float] | None = None
+    # The conformance profile the catching checks run under (the tools checks are the openai profile's).
+    profile: str = "documented"
     description: str = field(default="", compare=False)
 
 
@@ -858,6 +862,172 @@ def _force_n1_in_streams(call: Call) -> None:
         _force_n1(call)
 
 
+# ---- tool calls (openai profile) -------------------------------------------------------------------
+
+
+def _tool_items(item: dict[str, Any] | bytes) -> list[dict[str, Any]]:
+    """The delta.tool_calls items of a chunk."""
+    return [entry for choice in _choices(item) for entry in (choice.get("delta") or {}).get("tool_calls") or []]
+
+
+def _message_calls(data: Any) -> list[dict[str, Any]]:
+    choices = data.get("choices") if isinstance(data, dict) else None
+    return [call for choice in choices or [] for call in (choice.get("message") or {}).get("tool_calls") or []]
+
+
+def _arguments_as_object(call: Call, status: int, data: Any) -> tuple[int, Any]:
+    for tool_call in _message_calls(data):
+        tool_call["function"]["arguments"] = json.loads(tool_call["function"]["arguments"])
+    return status, data
+
+
+def _fragments_without_index(call: Call, chunk: dict[str, Any]) -> None:
+    for item in _tool_items(chunk):
+        if "id" not in item:
+            item.pop("index", None)
+
+
+def _named_in_every_delta(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    heads: dict[int, dict[str, Any]] = {}
+    for item in items:
+        for entry in _tool_items(item):
+            if "id" in entry:
+                heads[entry["index"]] = entry
+            else:
+                head = heads[entry["index"]]
+                entry.update(id=head["id"], type="function")
+                entry["function"]["name"] = head["function"]["name"]
+    return encode(items)
+
+
+def _last_fragment_dropped(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    last: dict[int, dict[str, Any]] = {}
+    for item in items:
+        for entry in _tool_items(item):
+            if "id" not in entry:
+                last[entry["index"]] = entry
+    for entry in last.values():
+        entry["function"]["arguments"] = ""
+    return encode(items)
+
+
+def _one_id_json(call: Call, status: int, data: Any) -> tuple[int, Any]:
+    calls = _message_calls(data)
+    for tool_call in calls:
+        tool_call["id"] = calls[0]["id"]
+    return status, data
+
+
+def _one_id_stream(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    first = None
+    for item in items:
+        for entry in _tool_items(item):
+            if "id" in entry:
+                first = first or entry["id"]
+                entry["id"] = first
+    return encode(items)
+
+
+def _tool_finish_stop_choice(call: Call, choice: dict[str, Any]) -> None:
+    if choice.get("finish_reason") == "tool_calls":
+        choice["finish_reason"] = "stop"
+
+
+def _tool_finish_stop_chunk(call: Call, chunk: dict[str, Any]) -> None:
+    for choice in _choices(chunk):
+        _tool_finish_stop_choice(call, choice)
+
+
+def _refuse_tool_messages(call: Call, reply: Reply) -> Reply:
+    messages = call.body.get("messages") if isinstance(call.body, dict) else None
+    if any(isinstance(m, dict) and m.get("role") == "tool" for m in messages or []):
+        envelope = {"error": {"message": "Unknown role 'tool'.", "type": "invalid_request_error", "param": "messages",
+                              "code": "invalid_value"}}
+        return Reply(400, CIMultiDict({"Content-Type": "application/json"}), dump(envelope))
+    return reply
+
+
+def _none_means_required(call: Call) -> None:
+    if isinstance(call.body, dict) and call.body.get("tool_choice") == "none":
+        call.body["tool_choice"] = "required"
+
+
+def _drop_undeclared_choice(call: Call) -> None:
+    body = call.body if isinstance(call.body, dict) else {}
+    choice = body.get("tool_choice")
+    declared = {tool["function"]["name"] for tool in body.get("tools") or []}
+    if isinstance(choice, dict) and choice["function"]["name"] not in declared:
+        del body["tool_choice"]
+
+
+def _think_in_content(call: Call, events: list[bytes]) -> list[bytes]:
+    items = decode(events)
+    for item in items:
+        for choice in _choices(item):
+            if (choice.get("delta") or {}).get("content"):
+                choice["delta"]["content"] = "<think>Let me see.</think>" + choice["delta"]["content"]
+                return encode(items)
+    return encode(items)
+
+
+def _refuse_tools(call: Call, reply: Reply) -> Reply:
+    if isinstance(call.body, dict) and call.body.get("tools"):
+        envelope = {"error": {"message": "tools are not supported.", "type": "invalid_request_error",
+                              "param": "tools", "code": "unsupported_parameter"}}
+        return Reply(400, CIMultiDict({"Content-Type": "application/json"}), dump(envelope))
+    return reply
+
+
+def _strip_tools(call: Call) -> None:
+    if isinstance(call.body, dict):
+        for name in ("tools", "tool_choice", "parallel_tool_calls"):
+            call.body.pop(name, None)
+
+
+TOOLS_SPARED = "tools or reasoning_apart"
+TOOL_FAULTS: tuple[Fault, ...] = (
+    Fault("tool_arguments_object", ("tools.message_shape",), reasons=("arguments",), on_json=_arguments_as_object,
+          spares=TOOLS_SPARED, profile="openai",
+          description="a body's tool call carries its arguments as a JSON object, not a string"),
+    Fault("tool_fragments_without_index", ("tools.stream_index",), reasons=("has index None",),
+          on_stream=each_chunk(_fragments_without_index), spares=TOOLS_SPARED, profile="openai",
+          description="a streamed call's argument fragments carry no index (the OpenAI SDK breaks on them)"),
+    Fault("tool_named_every_delta", ("tools.stream_named_once",), reasons=("deltas carry an id or a name",),
+          on_stream=_named_in_every_delta, spares=TOOLS_SPARED, profile="openai",
+          description="every delta of a streamed call repeats its id and name"),
+    Fault("tool_arguments_cut", ("tools.stream_arguments_valid",), reasons=("which is not JSON",),
+          on_stream=_last_fragment_dropped, spares=TOOLS_SPARED, profile="openai",
+          description="a streamed call's last argument fragment is lost"),
+    Fault("tool_ids_shared", ("tools.parallel_distinct",), reasons=("share ids",), on_json=_one_id_json,
+          on_stream=_one_id_stream, spares=TOOLS_SPARED, profile="openai",
+          description="parallel calls all carry the first call's id"),
+    Fault("tool_finish_stop", ("tools.finish_reason",), reasons=("expected 'tool_calls'",),
+          on_json=each_choice(_tool_finish_stop_choice), on_stream=each_chunk(_tool_finish_stop_chunk),
+          spares=TOOLS_SPARED, profile="openai", description="an answer that is a call finishes with 'stop'"),
+    Fault("tool_message_refused", ("tools.follow_up",), reasons=("expected 200, got 400",),
+          on_reply=_refuse_tool_messages, spares=TOOLS_SPARED, profile="openai",
+          description="a turn with a role tool message is refused"),
+    Fault("tool_choice_none_ignored", ("tools.choice_none",), reasons=("but the answer makes tool calls",),
+          on_request=_none_means_required, spares=TOOLS_SPARED, profile="openai",
+          description="tool_choice none is taken as required"),
+    Fault("undeclared_tool_choice_accepted", ("tools.unknown_choice",), reasons=("got 200",),
+          on_request=_drop_undeclared_choice, spares=TOOLS_SPARED, profile="openai",
+          description="a tool_choice naming an undeclared function is dropped and the request served"),
+    Fault("think_in_content", ("streaming.reasoning_apart",), reasons=("reasoning sent as answer text",),
+          on_stream=_think_in_content, profile="openai",
+          description="a stream's content opens with the reasoning under a <think> tag"),
+)
+
+# Endpoints without tools: every tools check reports "not supported" naming the feature, never failed.
+TOOLS_REFUSED = Fault("tools_refused", (), on_reply=_refuse_tools, profile="openai",
+                      description="a request with tools is answered 400 naming tools (llama.cpp's engine here)")
+TOOLS_IGNORED = Fault("tools_ignored", (), on_request=_strip_tools, profile="openai",
+                      description="tools are dropped from requests (an endpoint that ignores them)")
+
+
 FAULTS: tuple[Fault, ...] = (
     Fault("no_done", ("streaming.done_once_last",),
           reasons=('the stream has no data: [DONE]',), on_stream=_no_done,
@@ -963,9 +1133,6 @@ FAULTS: tuple[Fault, ...] = (
     Fault("always_greedy", ("sampling.temperature_effect",),
           reasons=("the endpoint decodes greedily, temperature is ignored",), on_request=_always_greedy,
           description="every temperature is replaced by 0.01 (greedy decoding whatever is asked)"),
-    Fault("top_k_ignored", ("sampling.top_k_effect",), reasons=("top_k is ignored",),
-          on_request=_drop_field("top_k"),
-          description="top_k is ignored"),
     Fault("context_behavior_ignored", ("context.error_behavior",),
           reasons=('context_length_exceeded_behavior "error": expected HTTP 400, got 200',),
           on_request=_drop_field("context_length_exceeded_behavior"),
@@ -1030,10 +1197,10 @@ FAULTS: tuple[Fault, ...] = (
     Fault("json_usage_off_by_one", ("usage.matches_logprobs_nonstream",),
           reasons=("logprob entries (choices[0].logprobs is set), usage says completion_tokens",),
           on_json=_off_by_one_json, description="a non-stream usage counts one token more than it sent"),
-    *(Fault(f"{name}_ignored", (f"sampling.{name}_effect",), reasons=(f"{name} is ignored",),
-            on_request=_drop_field(name), description=f"{name} is accepted and dropped")
-      for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty",
-                   "repetition_penalty")),
+    # Every parameter with an effect check (its x-effect in the spec), accepted and then ignored.
+    *(Fault(f"{param.name}_ignored", (f"{param.feature}.{param.name}_effect",), reasons=(f"{param.name} is ignored",),
+            on_request=_drop_field(param.name), description=f"{param.name} is accepted and dropped")
+      for param in spec.default().parameters if param.effect),
     Fault("logprob_tokens_misspelled", ("logprobs.spell_content", "logprobs.spell_content_stream"),
           reasons=("the logprob tokens spell", "the logprob tokens spell"),
           on_json=each_choice(_byte_level_choice), on_stream=each_chunk(_byte_level_chunk),
@@ -1062,6 +1229,7 @@ FAULTS: tuple[Fault, ...] = (
     Fault("close_silently", ("connection.close_announced",),
           reasons=("without saying Connection: close",), close_after_stream=True,
           description="the connection is closed right after a streamed answer, without Connection: close"),
+    *TOOL_FAULTS,
 )
 
 def _fault(name: str) -> Fault:

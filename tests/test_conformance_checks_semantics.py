@@ -11,24 +11,21 @@ import requests
 
 import spec
 from conformance import registry
-from conformance.checks.semantics import pick_stop
+from conformance.checks.effects import effect_checks
+from conformance.checks.stop import pick_stop
 from conformance.context import Context
 from conformance.registry import Check
 from conformance.runner import run_one
 from conformance.target import Target
 from reference_server.launcher import running_server
 
-MODULES = ("conformance.checks.ranges", "conformance.checks.semantics", "conformance.checks.effects",
-           "conformance.checks.fuzz")
-SEMANTIC_IDS = (
-    "seed.repeat_nonstream", "seed.repeat_stream_vs_nonstream", "stop.contains_and_ends", "stop.stream",
-    "max_tokens.length_finish", "n.choices_indices", "logprobs.shape", "logprobs.spell_content",
-    "logprobs.spell_content_stream", "logit_bias.force", "logit_bias.ban", "logit_bias.non_integer_key",
-    "logit_bias.unknown_token", "json_mode.parsable", "json_mode.schema_valid", "json_mode.invalid_schema",
-    "context.truncate_default", "context.error_behavior",
-)
-EFFECT_IDS = tuple(f"sampling.{name}_effect" for name in (
-    "temperature", "top_p", "min_p", "top_k", "frequency_penalty", "presence_penalty", "repetition_penalty"))
+# One module per feature whose rule is a model-agnostic semantic (the checks' ids are read from them).
+SEMANTIC_MODULES = tuple(f"conformance.checks.{name}" for name in (
+    "seed", "stop", "max_tokens", "n", "logprobs", "logit_bias", "json_mode", "context"))
+MODULES = ("conformance.checks.ranges", *SEMANTIC_MODULES, "conformance.checks.effects", "conformance.checks.fuzz")
+_ALL = registry.collect(Target(base_url="http://127.0.0.1:1", api_key=None, model="m"), modules=MODULES)
+SEMANTIC_IDS = tuple(item.id for item in _ALL if item.run.__module__ in SEMANTIC_MODULES)
+EFFECT_IDS = tuple(item.id for item in effect_checks(spec.default()))
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +81,14 @@ def test_range_checks_follow_the_spec(server: Any) -> None:
     openai = these_checks(make_target(server, profile="openai"))
     assert openai["ranges.temperature.inclusive_min_end"].category == "inclusive-end"
     assert "ranges.temperature.exclusive_min_end" not in openai
+
+
+def test_one_module_per_feature() -> None:
+    """Each semantic module holds the checks of one feature, named after it."""
+    for module in SEMANTIC_MODULES:
+        features = {item.feature for item in _ALL if item.run.__module__ == module}
+        assert features == {module.rsplit(".", 1)[1]}, (module, features)
+    assert {item.feature for item in _ALL if item.id in EFFECT_IDS} == {"sampling"} and len(EFFECT_IDS) == 7
 
 
 def test_pick_stop_is_deterministic() -> None:

@@ -1,5 +1,5 @@
 """`ExLlamaV2Backend`, the engine's only code that talks to exllamav2, against a fake exllamav2 0.3.2
-(tests/fake_exllamav2.py): job submission, the logits filter inside the generator's sampler,
+(tests/fake_exllamav2_package.py): job submission, the logits filter inside the generator's sampler,
 held tokens, stop tokens, logprobs from the raw logits, cancel and close."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fake_exllamav2 as fake
+import fake_exllamav2_package as fake
 import numpy as np
 import pytest
 

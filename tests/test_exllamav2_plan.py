@@ -18,12 +18,11 @@ from reference_server.engines.exllamav2_plan import (
     LogitsPlan,
     LogitsProcessor,
     SamplerSettings,
-    json_complete,
     logits_plan,
-    logprobs_from_logits,
     plan_job,
     sampler_settings,
 )
+from reference_server.engines.logprobs import json_complete, logprobs_from_logits
 
 VOCAB = 49152
 

@@ -1,6 +1,6 @@
 """The exllamav2 engine's plumbing on the CPU: replicas, streaming, cancel, errors, the HTTP API.
 
-A fake backend (tests/exllamav2_fakes.py) stands in for the GPU generator; everything between
+A fake backend (tests/exllamav2_runtime_fakes.py) stands in for the GPU generator; everything between
 the HTTP layer and the backend's `step()` is the real code.
 """
 
@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from exllamav2_fakes import FakeBackend, failing_factory, make_fake
+from exllamav2_runtime_fakes import FakeBackend, failing_factory, make_fake
 
 from reference_server import generation
-from reference_server.app import ServerConfig, build_app
+from reference_server.app import build_app
+from reference_server.config import ServerConfig
 from reference_server.engines.base import SamplingParams
 from reference_server.engines.exllamav2 import ExLlamaV2Engine, choose_paged, round_up
 from reference_server.engines.exllamav2_plan import plan_job

@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from conformance.hostile import HostileRequest, envelope_problem, fixed_families
-from reference_server.app import MAX_NESTING, unusable_field
 from reference_server.launcher import RunningServer, running_server
+from reference_server.transport import MAX_NESTING, unusable_field
 
 CHAT = "/v3/openai/chat/completions"
 

@@ -223,7 +223,7 @@ def write_run(folder, label: str, ttft_ms: np.ndarray, itl_ms: float, failed: in
     outcome.spec = StepSpec(0, int(label.split()[0]), 10, 0)
     doc = build_document(target={}, settings={}, steps=[step_document(outcome)], started_at="now", duration_s=1)
     folder.mkdir(parents=True)
-    (folder / "load.json").write_text(json.dumps(doc))
+    (folder / "load.json").write_text(json.dumps(doc.to_json()))
     write_requests([outcome], folder)
 
 
@@ -281,7 +281,7 @@ def test_report_level_plots_only_for_several_levels_and_a_timeline_per_step():
     other = make_outcome(StepSpec(1, 4, 10, 1), [], records=outcome.records, window=outcome.window,
                          metrics=outcome.metrics)
     doc = build_document(target={}, settings={}, steps=[*one, step_document(other)], started_at="now", duration_s=1)
-    doc["capacity"] = {"mode": "users", "capacity": 2.0, "capacity_label": "2 users", "first_failing": 4.0,
+    doc.capacity = {"mode": "users", "capacity": 2.0, "capacity_label": "2 users", "first_failing": 4.0,
                        "stop_reason": "converged", "margin": [], "probes": []}
     html = render_load_html(doc)
     assert re.findall(r'<img alt="([^"]+)"', html)[:2] == ["throughput", "latency percentiles"]

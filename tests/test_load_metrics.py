@@ -287,6 +287,7 @@ class TestHealth:
 
 
 def test_reports_are_written_and_self_contained(tmp_path):
+    from load.document import Calibration
     from load.outcome import StepOutcome
     from load.summary import step_document
 
@@ -298,8 +299,8 @@ def test_reports_are_written_and_self_contained(tmp_path):
     steps = [step_document(outcome)]
     doc = build_document(target={"base_url": "http://x"}, settings={"stream": True}, steps=steps,
                          started_at="now", duration_s=3.0,
-                         calibration={"ttft_ms": 90, "itl_ms": 10, "errors": calibration_errors(steps, 90, 10)})
-    assert not doc["slo_met"] and doc["client_limited"]
+                         calibration=Calibration(ttft_ms=90, itl_ms=10, errors=calibration_errors(steps, 90, 10)))
+    assert not doc.slo_met and doc.client_limited
     paths = write_load_reports(doc, tmp_path / "r")
     assert json.loads(paths["json"].read_text())["steps"][0]["metrics"]["requests_ok"] == 2
     rows = list(csv.DictReader(paths["csv"].open()))

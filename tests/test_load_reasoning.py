@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from load.config import StepSpec
+from load.document import LoadReport, StepMetrics
 from load.export import read_requests, write_requests
 from load.metrics import FORMULAS, Window, step_metrics
 from load.outcome import StepOutcome
@@ -139,7 +140,7 @@ class TestMetrics:
     def test_a_model_that_answers_at_once_has_ttfc_equal_to_ttft_and_no_reasoning(self):
         m = step_metrics([reasoning_record(0, 0, 6)], Window(0, 1000 * MS))
         assert m["ttfc_ms"] == m["ttft_ms"] and m["requests_with_reasoning"] == 0
-        assert m["reasoning_tokens_total"] == 0 and summary_line(m) is None
+        assert m["reasoning_tokens_total"] == 0 and summary_line(StepMetrics.from_json(m)) is None
 
     def test_formulas_say_what_counts(self):
         assert "reasoning" in FORMULAS["ttft"] and "tool" in FORMULAS["ttft"]
@@ -154,7 +155,7 @@ def outcome(records: list[RequestRecord]) -> StepOutcome:
                        window, metrics=step_metrics(records, window))
 
 
-def document(records: list[RequestRecord]) -> dict[str, Any]:
+def document(records: list[RequestRecord]) -> LoadReport:
     return build_document(target={"base_url": "http://x"}, settings={"stream": True},
                           steps=[step_document(outcome(records))], started_at="now", duration_s=1.0)
 
@@ -166,7 +167,7 @@ def test_reports_show_ttfc_and_reasoning_only_where_there_is_some(tmp_path):
     assert float(row["ttfc_p50_ms"]) == pytest.approx(80) and float(row["reasoning_tokens_mean"]) == 4.0
     html = paths["html"].read_text()
     assert 'id="reasoning"' in html and "TTFC" in html
-    line = summary_line(thinking["steps"][0]["metrics"])
+    line = summary_line(thinking.steps[0].metrics)
     assert line is not None and "TTFC (first content) p50 80.0 ms" in line and "mean 4.0 (2 of 2 requests" in line
     plain = render_load_html(document([reasoning_record(0, 0, 5)]))
     assert 'id="reasoning"' not in plain

@@ -140,7 +140,7 @@ def test_a_step_that_sent_its_whole_count_is_ok_and_one_that_stopped_short_is_no
     records = records_at((0, 1), (1, 2), (2, 3))
     ok = judged(COMPLETE, [ProcessCounts(scheduled=3, sent=3, done=3, ended_by="count")], records, asked=3)
     assert ok.ok and ok.problems == []
-    assert describe_fidelity(ok.to_wire())[0].startswith("3 asked, 3 scheduled, 3 sent, 3 done; ended: complete")
+    assert describe_fidelity(ok)[0].startswith("3 asked, 3 scheduled, 3 sent, 3 done; ended: complete")
     short = judged(COMPLETE, [ProcessCounts(scheduled=3, sent=3, done=3, ended_by="count")], records, asked=40)
     assert not short.ok and "40 requests were asked for but 3 were sent" in short.problems[0]
     unsent = judged(COMPLETE, [ProcessCounts(scheduled=5, sent=3, done=3, ended_by="schedule")], records)

@@ -16,12 +16,14 @@ from load.prompts import DatasetError, TokenScale, fit_token_scale
 from load.records import RequestRecord
 from load.workload_metrics import length_comparison, prefix_sharing, workload_metrics
 from load.workloads import from_wire
+from load.workloads.base import request_body
 from load.workloads.build import WorkloadError, add_workload_arguments, build_workload
 from load.workloads.dataset import DatasetWorkload
 from load.workloads.multi_turn import MultiTurnWorkload
 from load.workloads.shared_prefix import SharedPrefixWorkload
 from load.workloads.sharegpt import ShareGPTWorkload, count_lengths, read_sharegpt
 from load.workloads.synthetic import SyntheticWorkload
+from load.workloads.tools import SAMPLE_TOOLS, ToolsWorkload
 from load.workloads.trace import TraceWorkload, read_trace
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -189,6 +191,7 @@ def test_every_workload_survives_the_wire():
         MultiTurnWorkload(4, 0.5, fixed_length(3), words=5, user_tokens=parse_length("uniform:4,8"),
                           scale=ONE_PER_WORD),
         TraceWorkload(read_trace(DATA / "mooncake_trace_sample.jsonl"), ONE_PER_WORD, speed=3.0, block_tokens=8),
+        ToolsWorkload(fixed_length(4), choice="named", words=5, source="t.json"),
     ):
         assert from_wire(json.loads(json.dumps(workload.to_wire()))) == workload
 
@@ -202,6 +205,47 @@ def test_synthetic_prompts_follow_the_length_distribution():
         assert 20 <= planned.requested_prompt_tokens <= 200 and 30 <= planned.max_tokens <= 50
         # "Continue this list:" (3 words) + the words + 3 template tokens, as the mock counts
         assert len(planned.messages[0]["content"].split()) + 3 == planned.requested_prompt_tokens
+
+
+class TestToolsWorkload:
+    def test_every_request_offers_the_tools_with_its_choice(self):
+        for choice in ("required", "auto", "none"):
+            session = ToolsWorkload(fixed_length(9), choice=choice, words=4).session(random.Random(1))
+            planned = session.next_request(None)
+            body = request_body(planned, model="m", stream=True, extra_body={})
+            assert body["tools"] == list(SAMPLE_TOOLS) and body["tool_choice"] == choice and body["max_tokens"] == 9
+            assert "get_weather" in body["messages"][0]["content"]
+
+    def test_named_forces_each_tool_in_turn_at_random(self):
+        session = ToolsWorkload(fixed_length(9), choice="named").session(random.Random(2))
+        names = [session.next_request(None).tool_choice["function"]["name"] for _ in range(60)]
+        assert set(names) == {"get_weather", "search_documents", "create_event"}
+
+    def test_other_workloads_send_no_tools(self):
+        planned = SyntheticWorkload(fixed_length(3), words=2).session(random.Random(0)).next_request(None)
+        assert not {"tools", "tool_choice"} & set(request_body(planned, model="m", stream=False, extra_body={}))
+
+    def test_a_users_own_tools_file(self, tmp_path):
+        mine = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+        (tmp_path / "tools.json").write_text(json.dumps(mine))
+        built = build_workload(TestBuild().args("--workload", "tools", "--tools-file", str(tmp_path / "tools.json"),
+                                                "--tool-choice", "auto"), words_counter)
+        assert isinstance(built, ToolsWorkload) and built.tools == tuple(mine) and built.choice == "auto"
+        assert build_workload(TestBuild().args("--workload", "tools"), words_counter).choice == "required"
+
+    @pytest.mark.parametrize(("content", "message"), [
+        ("not json", "tools.json"),
+        ("[]", "non-empty JSON array"),
+        ('[{"type": "function", "function": {}}]', "tool 0: needs"),
+        ('[{"type": "function", "function": {"name": "a", "parameters": 3}}]', "must be a JSON Schema"),
+        ('[{"type": "function", "function": {"name": "a"}}, {"type": "function", "function": {"name": "a"}}]',
+         "used twice"),
+    ])
+    def test_bad_tools_files_are_one_line_errors(self, tmp_path, content, message):
+        (tmp_path / "tools.json").write_text(content)
+        with pytest.raises(WorkloadError, match=message):
+            build_workload(TestBuild().args("--workload", "tools", "--tools-file", str(tmp_path / "tools.json")),
+                           words_counter)
 
 
 class TestBuild:
@@ -244,6 +288,9 @@ class TestBuild:
         (("--output-tokens", "uniform:9,2"), "--output-tokens"),
         (("--workload", "shared-prefix", "--groups", "0"), "--groups"),
         (("--workload", "multi-turn", "--turns", "0"), "--turns"),
+        (("--tools-file", "t.json"), "--tools-file goes with --workload tools"),
+        (("--tool-choice", "auto"), "--tool-choice goes with --workload tools"),
+        (("--workload", "tools", "--prompt-tokens", "40"), "--prompt-words"),
     ])
     def test_options_that_do_not_fit_are_one_line_errors(self, argv, message):
         with pytest.raises(WorkloadError, match=message):

@@ -195,3 +195,26 @@ def test_a_workload_that_cannot_run_exits_2_with_one_line(mock_server, tmp_path,
     result = run_load(mock_server, *args, "--report-dir", str(tmp_path), timeout=60)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "load.json").exists()
+
+
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+def test_tools_requests_offer_the_tools_and_count_the_calls(mock_server, record, tmp_path, stream):
+    """Every request the server received carries the tools and a named tool_choice; every answer is a
+    call, counted as such; a streamed call's TTFT is its first delta, which the mock sends after its TTFT."""
+    mark = record.mark()
+    result = run_load(mock_server, "--workload", "tools", "--tool-choice", "named", "--users", "2",
+                      "--max-requests", "12", "--output-tokens", "40", stream, "--report-dir", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    received = [r for r in record.since(mark) if "tools" in r["body"]]  # not the preflight
+    assert len(received) == 12
+    names = {"get_weather", "search_documents", "create_event"}
+    for row in received:
+        body = row["body"]
+        assert {t["function"]["name"] for t in body["tools"]} == names
+        assert body["tool_choice"]["function"]["name"] in names
+    metrics = step_of(tmp_path / "r")["metrics"]
+    assert metrics["requests_ok"] == 12 and metrics["requests_with_tool_calls"] == 12
+    assert metrics["tool_calls_total"] == 12
+    if stream == "--stream":
+        assert metrics["ttft_ms"]["min"] >= MOCK_TTFT_MS * 0.9
+        assert metrics["token_count_mismatches"] == 0  # a call's opening delta is not a token

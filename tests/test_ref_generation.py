@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import test_utils
 
-from reference_server.app import ServerConfig, build_app
+from reference_server.app import build_app
+from reference_server.config import ServerConfig
 from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
 from reference_server.engines.mock import EOS_ID, VOCAB, MockEngine
 from reference_server.generation import (
@@ -23,8 +24,8 @@ from reference_server.generation import (
     complete_choice,
     generate_choice,
     logprob_entry,
-    usage,
 )
+from reference_server.responses import CompletionChoice, Usage
 
 NO_EOS = {EOS_ID: -100}
 
@@ -185,7 +186,7 @@ def test_logprob_entries_equal_completion_tokens(tokens: list[bytes], max_tokens
 def test_no_logprobs_unless_asked() -> None:
     choice = complete(ScriptEngine([b" a"]), SamplingParams(max_tokens=3))
     assert choice.logprobs is None
-    assert choice.to_api()["logprobs"] is None
+    assert CompletionChoice.from_completed(choice).to_json()["logprobs"] is None
 
 
 def test_streamed_pieces_add_up_to_the_completed_choice() -> None:
@@ -211,7 +212,7 @@ def test_logprob_entry_format() -> None:
 
 
 def test_usage_total_is_the_sum() -> None:
-    assert usage(7, 5) == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+    assert Usage(7, 5).to_json() == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
 
 
 # ---- seeds per choice -----------------------------------------------------------------------

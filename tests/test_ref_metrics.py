@@ -14,7 +14,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from reference_server.app import ServerConfig, build_app
+from reference_server.app import build_app
+from reference_server.config import ServerConfig
 from reference_server.counts import read_counts
 from reference_server.engines.base import SamplingParams
 from reference_server.engines.mock import MockEngine

@@ -1,5 +1,9 @@
 """Effect checks: every documented sampling parameter must change what is sampled.
 
+One check per request parameter with an `x-effect` in the spec, probed at the value just inside
+the end of its documented range that `x-effect` names (top_p near 0, min_p 1, top_k its smallest
+valid k, a penalty just under its top): no value is written here.
+
 The range checks prove a parameter is accepted; these prove it is not then ignored. Each is
 judged on the text alone (no logprobs), against the endpoint's own behaviour without the
 parameter, so no model's particular words are assumed:
@@ -21,27 +25,56 @@ A refused value (400) is not judged here: the ranges checks own acceptance.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from conformance.checks.semantics import NEAR_GREEDY, STORY
-from conformance.context import Context
-from conformance.registry import CheckFailed, Skipped, check
+import spec
+from conformance.checks._shared import STORY, near_greedy
+from conformance.context import Context, generated_text
+from conformance.registry import Check, CheckFailed, Skipped, register
 
-HOT = 1.5  # a temperature inside every profile's range at which samples spread
 SAMPLES = 4  # seeds per group
 SPREAD = 3  # distinct texts out of SAMPLES that count as spread (a collapsed sampler gives 1, maybe 2)
 SAMPLE_TOKENS = 8
 FIRST_SAMPLES = 8  # seeds whose first token is compared
-FIRST_HOT = 1.9  # the first token spreads most at a temperature near the top of every profile's range
-TOP_K = 2  # the smallest top_k the documented range allows (1 < top_k)
+HOT_FRACTION = 0.75  # samples spread at a temperature this far up its documented range
+FIRST_HOT_MARGIN = 0.1  # the first token spreads most this close under the top of temperature's range
 SEED_OFFSET = 100  # away from the seeds other checks use, so no memo is shared by accident
 # Prompts whose answers repeat words (most models repeat the asked-for opening); the first that
 # repeats decides, the next ones are tried while the penalty leaves the answer as it was.
 PENALTY_PROMPTS = ("Write five sentences that each begin with 'I like'.",
                    "Write a poem in which every line begins with 'The cat'.", STORY)
 PENALTY_TOKENS = 32
-STRONG_PENALTY = 1.9  # inside every profile's range (documented ends are exclusive at 2)
+
+
+@dataclass(frozen=True)
+class Temperatures:
+    """The temperatures the effect checks sample at, from the documented range of the parameter
+    whose x-effect probe is greedy (temperature)."""
+
+    check_id: str  # the check that judges whether temperature is applied
+    near_greedy: float  # picks the most likely token
+    hot: float  # samples spread
+    first_hot: float  # the first token spreads most
+
+
+def temperatures(api: spec.ApiSpec) -> Temperatures:
+    param = next(item for item in api.parameters if item.effect and item.effect.probe == "greedy")
+    rng = api.parameter_ranges("documented")[param.name]
+    other_end = "max" if param.effect.end == "min" else "min"
+    return Temperatures(check_id=_check_id(param), near_greedy=near_greedy(api),
+                        hot=rng.at_fraction(HOT_FRACTION), first_hot=rng.near(other_end, FIRST_HOT_MARGIN))
+
+
+def _check_id(param: spec.RequestParameter) -> str:
+    return f"{param.feature}.{param.name}_effect"
+
+
+def probe_value(api: spec.ApiSpec, param: spec.RequestParameter) -> int | float:
+    """The value a parameter's effect is probed at: just inside the end its `x-effect` names."""
+    assert param.effect is not None
+    return api.parameter_ranges("documented")[param.name].near(param.effect.end, param.effect.margin)
 
 
 def _refused_as_unsupported(ctx: Context, body: dict[str, Any], tested: str | None) -> dict[str, Any]:
@@ -56,7 +89,8 @@ def _refused_as_unsupported(ctx: Context, body: dict[str, Any], tested: str | No
 
 
 def _text(data: dict[str, Any]) -> str:
-    return data["choices"][0]["message"].get("content") or ""
+    """What was sampled: a reasoning model's reasoning too, as the parameters act on every token."""
+    return generated_text(data["choices"][0]["message"])
 
 
 def _samples(ctx: Context, tested: str | None, **params: Any) -> list[str]:
@@ -76,79 +110,75 @@ def _distinct(texts: list[str]) -> int:
     return len(set(texts))
 
 
-def _greedy_texts(ctx: Context) -> list[str] | None:
-    """The texts of FIRST_SAMPLES seeds at temperature FIRST_HOT when they are all one text (the
+def _greedy_texts(ctx: Context, temps: Temperatures) -> list[str] | None:
+    """The texts of FIRST_SAMPLES seeds at temperature first_hot when they are all one text (the
     endpoint decodes greedily whatever the temperature), else None. At that temperature a sampling
     endpoint spreads for any real model, so one text means temperature is not applied."""
     def run() -> list[str]:
         seeds = [ctx.target.seed + SEED_OFFSET + i for i in range(FIRST_SAMPLES)]
         return [_text(_refused_as_unsupported(
             ctx, ctx.body(messages=[{"role": "user", "content": STORY}], max_tokens=SAMPLE_TOKENS, seed=seed,
-                          temperature=FIRST_HOT), None)) for seed in seeds]
+                          temperature=temps.first_hot), None)) for seed in seeds]
 
     texts = ctx.memo("effects.greedy_check", run)
     return texts if _distinct(texts) == 1 else None
 
 
-def _no_spread(ctx: Context, what: str, seen: str) -> NoReturn:
+def _no_spread(ctx: Context, temps: Temperatures, what: str, seen: str) -> NoReturn:
     """The control did not spread: not supported when the endpoint never samples (temperature_effect
     fails for that), else cannot judge."""
-    if (greedy := _greedy_texts(ctx)) is not None:
-        ctx.lacks(f"sampling at a high temperature ({FIRST_SAMPLES} seeds at temperature {FIRST_HOT} gave one text, "
-                  f"{greedy[0]!r}: the endpoint decodes greedily)", "sampling.temperature_effect")
+    if (greedy := _greedy_texts(ctx, temps)) is not None:
+        ctx.lacks(f"sampling at a high temperature ({FIRST_SAMPLES} seeds at temperature {temps.first_hot} gave one "
+                  f"text, {greedy[0]!r}: the endpoint decodes greedily)", temps.check_id)
     raise Skipped(f"cannot judge {what}: {seen}")
 
 
-def _hot_spread(ctx: Context, what: str) -> list[str]:
-    """The control: texts at temperature HOT with no filter, which must spread for `what` to be seen."""
-    texts = _samples(ctx, None, temperature=HOT)
+def _hot_spread(ctx: Context, temps: Temperatures, what: str) -> list[str]:
+    """The control: texts at temperature hot with no filter, which must spread for `what` to be seen."""
+    texts = _samples(ctx, None, temperature=temps.hot)
     if _distinct(texts) < SPREAD:
-        _no_spread(ctx, what, f"{SAMPLES} seeds at temperature {HOT} gave only {_distinct(texts)} distinct text(s), "
-                              f"too little spread to see a filter narrow it: {texts}")
+        _no_spread(ctx, temps, what, f"{SAMPLES} seeds at temperature {temps.hot} gave only {_distinct(texts)} "
+                                     f"distinct text(s), too little spread to see a filter narrow it: {texts}")
     return texts
 
 
-def _collapse_check(param: str, value: float, rule: str) -> Callable[[Context], None]:
+def _collapse_check(param: str, value: float, temps: Temperatures) -> Callable[[Context], None]:
+    rule = "keeps only the most likely token"
+
     def run(ctx: Context) -> None:
-        hot = _hot_spread(ctx, f"{param} {value}")
-        texts = _samples(ctx, param, temperature=HOT, **{param: value})
+        hot = _hot_spread(ctx, temps, f"{param} {value}")
+        texts = _samples(ctx, param, temperature=temps.hot, **{param: value})
         # Kept to the most likely token, the seeds agree; a near tie broken differently by a
         # non-deterministic endpoint may split them once, never into SPREAD different texts.
         ctx.expect(_distinct(texts) < SPREAD,
-                   f"{param} {value} at temperature {HOT} {rule}, but {SAMPLES} seeds gave {_distinct(texts)} "
-                   f"different texts ({texts}), as spread as without it ({_distinct(hot)} distinct): "
-                   f"{param} is ignored")
+                   f"{param} {value} at temperature {temps.hot} {rule}, but {SAMPLES} seeds gave "
+                   f"{_distinct(texts)} different texts ({texts}), as spread as without it ({_distinct(hot)} "
+                   f"distinct): {param} is ignored")
 
-    run.__doc__ = f"{param} {value} at temperature {HOT} {rule}: {SAMPLES} seeds give (nearly) one text."
+    run.__doc__ = f"{param} {value} at temperature {temps.hot} {rule}: {SAMPLES} seeds give (nearly) one text."
     return run
 
 
-check("sampling.top_p_effect", "sampling", "effect")(
-    _collapse_check("top_p", 0.01, "keeps only the most likely token"))
-check("sampling.min_p_effect", "sampling", "effect")(
-    _collapse_check("min_p", 1.0, "keeps only the most likely token"))
+def _greedy_check(param: str, value: float, temps: Temperatures) -> Callable[[Context], None]:
+    def run(ctx: Context) -> None:
+        hot = _samples(ctx, None, temperature=temps.hot)
+        if _distinct(hot) < SPREAD and (greedy := _greedy_texts(ctx, temps)) is not None:
+            ctx.fail(f"{param} {temps.first_hot} must spread the sampled texts, but {FIRST_SAMPLES} seeds all gave "
+                     f"{greedy[0]!r} (and {SAMPLES} seeds at {param} {temps.hot} gave {_distinct(hot)} distinct): "
+                     f"the endpoint decodes greedily, {param} is ignored", ctx.last_exchange())
+        hot = _hot_spread(ctx, temps, param)
+        texts = _samples(ctx, param, **{param: value})
+        ctx.expect(_distinct(texts) < SPREAD,
+                   f"{param} {value} must pick the most likely token, but {SAMPLES} seeds gave "
+                   f"{_distinct(texts)} different texts ({texts}), as spread as at {param} {temps.hot} "
+                   f"({_distinct(hot)} distinct): {param} is ignored")
+
+    run.__doc__ = (f"A near-zero {param} ({value}) picks the most likely token: {SAMPLES} seeds give (nearly) one "
+                   "text, where at a high temperature they spread.")
+    return run
 
 
-@check("sampling.temperature_effect", "sampling", "effect")
-def temperature_effect(ctx: Context) -> None:
-    """A near-zero temperature picks the most likely token: SAMPLES seeds give (nearly) one text,
-    where at a high temperature they spread."""
-    hot = _samples(ctx, None, temperature=HOT)
-    if _distinct(hot) < SPREAD and (greedy := _greedy_texts(ctx)) is not None:
-        ctx.fail(f"temperature {FIRST_HOT} must spread the sampled texts, but {FIRST_SAMPLES} seeds all gave "
-                 f"{greedy[0]!r} (and {SAMPLES} seeds at temperature {HOT} gave {_distinct(hot)} distinct): the "
-                 "endpoint decodes greedily, temperature is ignored", ctx.last_exchange())
-    hot = _hot_spread(ctx, "temperature")
-    texts = _samples(ctx, "temperature", temperature=NEAR_GREEDY)
-    ctx.expect(_distinct(texts) < SPREAD,
-               f"temperature {NEAR_GREEDY} must pick the most likely token, but {SAMPLES} seeds gave "
-               f"{_distinct(texts)} different texts ({texts}), as spread as at temperature {HOT} "
-               f"({_distinct(hot)} distinct): temperature is ignored")
-
-
-
-
-def _first_tokens(ctx: Context, tested: str | None, **params: Any) -> list[str]:
+def _first_tokens(ctx: Context, temps: Temperatures, tested: str | None, **params: Any) -> list[str]:
     """The one-token answers of FIRST_SAMPLES seeded runs of STORY (memoized per parameter set)."""
     key = "effects.first." + repr(sorted(params.items()))
 
@@ -156,25 +186,27 @@ def _first_tokens(ctx: Context, tested: str | None, **params: Any) -> list[str]:
         seeds = [ctx.target.seed + SEED_OFFSET + i for i in range(FIRST_SAMPLES)]
         return [_text(_refused_as_unsupported(
             ctx, ctx.body(messages=[{"role": "user", "content": STORY}], max_tokens=1, seed=seed,
-                          temperature=FIRST_HOT, **params), tested)) for seed in seeds]
+                          temperature=temps.first_hot, **params), tested)) for seed in seeds]
 
     return ctx.memo(key, run)
 
 
-@check("sampling.top_k_effect", "sampling", "effect")
-def top_k_effect(ctx: Context) -> None:
-    """top_k 2 at a high temperature: the first token of FIRST_SAMPLES seeded answers is one of at
-    most 2 tokens (so at most 2 texts), where without top_k it takes more."""
-    free = _first_tokens(ctx, None)
-    if _distinct(free) <= TOP_K:
-        _no_spread(ctx, "top_k", f"{FIRST_SAMPLES} seeds at temperature {FIRST_HOT} began with only "
-                                 f"{_distinct(free)} distinct token(s) ({sorted(set(free))}), no more than top_k "
-                                 f"{TOP_K} allows")
-    kept = _first_tokens(ctx, "top_k", top_k=TOP_K)
-    ctx.expect(_distinct(kept) <= TOP_K,
-               f"top_k {TOP_K} at temperature {FIRST_HOT}: {FIRST_SAMPLES} seeds began with {_distinct(kept)} "
-               f"different tokens {sorted(set(kept))}, but only the {TOP_K} most likely may be sampled "
-               f"(without top_k: {_distinct(free)} distinct): top_k is ignored")
+def _keep_k_check(param: str, k: int, temps: Temperatures) -> Callable[[Context], None]:
+    def run(ctx: Context) -> None:
+        free = _first_tokens(ctx, temps, None)
+        if _distinct(free) <= k:
+            _no_spread(ctx, temps, param, f"{FIRST_SAMPLES} seeds at temperature {temps.first_hot} began with only "
+                                          f"{_distinct(free)} distinct token(s) ({sorted(set(free))}), no more than "
+                                          f"{param} {k} allows")
+        kept = _first_tokens(ctx, temps, param, **{param: k})
+        ctx.expect(_distinct(kept) <= k,
+                   f"{param} {k} at temperature {temps.first_hot}: {FIRST_SAMPLES} seeds began with "
+                   f"{_distinct(kept)} different tokens {sorted(set(kept))}, but only the {k} most likely may be "
+                   f"sampled (without {param}: {_distinct(free)} distinct): {param} is ignored")
+
+    run.__doc__ = (f"{param} {k} at a high temperature: the first token of {FIRST_SAMPLES} seeded answers is one of "
+                   f"at most {k} tokens (so at most {k} texts), where without {param} it takes more.")
+    return run
 
 
 # ---- penalties -----------------------------------------------------------------------------------
@@ -192,7 +224,7 @@ def _near_greedy(ctx: Context, prompt: str, tested: str | None, ask: int = 0, **
     """The seeded near-greedy answer to `prompt` with `params`; `ask` numbers repeats of the same
     request (each its own memo)."""
     body = ctx.body(messages=[{"role": "user", "content": prompt}], max_tokens=PENALTY_TOKENS,
-                    temperature=NEAR_GREEDY, seed=ctx.target.seed + SEED_OFFSET, **params)
+                    temperature=near_greedy(ctx.target.api), seed=ctx.target.seed + SEED_OFFSET, **params)
     key = "effects.greedy." + repr((prompt, sorted(params.items()), ask))
     return ctx.memo(key, lambda: _text(_refused_as_unsupported(ctx, body, tested)))
 
@@ -214,7 +246,7 @@ def _steady_plain(ctx: Context, prompt: str) -> str | None:
     return None
 
 
-def _penalty_check(param: str) -> Callable[[Context], None]:
+def _penalty_check(param: str, strong: float, temps: Temperatures) -> Callable[[Context], None]:
     def run(ctx: Context) -> None:
         judged, unsteady = [], []
         for prompt in PENALTY_PROMPTS:
@@ -224,11 +256,11 @@ def _penalty_check(param: str) -> Callable[[Context], None]:
             if plain is None:
                 unsteady.append(prompt)  # no reference a change could be measured against
                 continue
-            if _near_greedy(ctx, prompt, param, **{param: STRONG_PENALTY}) != plain:
+            if _near_greedy(ctx, prompt, param, **{param: strong}) != plain:
                 return
             judged.append(plain)  # this answer may simply not hinge on a repeat: try the next prompt
         if judged:
-            ctx.fail(f"{param} {STRONG_PENALTY} left every seeded near-greedy answer that repeats words unchanged "
+            ctx.fail(f"{param} {strong} left every seeded near-greedy answer that repeats words unchanged "
                      f"({judged}): {param} is ignored", ctx.last_exchange())
         if unsteady:
             raise Skipped(f"cannot judge {param}: the near-greedy answer to {unsteady} never came back the same "
@@ -236,10 +268,27 @@ def _penalty_check(param: str) -> Callable[[Context], None]:
         raise Skipped(f"cannot judge {param}: no near-greedy answer repeated a word, so no penalty had "
                       "anything to act on")
 
-    run.__doc__ = (f"{param} {STRONG_PENALTY} changes a seeded near-greedy answer that repeats words "
+    run.__doc__ = (f"{param} {strong} changes a seeded near-greedy answer that repeats words "
                    "(against the same request without it).")
     return run
 
 
-for _param in ("frequency_penalty", "presence_penalty", "repetition_penalty"):
-    check(f"sampling.{_param}_effect", "sampling", "effect")(_penalty_check(_param))
+_PROBES: dict[str, Callable[[str, Any, Temperatures], Callable[[Context], None]]] = {
+    "collapse": _collapse_check, "greedy": _greedy_check, "keep_k": _keep_k_check, "penalty": _penalty_check,
+}
+
+
+def effect_checks(api: spec.ApiSpec) -> Iterator[Check]:
+    """One check per parameter of `api` with an `x-effect`, grouped by probe (spec.PROBES' order)."""
+    temps = temperatures(api)
+    for probe in spec.PROBES:
+        for param in api.parameters:
+            if param.effect is None or param.effect.probe != probe:
+                continue
+            run = _PROBES[probe](param.name, probe_value(api, param), temps)
+            yield Check(id=_check_id(param), feature=str(param.feature), category="effect", run=run,
+                        description=(run.__doc__ or "").strip())
+
+
+for _item in effect_checks(spec.default()):
+    register(_item)

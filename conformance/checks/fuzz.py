@@ -41,25 +41,23 @@ MAX_N = 4
 # Positive requests keep prompts short, so no generated prompt can overflow a small context.
 MAX_MESSAGES = 6
 MAX_CONTENT_CHARS = 48
-# Optional request fields per feature: a feature the target declares unsupported is left out of
-# generated requests (leaving out an optional field never changes whether a request is valid).
-FEATURE_FIELDS = {
-    "logprobs": ("logprobs", "top_logprobs"),
-    "logit_bias": ("logit_bias",),
-    "n": ("n",),
-    "json_mode": ("response_format",),
-    "streaming": ("stream", "stream_options"),
-    "seed": ("seed",),
-    "stop": ("stop",),
-    "context": ("context_length_exceeded_behavior",),
-    "sampling": ("top_k", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty"),
-}
+
+
+def feature_fields(api: spec.ApiSpec) -> dict[str, tuple[str, ...]]:
+    """Optional request fields per feature (their `x-feature`): a feature the target declares
+    unsupported is left out of generated requests (leaving out an optional field never changes
+    whether a request is valid)."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for param in api.parameters:
+        if param.feature and not param.required:
+            groups[param.feature] = (*groups.get(param.feature, ()), param.name)
+    return groups
 
 
 def _operation(target: Target) -> Any:
     """The spec's chat operation, moved to the path the target serves it at (its API root's)."""
     config = schemathesis.Config.from_dict({"max-stream-events": 1_000_000, "request-timeout": target.timeout_s})
-    document = copy.deepcopy(spec.load_spec())
+    document = copy.deepcopy(target.api.document)
     chat_path = target.endpoint.chat_path
     document["paths"] = {chat_path: document["paths"][spec.CHAT_PATH]}
     schema = schemathesis.openapi.from_dict(document, config=config)
@@ -88,8 +86,9 @@ def _shape(body: Any, target: Target, mode: GenerationMode) -> None:
     """Make a generated body cheap and aimed at the target without changing whether it is valid."""
     if not isinstance(body, dict):
         return
+    groups = feature_fields(target.api)
     for feature in target.skip_features:
-        for name in FEATURE_FIELDS.get(feature, ()):
+        for name in groups.get(feature, ()):
             body.pop(name, None)
     model = body.get("model")
     if isinstance(model, str) and model:
@@ -98,7 +97,7 @@ def _shape(body: Any, target: Target, mode: GenerationMode) -> None:
     if _is_int(max_tokens) and max_tokens > MAX_TOKENS:
         body["max_tokens"] = type(max_tokens)(MAX_TOKENS)
     n = body.get("n")
-    n_range = spec.parameter_ranges("documented").get("n")
+    n_range = target.api.parameter_ranges("documented").get("n")
     if _is_int(n) and n > MAX_N and (n_range is None or n_range.contains(n)):
         body["n"] = type(n)(MAX_N)
     if mode is not GenerationMode.POSITIVE:

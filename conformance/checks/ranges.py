@@ -2,7 +2,8 @@
 each end are rejected with a 4xx naming the parameter (the spec says 400), exclusive ends are rejected and
 inclusive ends accepted, a wrong type is rejected and null is accepted exactly when nullable.
 
-No range is written here: every value is derived from `spec.parameter_ranges(target.profile)`.
+No range is written here: every value is derived from the target's spec (`target.api`), and
+so is what a parameter's checks rely on (its `x-feature`) and what it needs alongside (`x-requires`).
 Rejecting a value is a must; that it is exactly 400, and the envelope's shape, are judged once by
 the errors checks. Rejecting an exclusive end that OpenAI's API accepts (temperature 0) is a should.
 """
@@ -18,8 +19,6 @@ from conformance.registry import Check, check, check_factory
 from conformance.target import Target
 
 FEATURE = "ranges"
-# Parameters whose checks rely on an optional feature (a skipped feature makes them "not supported").
-_RELIES_ON = {"top_logprobs": ("logprobs",), "logit_bias": ("logit_bias",), "n": ("n",)}
 # A real token id in any vocabulary, used as the logit_bias key when the bias value is under test.
 _BIAS_TOKEN = "1"
 _WRONG_TYPE = "abc"
@@ -30,16 +29,21 @@ def _param(path: str) -> str:
     return path.split(".")[0]
 
 
+def _relies_on(api: spec.ApiSpec, path: str) -> tuple[str, ...]:
+    """The feature a parameter belongs to: declared unsupported, its checks are "not supported"."""
+    feature = api.parameter(_param(path)).feature
+    return (feature,) if feature else ()
+
+
 def _body(ctx: Context, path: str, value: Any) -> dict[str, Any]:
     """A small valid request with the parameter at `path` set to `value` (plus what it needs)."""
     param = _param(path)
     params: dict[str, Any] = {"max_tokens": 1 if param == "n" else 4}
-    if param == "logit_bias":
-        params["logit_bias"] = {_BIAS_TOKEN: value}
+    if path.endswith(".*"):
+        params[param] = {_BIAS_TOKEN: value}  # a value of the map, under a real token id
     else:
         params[param] = value
-    if param == "top_logprobs":
-        params["logprobs"] = True  # top_logprobs needs logprobs: true
+    params.update(ctx.target.api.parameter(param).requires)  # top_logprobs needs logprobs: true
     return ctx.body(**params)
 
 
@@ -86,18 +90,18 @@ def _step(rng: spec.ParamRange) -> float:
     return max(0.5, 0.1 * span)
 
 
-def _spec_note(rng: spec.ParamRange, profile: str) -> str | None:
+def _spec_note(api: spec.ApiSpec, rng: spec.ParamRange, profile: str) -> str | None:
     parts = []
     if rng.decision:
         parts.append(rng.decision)
     if profile != "documented":
-        documented = spec.parameter_ranges("documented").get(rng.path)
+        documented = api.parameter_ranges("documented").get(rng.path)
         shown = f" (documented: {documented.describe()})" if documented else ""
         parts.append(f"profile {profile}: {rng.describe()}{shown}")
     return "; ".join(parts) or None
 
 
-def _openai_includes(rng: spec.ParamRange, profile: str, value: float) -> bool:
+def _openai_includes(api: spec.ApiSpec, rng: spec.ParamRange, profile: str, value: float) -> bool:
     """Whether the documented profile excludes `value`, an end of `rng`, where OpenAI's API accepts it.
 
     Rejecting it is then what the documented API recommends, not what every compatible endpoint
@@ -105,7 +109,7 @@ def _openai_includes(rng: spec.ParamRange, profile: str, value: float) -> bool:
     """
     if profile != "documented":
         return False
-    openai = spec.parameter_ranges("openai").get(rng.path)
+    openai = api.parameter_ranges("openai").get(rng.path)
     return openai is not None and openai.contains(value)
 
 
@@ -144,14 +148,14 @@ def _rejects(path: str, value: Any, relies: tuple[str, ...], what: str, inside: 
 @check_factory
 def range_checks(target: Target) -> Iterator[Check]:
     """Inside, outside, end, type and null checks for every bounded parameter of the profile."""
-    for rng in spec.parameter_ranges(target.profile).values():
-        yield from _checks_for(rng, target.profile)
+    for rng in target.api.parameter_ranges(target.profile).values():
+        yield from _checks_for(target.api, rng, target.profile)
 
 
-def _checks_for(rng: spec.ParamRange, profile: str) -> Iterator[Check]:
+def _checks_for(api: spec.ApiSpec, rng: spec.ParamRange, profile: str) -> Iterator[Check]:
     path = rng.path
-    relies = _RELIES_ON.get(_param(path), ())
-    note = _spec_note(rng, profile)
+    relies = _relies_on(api, path)
+    note = _spec_note(api, rng, profile)
     shown = f"{path} ({rng.describe()}, profile {profile})"
 
     def make(suffix: str, category: str, run: Callable[[Context], None], description: str,
@@ -176,7 +180,7 @@ def _checks_for(rng: spec.ParamRange, profile: str) -> Iterator[Check]:
                                        ("max", rng.maximum, rng.exclusive_maximum)):
         if exclusive is not None:
             value = _num(exclusive, rng.kind)
-            openai = _openai_includes(rng, profile, value)
+            openai = _openai_includes(api, rng, profile, value)
             yield make(f"exclusive_{side}_end", "exclusive-end",
                        _rejects(path, value, relies, f"{_param(path)}={value!r} (exclusive end)", inside),
                        f"{shown}: the exclusive end {value!r} is rejected (400)"

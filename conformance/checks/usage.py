@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conformance.context import Context, StreamResult, schema_errors
+from conformance.context import Context, StreamResult, content_tokens, schema_errors
 from conformance.registry import CheckFailed, check
 from conformance.target import Exchange
 
@@ -116,9 +116,9 @@ def matches_stream_tokens(ctx: Context) -> None:
     if not seen:
         ctx.lacks_logprobs()
     usage = _stream_usage(ctx, result)
-    ctx.expect(seen == usage["completion_tokens"],
+    ctx.expect(seen == content_tokens(usage),  # logprobs cover the answer, not a reasoning model's reasoning
                f"the stream carried {seen} logprob entries, usage says completion_tokens "
-               f"{usage['completion_tokens']}", result.exchange)
+               f"{usage['completion_tokens']}{_of_them_reasoning(usage)}", result.exchange)
 
 
 @check("usage.matches_logprobs_nonstream", "usage", "semantic")
@@ -135,6 +135,11 @@ def matches_logprobs_nonstream(ctx: Context) -> None:
     count = len(content) if isinstance(content, list) else 0
     if not count:
         ctx.lacks_logprobs()
-    ctx.expect(count == usage["completion_tokens"],
+    ctx.expect(count == content_tokens(usage),
                f"{count} logprob entries (choices[0].logprobs is {'set' if logprobs else repr(logprobs)}), usage says "
-               f"completion_tokens {usage['completion_tokens']}", exchange)
+               f"completion_tokens {usage['completion_tokens']}{_of_them_reasoning(usage)}", exchange)
+
+
+def _of_them_reasoning(usage: dict[str, Any]) -> str:
+    reasoning = usage["completion_tokens"] - content_tokens(usage)
+    return f" ({reasoning} of them reasoning)" if reasoning else ""

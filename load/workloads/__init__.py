@@ -13,10 +13,12 @@ from load.workloads.multi_turn import MultiTurnWorkload
 from load.workloads.shared_prefix import SharedPrefixWorkload
 from load.workloads.sharegpt import ShareGPTWorkload
 from load.workloads.synthetic import SyntheticWorkload
+from load.workloads.tools import ToolsWorkload
 from load.workloads.trace import TraceWorkload
 
 WORKLOAD_TYPES: dict[str, Any] = {cls.kind: cls for cls in (
-    SyntheticWorkload, DatasetWorkload, ShareGPTWorkload, SharedPrefixWorkload, MultiTurnWorkload, TraceWorkload)}
+    SyntheticWorkload, DatasetWorkload, ShareGPTWorkload, SharedPrefixWorkload, MultiTurnWorkload, TraceWorkload,
+    ToolsWorkload)}
 
 __all__ = ["PlannedRequest", "Session", "Workload", "from_wire", "request_body", "WORKLOAD_TYPES"]
 

@@ -27,6 +27,9 @@ class PlannedRequest:
     # of its block, so two prompts with the same first k ids share those blocks' text.
     prefix_blocks: tuple[tuple[str, int], ...] = ()
     turn: int | None = None  # multi-turn: 1 for a conversation's first request
+    # Tool calling (the tools workload): the function tools offered and the tool_choice (None: not sent).
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | dict[str, Any] | None = None
 
 
 class Session(Protocol):
@@ -84,6 +87,10 @@ def request_body(planned: PlannedRequest, *, model: str, stream: bool, extra_bod
     """The JSON body of a planned request (extra_body last: the user's own fields win)."""
     body: dict[str, Any] = {"model": model, "messages": planned.messages, "max_tokens": planned.max_tokens,
                             "stream": stream}
+    if planned.tools:
+        body["tools"] = list(planned.tools)
+    if planned.tool_choice is not None:
+        body["tool_choice"] = planned.tool_choice
     if stream:
         body["stream_options"] = {"include_usage": True}
     body.update(extra_body)

@@ -13,15 +13,18 @@ from typing import Any
 
 from load.lengths import SPEC_HELP, LengthSpec, LengthSpecError, fixed_length, parse_length
 from load.prompts import DatasetError, PromptPlan, TokenScale, calibrate_prompt, fit_token_scale, load_dataset
+from load.workloads import WORKLOAD_TYPES
 from load.workloads.base import Workload
 from load.workloads.dataset import DatasetWorkload
 from load.workloads.multi_turn import MultiTurnWorkload
 from load.workloads.shared_prefix import SharedPrefixWorkload
 from load.workloads.sharegpt import ShareGPTWorkload, count_lengths, read_sharegpt
 from load.workloads.synthetic import SyntheticWorkload
+from load.workloads.tools import CHOICES as TOOL_CHOICES
+from load.workloads.tools import SAMPLE_TOOLS, ToolsFileError, ToolsWorkload, read_tools, tool_name
 from load.workloads.trace import MOONCAKE_BLOCK_TOKENS, TraceWorkload, read_trace
 
-KINDS = ("synthetic", "dataset", "sharegpt", "shared-prefix", "multi-turn", "trace")
+KINDS = tuple(WORKLOAD_TYPES)  # --workload choices: every registered workload, by its kind
 DEFAULT_OUTPUT_TOKENS = 64
 CountMessages = Callable[[list[dict[str, Any]]], int]
 
@@ -41,7 +44,9 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
                             "(first human turn as prompt, the answer's length as max_tokens); shared-prefix: "
                             "--groups system prompts of --prefix-tokens plus a unique --prompt-tokens suffix; "
                             "multi-turn: conversations of --turns turns carrying the history and the answers, "
-                            "--think-time apart; trace: replay --trace at its recorded times "
+                            "--think-time apart; trace: replay --trace at its recorded times; tools: "
+                            "--prompt-words prompts offering function tools (--tools-file) with --tool-choice, "
+                            "answered by tool calls (TTFT is the first token of any kind, a tool-call delta included) "
                             "(default: dataset with --dataset, else synthetic)")
     group.add_argument("--groups", type=int, default=8, help="shared-prefix: how many distinct system prompts")
     group.add_argument("--prefix-tokens", type=int, default=512, help="shared-prefix: tokens of each system prompt")
@@ -54,6 +59,12 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--trace-speed", type=float, default=1.0, help="trace: replay this many times as fast")
     group.add_argument("--trace-block-tokens", type=int, default=MOONCAKE_BLOCK_TOKENS,
                        help="trace: tokens per hash_id block (Mooncake's traces: 512)")
+    group.add_argument("--tools-file", default=None,
+                       help="tools: a JSON array of OpenAI function tools to offer (default: three sample "
+                            f"functions, {', '.join(tool_name(t) for t in SAMPLE_TOOLS)})")
+    group.add_argument("--tool-choice", choices=TOOL_CHOICES, default=None,
+                       help="tools: required (the default: a call is forced), auto (the model chooses text "
+                            "or a call), named (each request forces one of the tools, drawn at random), none (no call)")
     group.add_argument("--dataset-limit", type=int, default=1000,
                        help="sharegpt: use the first N usable conversations (each is counted by the endpoint "
                             "once, two requests of max_tokens 1, before the run)")
@@ -91,6 +102,19 @@ def build_workload(args: argparse.Namespace, count: CountMessages) -> Workload:
     if (args.trace is None) != (kind != "trace"):
         raise WorkloadError("--trace goes with --workload trace" if args.trace
                             else "--workload trace needs --trace FILE")
+    for option, value in (("--tools-file", args.tools_file), ("--tool-choice", args.tool_choice)):
+        if value is not None and kind != "tools":
+            raise WorkloadError(f"{option} goes with --workload tools")
+    if kind == "tools":
+        if prompt is not None:
+            raise WorkloadError("--workload tools sizes its prompts by --prompt-words (its tool definitions "
+                                "ride in every prompt), not --prompt-tokens")
+        try:
+            tools = read_tools(args.tools_file) if args.tools_file else SAMPLE_TOOLS
+        except ToolsFileError as exc:
+            raise WorkloadError(str(exc)) from None
+        return ToolsWorkload(output, tools=tools, choice=args.tool_choice or "required", words=args.prompt_words,
+                             source=args.tools_file or "")
     try:
         if kind == "dataset":
             return DatasetWorkload(load_dataset(args.dataset), output, args.dataset)

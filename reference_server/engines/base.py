@@ -10,31 +10,54 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import spec
+
+if TYPE_CHECKING:
+    from reference_server.tool_calls import FunctionTool, ToolPlan
+
+# What a parameter is when a request leaves it out: the spec's x-neutral (or documented default).
+_ABSENT = {param.name: param.engine_value({}) for param in spec.default().engine_parameters()}
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """Sampling settings for one choice, already validated and defaulted.
 
-    Neutral values switch a filter off: top_k 0, top_p 1.0, min_p 0.0, penalties 0/1.0.
+    Every field but max_tokens and the JSON mode pair is a request parameter with `x-neutral` in
+    spec/openapi.yaml, and defaults to the value there (neutral values switch a filter off: top_k 0,
+    top_p 1.0, min_p 0.0, penalties 0/1.0). A parameter the spec gives `x-neutral` that this class
+    does not name reaches the engine in `extras` (`from_request` fills both).
     """
 
     max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    repetition_penalty: float = 1.0
+    temperature: float = _ABSENT["temperature"]
+    top_p: float = _ABSENT["top_p"]
+    top_k: int = _ABSENT["top_k"]
+    min_p: float = _ABSENT["min_p"]
+    frequency_penalty: float = _ABSENT["frequency_penalty"]
+    presence_penalty: float = _ABSENT["presence_penalty"]
+    repetition_penalty: float = _ABSENT["repetition_penalty"]
     logit_bias: Mapping[int, int] = field(default_factory=dict)
-    seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
+    seed: int | None = _ABSENT["seed"]
+    logprobs: bool = _ABSENT["logprobs"]
+    top_logprobs: int = _ABSENT["top_logprobs"]
     json_mode: bool = False
     json_schema: dict[str, Any] | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_request(cls, body: dict[str, Any], api: spec.ApiSpec, **given: Any) -> SamplingParams:
+        """The params of a validated request `body`: every `x-neutral` parameter of `api` (absent or
+        null: its neutral value), then `given` (what needs more than a type: max_tokens, logit_bias)."""
+        named = {item.name for item in fields(cls)}
+        values: dict[str, Any] = {}
+        extras: dict[str, Any] = {}
+        for param in api.engine_parameters():
+            (values if param.name in named else extras)[param.name] = param.engine_value(body)
+        return cls(**{**values, **given}, extras=extras)
 
 
 @dataclass(frozen=True)
@@ -60,6 +83,14 @@ class Engine(ABC):
     model_name: str
     context_length: int
     vocab_size: int
+    # Whether the engine can make tool calls (the openai profile's `tools`); one that cannot answers a
+    # request with tools with a 400 naming tools, so a client sees the feature as not offered.
+    serves_tools: bool = False
+
+    def plan_calls(self, plan: ToolPlan) -> tuple[FunctionTool, ...]:
+        """The functions this answer calls (empty: it answers in text); each call's arguments are then
+        generated in JSON mode against the function's parameters. Only engines that serve tools."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve tools")
 
     @abstractmethod
     def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:

@@ -28,20 +28,18 @@ from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
 from reference_server.engines.exllamav2_plan import (
     JobPlan,
     LogitsProcessor,
-    json_complete,
     json_tokenizer_data,
-    logprobs_from_logits,
     plan_job,
 )
 from reference_server.engines.exllamav2_runtime import JobEvent, ReplicaPool, TokenOut
 from reference_server.engines.hf_tokenizer import ModelTokenizer
+from reference_server.engines.logprobs import json_closed_by, logprobs_from_logits
 from reference_server.engines.unavailable import EngineUnavailableError
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 256  # exllamav2's PAGED_PAGE_SIZE: cache lengths are multiples of it
 MIN_FLASH_ATTN = (2, 5, 7)
-_JSON_CLOSERS = frozenset(b'}]"el')
 
 
 def flash_attn_version() -> tuple[int, ...] | None:
@@ -343,8 +341,7 @@ class ExLlamaV2Engine(Engine):
                     yield generated
                     if params.json_mode:
                         text += generated.piece
-                        stripped = generated.piece.rstrip()
-                        if stripped and stripped[-1] in _JSON_CLOSERS and json_complete(bytes(text)):
+                        if json_closed_by(text, generated.piece):
                             return  # the value is closed: only whitespace could follow
                 if event.done:
                     finished = True

@@ -263,38 +263,3 @@ class LogitsProcessor:
             out = masked
         return out
 
-
-# ---- logprobs ----------------------------------------------------------------------------------
-
-
-def logprobs_from_logits(
-    logits: np.ndarray, token_ids: Sequence[int], top_n: int, vocab_size: int
-) -> list[tuple[float, tuple[tuple[int, float], ...]]]:
-    """Per generated token: its logprob and the top_n (token id, logprob), most likely first.
-
-    `logits` holds one row per token (the raw logits the token was sampled from); the log-softmax
-    is over the model's vocabulary in float64, as the llamacpp engine computes it.
-    """
-    rows = np.asarray(logits, dtype=np.float64).reshape(len(token_ids), -1)[:, :vocab_size]
-    top = rows.max(axis=1, keepdims=True)
-    lse = top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True))
-    logprobs = rows - lse
-    k = min(max(top_n, 0), vocab_size)
-    out: list[tuple[float, tuple[tuple[int, float], ...]]] = []
-    for row, token in zip(logprobs, token_ids, strict=True):
-        best: tuple[tuple[int, float], ...] = ()
-        if k:
-            idx = np.argpartition(-row, k - 1)[:k]
-            idx = idx[np.argsort(-row[idx], kind="stable")]
-            best = tuple((int(i), float(row[i])) for i in idx)
-        out.append((float(row[token]), best))
-    return out
-
-
-def json_complete(text: bytes) -> bool:
-    """Whether text is one whole JSON value (only whitespace could follow)."""
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True

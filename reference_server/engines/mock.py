@@ -24,7 +24,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
+from reference_server.engines.logprobs import logprobs_from_logits
 from reference_server.engines.timer import DeadlineTimer
+from reference_server.tool_calls import FunctionTool, ToolPlan
 
 # Words and punctuation, several multi-byte (é, ü, 日本, emoji) so UTF-8 handling is exercised.
 VOCAB: tuple[str, ...] = (
@@ -44,12 +46,6 @@ _WORD = re.compile(r"\s*\S+|\s+")
 def _stable_hash(*parts: object) -> int:
     digest = hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little")
-
-
-def _log_softmax(logits: list[float]) -> list[float]:
-    top = max(logits)
-    total = math.log(sum(math.exp(x - top) for x in logits if x != -math.inf))
-    return [x - top - total if x != -math.inf else -math.inf for x in logits]
 
 
 def minimal_instance(schema: dict[str, Any]) -> Any:
@@ -121,6 +117,15 @@ class MockEngine(Engine):
         self.vocab_size = len(VOCAB)
         self._pieces = [word.encode("utf-8") for word in VOCAB]
         self._timer = DeadlineTimer()
+
+    serves_tools = True
+
+    def plan_calls(self, plan: ToolPlan) -> tuple[FunctionTool, ...]:
+        """What the request forces (the named function; with required, one call per tool when parallel
+        calls are allowed); with auto, a call to the first tool; with none, text."""
+        if plan.choice == "auto":
+            return plan.tools[:1]
+        return plan.forced()
 
     def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         tokens: list[int] = []
@@ -274,10 +279,8 @@ class MockEngine(Engine):
             logprob = None
             top: tuple[tuple[bytes, float], ...] = ()
             if params.logprobs:
-                lps = _log_softmax(logits)
-                logprob = lps[token]
-                best = sorted(range(self.vocab_size), key=lambda i: lps[i], reverse=True)
-                top = tuple((self._pieces[i], lps[i]) for i in best[: params.top_logprobs])
+                ((logprob, best),) = logprobs_from_logits([logits], [token], params.top_logprobs, self.vocab_size)
+                top = tuple((self._pieces[i], lp) for i, lp in best)
             await self._pace(start, step)  # the token's work is done: it goes out on its deadline
             if stall and step == 1:
                 await asyncio.Event().wait()  # forever: only the consumer's cancellation ends it

@@ -1,4 +1,4 @@
-"""CPU stand-ins for `torch` and `exllamav2` 0.3.2, so that the engine's only code that talks to
+"""CPU stand-ins for the `torch` and `exllamav2` 0.3.2 packages, so that the engine's only code that talks to
 exllamav2 (`ExLlamaV2Backend` and its logits filter) runs in a test.
 
 The generator mimics exllamav2 0.3.2's `ExLlamaV2DynamicGenerator.iterate()` (read from its

@@ -1,4 +1,4 @@
-"""A CPU stand-in for the exllamav2 generator, to test the engine's plumbing without a GPU.
+"""A CPU stand-in for the runtime's backend (where `ExLlamaV2Backend` sits): the engine's plumbing, no GPU.
 
 It honours what a `JobPlan` asks of a backend: max_new_tokens, stop tokens, seeds, logits for
 logprobs, and the logits processor (bias, penalties, JSON) exactly as the GPU backend wires it.
@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reference_server.engines.exllamav2_plan import JobPlan, LogitsProcessor, logprobs_from_logits
+from reference_server.engines.exllamav2_plan import JobPlan, LogitsProcessor
 from reference_server.engines.exllamav2_runtime import JobEvent, TokenOut
+from reference_server.engines.logprobs import logprobs_from_logits
 
 
 @dataclass

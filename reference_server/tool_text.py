@@ -1,0 +1,185 @@
+"""Tool calls from any engine that can follow a JSON schema: the schema a call must follow, the
+prompt that offers the tools to a model whose template knows nothing of them, and a parser that
+turns the constrained text, as it streams, into a call's name and its argument fragments.
+
+Why text: every engine here already constrains generation to a JSON schema (response_format), so a
+forced call is a schema too, `{"name": <one of the tools>, "parameters": <its arguments>}` (Llama
+3.1's own call form), and the engines need nothing new. The grammar writes properties in sorted
+order, so "name" comes before "parameters": the name goes out in the first delta and the arguments
+follow as they are generated (OpenAI's stream form).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+@dataclass(frozen=True)
+class FunctionTool:
+    """One offered function: its name and the JSON Schema its arguments follow."""
+
+    name: str
+    parameters: dict[str, Any]
+    description: str = ""
+
+
+def call_schema(tools: Sequence[FunctionTool]) -> dict[str, Any]:
+    """The JSON schema of one call to any of `tools` (name first, then arguments)."""
+    variants = [{"type": "object",
+                 "properties": {"name": {"const": tool.name}, "parameters": tool.parameters or ANY_OBJECT},
+                 "required": ["name", "parameters"], "additionalProperties": False} for tool in tools]
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def tools_prompt(tools: Sequence[FunctionTool]) -> str:
+    """A system message offering the tools, for chat templates that have no place for them."""
+    listed = "\n".join(json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters},
+                                  ensure_ascii=False) for t in tools)
+    return ("You can call these functions:\n" + listed + "\nTo call one, answer with only a JSON object "
+            '{"name": <function name>, "parameters": <its arguments>}; otherwise answer in text.')
+
+
+def history_for_template(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages a plain chat template can render: an assistant's tool calls become its text (the
+    call as the model would have written it), a `tool` message a user message holding the result."""
+    plain: list[dict[str, Any]] = []
+    for message in messages:
+        calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        if calls:
+            text = "\n".join(json.dumps({"name": c["function"]["name"],
+                                         "parameters": _arguments_value(c["function"].get("arguments", ""))},
+                                        ensure_ascii=False) for c in calls)
+            plain.append({"role": "assistant", "content": text})
+        elif message.get("role") == "tool":
+            plain.append({"role": "user", "content": f"Result of call {message.get('tool_call_id', '')}: "
+                                                     f"{_text(message.get('content'))}"})
+        else:
+            plain.append(dict(message))
+    return plain
+
+
+def _arguments_value(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+# The call's head, as the grammar of call_schema lets it be written (" "? between tokens).
+_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"parameters"\s*:\s*')
+
+
+@dataclass(frozen=True)
+class CallStart:
+    """The call's name is known: the first delta of the call goes out."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ArgumentsPiece:
+    """More of the call's arguments text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class PlainText:
+    """Text that is not a call (auto: the model chose to answer)."""
+
+    text: str
+
+
+class CallParser:
+    """Feeds generated text, yields CallStart once, then ArgumentsPiece fragments until the
+    arguments' JSON value is closed; what follows it (the wrapper's `}`) is dropped.
+
+    `forced`: the text is constrained to a call. Otherwise (auto) text that does not open with `{`
+    is the model's answer and goes out as PlainText; text that opens with `{` is held until it is
+    known to be a call or not.
+    """
+
+    def __init__(self, forced: bool) -> None:
+        self._forced = forced
+        self._head = ""  # text before the arguments begin
+        self._name: str | None = None
+        self._plain = False
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+        self._closed = False
+        self.arguments = ""
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def complete(self) -> bool:
+        """Whether a call's arguments were closed (a whole call was generated)."""
+        return self._closed
+
+    def feed(self, text: str) -> list[CallStart | ArgumentsPiece | PlainText]:
+        if self._plain:
+            return [PlainText(text)] if text else []
+        if self._name is None:
+            self._head += text
+            stripped = self._head.lstrip()
+            if not self._forced and stripped and not stripped.startswith("{"):
+                self._plain = True
+                head, self._head = self._head, ""
+                return [PlainText(head)]
+            match = _HEAD.match(self._head)
+            if match is None:
+                return []
+            self._name = json.loads(f'"{match.group(1)}"')
+            rest = self._head[match.end():]
+            return [CallStart(self._name), *self._arguments(rest)]
+        return self._arguments(text)
+
+    def finish(self) -> list[PlainText]:
+        """At the end of generation: auto text held back that never became a call goes out as text."""
+        if self._name is None and not self._forced and self._head:
+            head, self._head = self._head, ""
+            return [PlainText(head)]
+        return []
+
+    def _arguments(self, text: str) -> list[ArgumentsPiece]:
+        if not self.arguments:
+            text = text.lstrip()  # space the grammar allows before the value
+        if self._closed or not text:
+            return []
+        taken = []
+        for char in text:
+            taken.append(char)
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                elif char == "\\":
+                    self._escaped = True
+                elif char == '"':
+                    self._in_string = False
+            elif char == '"':
+                self._in_string = True
+            elif char in "{[":
+                self._depth += 1
+            elif char in "}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    self._closed = True
+                    break
+        piece = "".join(taken)
+        self.arguments += piece
+        return [ArgumentsPiece(piece)]

@@ -1,0 +1,199 @@
+"""Tool calling on the reference server (openai profile): the request's rules, OpenAI's shapes for the
+message and the stream, the mock engine's calls, and a clear 400 from an engine without tools."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import jsonschema
+import pytest
+from aiohttp import test_utils
+
+import spec
+from reference_server.app import ServerConfig, build_app
+from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
+from reference_server.launcher import RunningServer, running_server
+
+FAST = ("--ttft-ms", "0", "--itl-ms", "0")
+RESPONSE = jsonschema.Draft202012Validator(spec.response_schema())
+CHUNK = jsonschema.Draft202012Validator(spec.chunk_schema())
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "minLength": 2},
+                                            "days": {"type": "integer", "minimum": 1}},
+           "required": ["city", "days"]}
+TIME = {"type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}, "required": ["zone"]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "get_time", "parameters": TIME}}]
+SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    with running_server(*FAST, engine="mock") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def thinking() -> Iterator[RunningServer]:
+    with running_server(*FAST, "--mock-reasoning-tokens", "3", engine="mock") as running:
+        yield running
+
+
+def post(server: RunningServer, **extra: Any) -> tuple[int, bytes]:
+    body = {"model": server.model, "messages": [{"role": "user", "content": "What is the weather?"}],
+            "max_tokens": 64, "tools": TOOLS, **extra}
+    conn = http.client.HTTPConnection(server.base_url.removeprefix("http://"), timeout=30)
+    try:
+        conn.request("POST", spec.CHAT_PATH, body=json.dumps(body).encode(),
+                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {server.api_key}"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def completion(server: RunningServer, **extra: Any) -> dict[str, Any]:
+    status, data = post(server, **extra)
+    assert status == 200, data[:300]
+    body = json.loads(data)
+    assert not list(RESPONSE.iter_errors(body)), body
+    return body
+
+
+def chunks(server: RunningServer, **extra: Any) -> list[dict[str, Any]]:
+    status, data = post(server, stream=True, **extra)
+    assert status == 200, data[:300]
+    events = [e.removeprefix(b"data: ").decode() for e in data.split(b"\n\n") if e]
+    assert events[-1] == "[DONE]"
+    out = [json.loads(e) for e in events[:-1]]
+    for chunk in out:
+        assert not list(CHUNK.iter_errors(chunk)), chunk
+    return out
+
+
+def error(server: RunningServer, **extra: Any) -> tuple[int, dict[str, Any]]:
+    status, data = post(server, **extra)
+    return status, json.loads(data)["error"]
+
+
+def named(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name}}
+
+
+def test_required_calls_every_tool_with_valid_arguments(server: RunningServer) -> None:
+    choice = completion(server, tool_choice="required")["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    calls = choice["message"]["tool_calls"]
+    assert [call["function"]["name"] for call in calls] == ["get_weather", "get_time"]
+    assert len({call["id"] for call in calls}) == 2
+    for call in calls:
+        assert call["type"] == "function"
+        jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[call["function"]["name"]])
+
+
+def test_one_call_without_parallel_calls_and_the_named_one_when_named(server: RunningServer) -> None:
+    single = completion(server, tool_choice="required", parallel_tool_calls=False)["choices"][0]["message"]
+    assert [call["function"]["name"] for call in single["tool_calls"]] == ["get_weather"]
+    forced = completion(server, tool_choice=named("get_time"))["choices"][0]["message"]
+    assert [call["function"]["name"] for call in forced["tool_calls"]] == ["get_time"]
+
+
+def test_auto_calls_the_first_tool_and_none_answers_in_text(server: RunningServer) -> None:
+    auto = completion(server, tool_choice="auto")["choices"][0]
+    assert [call["function"]["name"] for call in auto["message"]["tool_calls"]] == ["get_weather"]
+    text = completion(server, tool_choice="none", logit_bias={"0": -100}, max_tokens=4)["choices"][0]
+    assert "tool_calls" not in text["message"] and text["message"]["content"]
+    assert text["finish_reason"] == "length"
+
+
+def test_a_stream_names_each_call_once_then_sends_fragments(server: RunningServer) -> None:
+    stream = chunks(server, tool_choice="required")
+    items = [item for chunk in stream for choice in chunk["choices"]
+             for item in choice["delta"].get("tool_calls", [])]
+    heads = [item for item in items if "id" in item]
+    assert [(h["index"], h["type"], h["function"]) for h in heads] == [
+        (0, "function", {"name": "get_weather", "arguments": ""}),
+        (1, "function", {"name": "get_time", "arguments": ""})]
+    fragments = [item for item in items if "id" not in item]
+    assert all(set(item) == {"index", "function"} and set(item["function"]) == {"arguments"} for item in fragments)
+    for index, name in enumerate(("get_weather", "get_time")):
+        parts = [item["function"]["arguments"] for item in fragments if item["index"] == index]
+        assert len(parts) > 1
+        jsonschema.validate(json.loads("".join(parts)), SCHEMAS[name])
+    reasons = [c["finish_reason"] for chunk in stream for c in chunk["choices"] if c.get("finish_reason")]
+    assert reasons == ["tool_calls"]
+
+
+def test_a_call_cut_by_max_tokens_finishes_with_length(server: RunningServer) -> None:
+    choice = completion(server, tool_choice=named("get_weather"), max_tokens=3)["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+def test_a_follow_up_turn_with_the_tool_answer_is_accepted(server: RunningServer) -> None:
+    call = completion(server, tool_choice=named("get_time"))["choices"][0]["message"]["tool_calls"][0]
+    turns = [{"role": "user", "content": "What time is it?"},
+             {"role": "assistant", "content": None, "tool_calls": [call]},
+             {"role": "tool", "tool_call_id": call["id"], "content": "12:00"}]
+    answer = completion(server, messages=turns, tool_choice="none", max_tokens=4)
+    assert answer["choices"][0]["message"]["content"] is not None
+
+
+@pytest.mark.parametrize(("extra", "param", "says"), [
+    ({"tool_choice": named("nope")}, "tool_choice", "'nope'"),
+    ({"tools": None, "tool_choice": "required"}, "tool_choice", "required"),
+    ({"tools": [{"type": "function"}]}, "tools", "function"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}]}, "tools",
+     "not a valid JSON Schema"),
+    ({"tools": TOOLS + TOOLS[:1]}, "tools", "more than once"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages", ""),
+], ids=["unknown_name", "required_without_tools", "no_function", "bad_parameters", "duplicate", "tool_without_id"])
+def test_mistakes_are_400s_naming_the_parameter(server: RunningServer, extra: dict[str, Any], param: str,
+                                               says: str) -> None:
+    status, body = error(server, **extra)
+    assert (status, body["param"]) == (400, param), body
+    assert says in body["message"]
+
+
+class TextOnly(Engine):
+    """An engine that cannot make tool calls (as llama.cpp's and ExLlamaV2's, for now)."""
+
+    model_name = "text-only"
+    context_length = 100
+    vocab_size = 16
+
+    def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        return [1]
+
+    async def stream(self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event,
+                     started: float | None = None) -> AsyncIterator[GeneratedToken]:
+        yield GeneratedToken(1, b" x")
+
+
+@pytest.mark.filterwarnings("ignore:It is recommended to use web.AppKey")
+def test_an_engine_without_tools_answers_a_400_naming_tools() -> None:
+    async def go() -> tuple[int, dict[str, Any], int]:
+        app = build_app(TextOnly(), ServerConfig(auth_required=False))
+        base = {"model": "text-only", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        async with test_utils.TestClient(test_utils.TestServer(app)) as http:
+            refused = await http.post(spec.CHAT_PATH, json={**base, "tools": TOOLS, "tool_choice": "required"})
+            plain = await http.post(spec.CHAT_PATH, json=base)
+            return refused.status, (await refused.json())["error"], plain.status
+
+    status, body, plain = asyncio.run(go())
+    assert (status, body["param"], plain) == (400, "tools", 200)
+    assert "does not serve tools" in body["message"]
+
+
+def test_reasoning_comes_before_text_with_tools_and_calls_stay_whole(thinking: RunningServer) -> None:
+    stream = chunks(thinking, tool_choice="none", logit_bias={"0": -100}, max_tokens=6)
+    kinds = [key for chunk in stream for c in chunk["choices"] for key, value in c["delta"].items()
+             if key in ("content", "reasoning_content") and value]
+    assert kinds == ["reasoning_content"] * 3 + ["content"] * (len(kinds) - 3) and len(kinds) > 3
+    call = completion(thinking, tool_choice="required")["choices"][0]["message"]["tool_calls"][0]
+    jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
