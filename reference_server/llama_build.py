@@ -10,10 +10,11 @@ a wheel is only ever found under the flags it was built with.
 
 Profiles (x86-64 levels, chosen from the CPU the wheel is built on; none uses AMX, whose kernels
 are what faulted, nor AVX-512's later extensions VBMI/VNNI/BF16):
-  x86-64-v4  v3 + AVX-512 F/CD/VL/DQ/BW: CPUs with AVX-512 (Intel Skylake-SP and later servers,
-             AMD Zen 4 and later); about 11% faster decode there than v3.
+  x86-64-v4  v3 + AVX-512 F/CD/VL/DQ/BW, only when asked for ($CHATSPEC_LLAMA_PROFILE=x86-64-v4)
+             on a CPU that has them (Intel Skylake-SP and later servers, AMD Zen 4 and later).
+             Opt-in until its speed-up is measured here (docs/benchmarks.md).
   x86-64-v3  SSE4.2 AVX AVX2 FMA F16C BMI2: every x86-64 CPU since 2013-2015 (Intel Haswell,
-             AMD Excavator/Zen). The default wherever the CPU has those but not AVX-512.
+             AMD Excavator/Zen). The default wherever the CPU has those.
   x86-64-v2  SSE4.2 only: older CPUs (chosen automatically on them).
   generic    GGML_NATIVE off, llama.cpp's own defaults (non-x86 machines).
 
@@ -48,11 +49,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 DIST = "llama-cpp-python"
+PROFILE_ENV = "CHATSPEC_LLAMA_PROFILE"  # a profile asked for by name (x86-64-v4 is only ever chosen so)
 FLAGS_ENV = "CHATSPEC_LLAMA_CMAKE_ARGS"  # replaces the profile's flags (e.g. a CUDA build); part of the key
 CACHE_ENV = "CHATSPEC_WHEEL_CACHE"
 MARKER = "llama_cpp/chatspec_build.json"  # written into every wheel built here
-_OFF_LATER = ("AVX_VNNI", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AMX_TILE", "AMX_INT8", "AMX_BF16")
-_OFF_X86 = ("AVX512", *_OFF_LATER)
+_OFF_X86 = ("AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AMX_TILE", "AMX_INT8", "AMX_BF16")
+_OFF_LATER = tuple(name for name in _OFF_X86 if name != "AVX512")  # what v4 keeps off
 _V3 = ("GGML_NATIVE=OFF", "GGML_SSE42=ON", "GGML_AVX=ON", "GGML_AVX2=ON", "GGML_FMA=ON", "GGML_F16C=ON", "GGML_BMI2=ON")
 PROFILES: dict[str, tuple[str, ...]] = {
     # GGML_AVX512 compiles with -mavx512f -mavx512cd -mavx512vl -mavx512dq -mavx512bw (x86-64-v4's set).
@@ -97,12 +99,20 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
-def choose_profile(machine: str, flags: frozenset[str]) -> str:
-    """The profile for a machine: the highest x86-64 level its CPU has, generic off x86-64."""
+def choose_profile(machine: str, flags: frozenset[str], wanted: str | None = None) -> str:
+    """The profile for a machine: v3 where the CPU has it, v2 on older x86-64, generic elsewhere;
+    or `wanted` (default: $CHATSPEC_LLAMA_PROFILE), refused when the CPU lacks what it needs."""
+    wanted = os.environ.get(PROFILE_ENV, "").strip() or None if wanted is None else wanted
+    if wanted is not None:
+        if wanted not in PROFILES:
+            raise SystemExit(f"error: ${PROFILE_ENV}={wanted!r} is no profile; known: {', '.join(PROFILES)}")
+        missing = sorted(NEEDS[wanted] - flags)
+        if missing:
+            raise SystemExit(f"error: profile {wanted} needs CPU features this CPU lacks: {', '.join(missing)}")
+        return wanted
     if machine.lower() not in ("x86_64", "amd64"):
         return "generic"
-    return next(level for level in ("x86-64-v4", "x86-64-v3", "x86-64-v2") if NEEDS[level] <= flags or
-                level == "x86-64-v2")
+    return "x86-64-v3" if V3_CPU_FLAGS <= flags else "x86-64-v2"
 
 
 def cmake_args(profile: str) -> str:
@@ -121,10 +131,9 @@ def cache_root() -> Path:
 
 
 def wheel_folder(version: str, profile: str, args: str, machine: str) -> Path:
-    """The folder for one (version, flags, machine, CPU features needed) key: the flags and the
-    features are part of its name, so a wheel is never found for a CPU it was not built for."""
-    key = hashlib.sha256(json.dumps([DIST, version, args, machine, sorted(NEEDS.get(profile, ()))]).encode())
-    key = key.hexdigest()[:12]
+    """The folder for one (version, flags, machine) key: the flags, which name the CPU features the
+    build uses, are part of its name, so a wheel is never found for a CPU it was not built for."""
+    key = hashlib.sha256(json.dumps([DIST, version, args, machine]).encode()).hexdigest()[:12]
     label = "custom" if os.environ.get(FLAGS_ENV, "").strip() else profile
     return cache_root() / f"{DIST}-{version}-{machine}-{label}-{key}"
 

@@ -31,19 +31,31 @@ V3 = frozenset({"fpu", "sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"})
 def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(lb.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(lb.FLAGS_ENV, raising=False)
+    monkeypatch.delenv(lb.PROFILE_ENV, raising=False)
     return tmp_path / "cache"
 
 
 V4 = V3 | {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
 
 
-def test_profile_follows_the_cpu_never_its_extras() -> None:
+def test_profile_follows_the_cpu_never_its_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(lb.PROFILE_ENV, raising=False)
     assert lb.choose_profile("x86_64", V3) == "x86-64-v3"
     assert lb.choose_profile("x86_64", V3 | {"avx512f", "amx_tile", "amx_int8"}) == "x86-64-v3"
-    assert lb.choose_profile("x86_64", V4) == "x86-64-v4"
-    assert lb.choose_profile("x86_64", V4 | {"amx_tile", "amx_int8", "avx512_vnni", "avx512vbmi"}) == "x86-64-v4"
+    assert lb.choose_profile("x86_64", V4 | {"amx_tile", "avx512_vnni"}) == "x86-64-v3"  # v4 only when asked
     assert lb.choose_profile("x86_64", V3 - {"avx2"}) == "x86-64-v2"
     assert lb.choose_profile("aarch64", frozenset()) == "generic"
+
+
+def test_v4_is_taken_only_when_asked_and_only_on_a_cpu_that_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert lb.choose_profile("x86_64", V4, wanted="x86-64-v4") == "x86-64-v4"
+    monkeypatch.setenv(lb.PROFILE_ENV, "x86-64-v4")
+    assert lb.choose_profile("x86_64", V4 | {"amx_tile", "avx512_vnni"}) == "x86-64-v4"
+    with pytest.raises(SystemExit, match="needs CPU features this CPU lacks: avx512bw, avx512cd"):
+        lb.choose_profile("x86_64", V3)
+    monkeypatch.setenv(lb.PROFILE_ENV, "x86-64-v9")
+    with pytest.raises(SystemExit, match="is no profile"):
+        lb.choose_profile("x86_64", V4)
 
 
 @pytest.mark.parametrize("profile", ["x86-64-v4", "x86-64-v3", "x86-64-v2"])
@@ -58,7 +70,7 @@ def test_x86_profiles_turn_native_amx_and_later_avx512_off(profile: str) -> None
     assert lb.NEEDS[profile] <= V4 and ("avx512f" in lb.NEEDS[profile]) == (profile == "x86-64-v4")
 
 
-def test_a_wheel_is_never_found_for_features_its_profile_does_not_need() -> None:
+def test_a_wheel_is_never_found_under_another_profile() -> None:
     v4 = lb.wheel_folder("0.3.36", "x86-64-v4", lb.cmake_args("x86-64-v4"), "x86_64")
     v3 = lb.wheel_folder("0.3.36", "x86-64-v3", lb.cmake_args("x86-64-v3"), "x86_64")
     assert v4 != v3 and "x86-64-v4" in v4.name
