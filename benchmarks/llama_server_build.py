@@ -1,12 +1,17 @@
 """llama.cpp's own C++ `llama-server`, built from the llama.cpp sources inside the pinned
-llama-cpp-python sdist (`vendor/llama.cpp`) with the same portable flags as our wheel, and cached
-by a hash of version + flags: a benchmark peer with continuous batching (`-np N`).
+llama-cpp-python sdist (`vendor/llama.cpp`) and cached by a hash of version + flags: a benchmark
+peer with continuous batching (`-np N`).
+
+Two builds: with the same flags as our wheel (`--same-flags`: what the engines alone are worth),
+or the way a user builds it for their machine (the default: llama.cpp's own cmake defaults,
+GGML_NATIVE on, every instruction this CPU has; its key holds the CPU's model and flags).
 
     python benchmarks/llama_server_build.py          # prints the binary's path (builds it once, ~6 min)
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import platform
@@ -21,28 +26,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reference_server import llama_build  # noqa: E402
 
+_STATIC = " -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF"
 
-def _build_settings() -> tuple[str, str, str]:
+
+def _build_settings(native: bool) -> tuple[str, str, str]:
     """(llama-cpp-python version, profile, cmake args) of this machine's build."""
     version = llama_build.pinned_version()
+    if native:
+        return version, "native", "-DGGML_NATIVE=ON" + _STATIC
     profile = llama_build.choose_profile(platform.machine(), llama_build.cpu_flags())
-    return version, profile, llama_build.cmake_args(profile) + " -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF"
+    return version, profile, llama_build.cmake_args(profile) + _STATIC
 
 
-def cached_binary() -> Path:
-    """Where the llama-server for this machine's profile lives once built (it may not exist yet)."""
-    version, profile, args = _build_settings()
-    key = hashlib.sha256(f"llama-server {version} {args} {platform.machine()}".encode()).hexdigest()[:12]
+def cached_binary(native: bool = True) -> Path:
+    """Where this machine's llama-server lives once built (it may not exist yet)."""
+    version, profile, args = _build_settings(native)
+    cpu = f"{llama_build.cpu_model()} {sorted(llama_build.cpu_flags())}" if native else ""
+    key = hashlib.sha256(f"llama-server {version} {args} {platform.machine()} {cpu}".encode()).hexdigest()[:12]
     return llama_build.cache_root().parent / "bin" / f"llama-server-{version}-{profile}-{key}" / "llama-server"
 
 
-def binary_path() -> Path:
-    """Where the llama-server for this machine's profile lives (built if missing)."""
-    binary = cached_binary()
+def binary_path(native: bool = True) -> Path:
+    """Where this machine's llama-server lives (built if missing)."""
+    binary = cached_binary(native)
     if binary.is_file():
         return binary
     folder = binary.parent
-    version, profile, args = _build_settings()
+    version, profile, args = _build_settings(native)
     print(f"building llama-server {version} ({profile}: {args}); about 6 minutes on 2 cores, once",
           file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="llama-server-") as tmp:
@@ -64,4 +74,7 @@ def binary_path() -> Path:
 
 
 if __name__ == "__main__":
-    print(binary_path())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--same-flags", action="store_true",
+                        help="build with our wheel's portable flags instead of GGML_NATIVE")
+    print(binary_path(native=not parser.parse_args().same_flags))

@@ -8,11 +8,21 @@ would be reused silently. Here the flags are chosen on purpose (a named profile)
 built with pip's cache off, and it lives in a folder whose name is a hash of version + flags:
 a wheel is only ever found under the flags it was built with.
 
-Profiles (x86-64 levels; none uses AVX-512 or AMX):
+Profiles (x86-64 levels, chosen from the CPU the wheel is built on; none uses AMX, whose kernels
+are what faulted, nor AVX-512's later extensions VBMI/VNNI/BF16):
+  x86-64-v4  v3 + AVX-512 F/CD/VL/DQ/BW, only when asked for ($CHATSPEC_LLAMA_PROFILE=x86-64-v4)
+             on a CPU that has them (Intel Skylake-SP and later servers, AMD Zen 4 and later).
+             Opt-in until its speed-up is measured here (docs/benchmarks.md).
   x86-64-v3  SSE4.2 AVX AVX2 FMA F16C BMI2: every x86-64 CPU since 2013-2015 (Intel Haswell,
              AMD Excavator/Zen). The default wherever the CPU has those.
   x86-64-v2  SSE4.2 only: older CPUs (chosen automatically on them).
   generic    GGML_NATIVE off, llama.cpp's own defaults (non-x86 machines).
+
+A wheel is only ever picked for the CPU features it needs: the cache's key holds them, and the
+wheel carries `llama_cpp/chatspec_build.json` (its profile and the CPU flags its code needs), which
+`build_mismatch` reads without loading the library: a server refuses to start, with a message that
+says why, on a CPU that lacks one of them (a v4 wheel copied to a machine without AVX-512), instead
+of dying of SIGILL in the middle of a request.
 
 Stdlib only: tox runs it by path (`install_command`, `commands_pre`) before the project's
 dependencies exist.
@@ -39,18 +49,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 DIST = "llama-cpp-python"
+PROFILE_ENV = "CHATSPEC_LLAMA_PROFILE"  # a profile asked for by name (x86-64-v4 is only ever chosen so)
 FLAGS_ENV = "CHATSPEC_LLAMA_CMAKE_ARGS"  # replaces the profile's flags (e.g. a CUDA build); part of the key
 CACHE_ENV = "CHATSPEC_WHEEL_CACHE"
+MARKER = "llama_cpp/chatspec_build.json"  # written into every wheel built here
 _OFF_X86 = ("AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AMX_TILE", "AMX_INT8", "AMX_BF16")
+_OFF_LATER = tuple(name for name in _OFF_X86 if name != "AVX512")  # what v4 keeps off
+_V3 = ("GGML_NATIVE=OFF", "GGML_SSE42=ON", "GGML_AVX=ON", "GGML_AVX2=ON", "GGML_FMA=ON", "GGML_F16C=ON", "GGML_BMI2=ON")
 PROFILES: dict[str, tuple[str, ...]] = {
-    "x86-64-v3": ("GGML_NATIVE=OFF", "GGML_SSE42=ON", "GGML_AVX=ON", "GGML_AVX2=ON", "GGML_FMA=ON", "GGML_F16C=ON",
-                  "GGML_BMI2=ON", *(f"GGML_{name}=OFF" for name in _OFF_X86)),
+    # GGML_AVX512 compiles with -mavx512f -mavx512cd -mavx512vl -mavx512dq -mavx512bw (x86-64-v4's set).
+    "x86-64-v4": (*_V3, "GGML_AVX512=ON", *(f"GGML_{name}=OFF" for name in _OFF_LATER)),
+    "x86-64-v3": (*_V3, *(f"GGML_{name}=OFF" for name in _OFF_X86)),
     "x86-64-v2": ("GGML_NATIVE=OFF", "GGML_SSE42=ON", "GGML_AVX=OFF", "GGML_AVX2=OFF", "GGML_FMA=OFF",
                   "GGML_F16C=OFF", "GGML_BMI2=OFF", *(f"GGML_{name}=OFF" for name in _OFF_X86)),
     "generic": ("GGML_NATIVE=OFF",),
 }
-# What the x86-64-v3 profile's code needs from the CPU (/proc/cpuinfo names).
-V3_CPU_FLAGS = frozenset({"avx", "avx2", "fma", "f16c", "bmi2", "sse4_2"})
+# What each profile's code needs from the CPU (/proc/cpuinfo names).
+V2_CPU_FLAGS = frozenset({"sse4_2"})
+V3_CPU_FLAGS = V2_CPU_FLAGS | {"avx", "avx2", "fma", "f16c", "bmi2"}
+V4_CPU_FLAGS = V3_CPU_FLAGS | {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
+NEEDS: dict[str, frozenset[str]] = {"x86-64-v4": V4_CPU_FLAGS, "x86-64-v3": V3_CPU_FLAGS,
+                                    "x86-64-v2": V2_CPU_FLAGS, "generic": frozenset()}
 
 
 def pinned_version(pyproject: Path | None = None) -> str:
@@ -80,8 +99,17 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
-def choose_profile(machine: str, flags: frozenset[str]) -> str:
-    """The profile for a machine: v3 where the CPU has it, v2 on older x86-64, generic elsewhere."""
+def choose_profile(machine: str, flags: frozenset[str], wanted: str | None = None) -> str:
+    """The profile for a machine: v3 where the CPU has it, v2 on older x86-64, generic elsewhere;
+    or `wanted` (default: $CHATSPEC_LLAMA_PROFILE), refused when the CPU lacks what it needs."""
+    wanted = os.environ.get(PROFILE_ENV, "").strip() or None if wanted is None else wanted
+    if wanted is not None:
+        if wanted not in PROFILES:
+            raise SystemExit(f"error: ${PROFILE_ENV}={wanted!r} is no profile; known: {', '.join(PROFILES)}")
+        missing = sorted(NEEDS[wanted] - flags)
+        if missing:
+            raise SystemExit(f"error: profile {wanted} needs CPU features this CPU lacks: {', '.join(missing)}")
+        return wanted
     if machine.lower() not in ("x86_64", "amd64"):
         return "generic"
     return "x86-64-v3" if V3_CPU_FLAGS <= flags else "x86-64-v2"
@@ -103,7 +131,8 @@ def cache_root() -> Path:
 
 
 def wheel_folder(version: str, profile: str, args: str, machine: str) -> Path:
-    """The folder for one (version, flags, machine) triple: the flags are part of its name."""
+    """The folder for one (version, flags, machine) key: the flags, which name the CPU features the
+    build uses, are part of its name, so a wheel is never found for a CPU it was not built for."""
     key = hashlib.sha256(json.dumps([DIST, version, args, machine]).encode()).hexdigest()[:12]
     label = "custom" if os.environ.get(FLAGS_ENV, "").strip() else profile
     return cache_root() / f"{DIST}-{version}-{machine}-{label}-{key}"
@@ -166,17 +195,66 @@ def _build(version: str, profile: str, args: str, folder: Path, quiet: bool) -> 
                              f"full log: {log_path}")
         staging = Path(tmp) / "done"
         staging.mkdir()
+        info = {"dist": DIST, "version": version, "profile": profile, "cmake_args": args,
+                "cpu_flags_needed": sorted(needed_flags(profile)), "machine": platform.machine(),
+                "built_on_cpu": cpu_model(), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "build_seconds": round(time.monotonic() - started, 1)}
+        add_marker(built, info)
         shutil.move(str(built), staging / built.name)
-        (staging / "build-info.json").write_text(json.dumps({
-            "dist": DIST, "version": version, "profile": profile, "cmake_args": args,
-            "machine": platform.machine(), "built_on_cpu": cpu_model(),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_seconds": round(time.monotonic() - started, 1)}, indent=2) + "\n", encoding="utf-8")
+        (staging / "build-info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)  # appears whole or not at all
     say(f"chatspec: built in {time.monotonic() - started:.0f} s: {folder}")
     return find_wheel(folder)  # type: ignore[return-value]
+
+
+def needed_flags(profile: str) -> frozenset[str]:
+    """The CPU flags a build of this profile needs (none known for $CHATSPEC_LLAMA_CMAKE_ARGS builds)."""
+    return frozenset() if os.environ.get(FLAGS_ENV, "").strip() else NEEDS.get(profile, frozenset())
+
+
+def add_marker(wheel: Path, info: dict[str, object]) -> None:
+    """Write MARKER (the build's profile and the CPU flags it needs) into the wheel, its RECORD
+    line included, so the installed library says what it needs without being loaded."""
+    import base64
+    import zipfile
+
+    data = (json.dumps(info, indent=2) + "\n").encode("utf-8")
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    rewritten = wheel.with_suffix(".tmp")
+    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(rewritten, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            content = source.read(item.filename)
+            if item.filename.endswith(".dist-info/RECORD"):
+                content += f"{MARKER},sha256={digest},{len(data)}\n".encode()
+            if item.filename != MARKER:
+                target.writestr(item, content)
+        target.writestr(MARKER, data)
+    rewritten.replace(wheel)
+
+
+def build_mismatch(cpu: frozenset[str] | None = None) -> str | None:
+    """Why the installed llama-cpp-python cannot run on this CPU (None: it can, or it carries no
+    marker, e.g. a build of the user's own). Reads the marker without importing llama_cpp: a build
+    with instructions the CPU lacks may fault as soon as its library is loaded."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    marker = Path(next(iter(spec.submodule_search_locations))) / Path(MARKER).name
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    flags = cpu_flags() if cpu is None else cpu
+    missing = sorted(set(info.get("cpu_flags_needed", ())) - flags)
+    if not missing or not flags:  # no /proc/cpuinfo: nothing to judge by
+        return None
+    return (f"the installed llama-cpp-python was built for {info.get('profile')} on {info.get('built_on_cpu')} "
+            f"and needs CPU features this CPU lacks: {', '.join(missing)}. Rebuild it for this machine: "
+            f"python reference_server/llama_build.py install")
 
 
 def cpu_model() -> str:
@@ -221,7 +299,7 @@ def _pip_install(*args: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python reference_server/llama_build.py",
-        description="Build llama-cpp-python for a portable CPU profile (no -march=native, no AVX-512/AMX), "
+        description="Build llama-cpp-python for the x86-64 level of this CPU (no -march=native, no AMX), "
                     "cache the wheel under a name derived from its flags, and install it. "
                     f"${FLAGS_ENV} replaces the profile's CMAKE_ARGS; ${CACHE_ENV} moves the cache "
                     "(default ~/.cache/chatspec/wheels).",
@@ -241,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         profile = choose_profile(platform.machine(), cpu_flags())
         folder = wheel_folder(pinned_version(), profile, cmake_args(profile), platform.machine())
         wheel = find_wheel(folder)
-        print(f"profile: {profile}\ncmake args: {cmake_args(profile)}\ncache: {folder}")
+        print(f"profile: {profile} (needs CPU flags: {' '.join(sorted(needed_flags(profile))) or 'none known'})\n"
+              f"cmake args: {cmake_args(profile)}\ncache: {folder}")
+        print(f"installed build on this CPU: {build_mismatch() or 'fits (or carries no chatspec marker)'}")
         print(f"wheel: {wheel or 'not built yet'}")
         if wheel is not None:
             state = {None: "not installed", True: "this wheel", False: "ANOTHER build"}[installed_matches(wheel)]

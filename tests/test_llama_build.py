@@ -1,14 +1,21 @@
-"""The portable llama-cpp-python build: profiles, a cache keyed by the flags, pip never building the
-sdist itself, and (on the installed library) no AVX-512 or AMX instruction anywhere."""
+"""The portable llama-cpp-python build: profiles from the CPU's x86-64 level, a cache keyed by the flags
+and the features they need, pip never building the sdist itself, a marker in every wheel that lets a
+server refuse a build its CPU cannot run, and (on the installed library) no instruction beyond its
+profile: no AMX anywhere, AVX-512 only in a v4 build on a CPU that has it."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.machinery
 import importlib.metadata
+import importlib.util
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -24,24 +31,101 @@ V3 = frozenset({"fpu", "sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"})
 def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(lb.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(lb.FLAGS_ENV, raising=False)
+    monkeypatch.delenv(lb.PROFILE_ENV, raising=False)
     return tmp_path / "cache"
 
 
-def test_profile_follows_the_cpu_never_its_extras() -> None:
+V4 = V3 | {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
+
+
+def test_profile_follows_the_cpu_never_its_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(lb.PROFILE_ENV, raising=False)
     assert lb.choose_profile("x86_64", V3) == "x86-64-v3"
     assert lb.choose_profile("x86_64", V3 | {"avx512f", "amx_tile", "amx_int8"}) == "x86-64-v3"
+    assert lb.choose_profile("x86_64", V4 | {"amx_tile", "avx512_vnni"}) == "x86-64-v3"  # v4 only when asked
     assert lb.choose_profile("x86_64", V3 - {"avx2"}) == "x86-64-v2"
     assert lb.choose_profile("aarch64", frozenset()) == "generic"
 
 
-@pytest.mark.parametrize("profile", ["x86-64-v3", "x86-64-v2"])
-def test_x86_profiles_turn_native_avx512_and_amx_off(profile: str) -> None:
+def test_v4_is_taken_only_when_asked_and_only_on_a_cpu_that_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert lb.choose_profile("x86_64", V4, wanted="x86-64-v4") == "x86-64-v4"
+    monkeypatch.setenv(lb.PROFILE_ENV, "x86-64-v4")
+    assert lb.choose_profile("x86_64", V4 | {"amx_tile", "avx512_vnni"}) == "x86-64-v4"
+    with pytest.raises(SystemExit, match="needs CPU features this CPU lacks: avx512bw, avx512cd"):
+        lb.choose_profile("x86_64", V3)
+    monkeypatch.setenv(lb.PROFILE_ENV, "x86-64-v9")
+    with pytest.raises(SystemExit, match="is no profile"):
+        lb.choose_profile("x86_64", V4)
+
+
+@pytest.mark.parametrize("profile", ["x86-64-v4", "x86-64-v3", "x86-64-v2"])
+def test_x86_profiles_turn_native_amx_and_later_avx512_off(profile: str) -> None:
     args = lb.cmake_args(profile).split()
     assert "-DGGML_NATIVE=OFF" in args
     switched_on = {a.removeprefix("-D").split("=")[0] for a in args if a.endswith("=ON")}
-    assert not {name for name in switched_on if "AVX512" in name or "AMX" in name}
-    for name in ("AVX512", "AMX_TILE", "AMX_INT8"):
+    assert {name for name in switched_on if "AVX512" in name or "AMX" in name} == (
+        {"GGML_AVX512"} if profile == "x86-64-v4" else set())
+    for name in ("AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AMX_TILE", "AMX_INT8", "AVX_VNNI"):
         assert f"-DGGML_{name}=OFF" in args
+    assert lb.NEEDS[profile] <= V4 and ("avx512f" in lb.NEEDS[profile]) == (profile == "x86-64-v4")
+
+
+def test_a_wheel_is_never_found_under_another_profile() -> None:
+    v4 = lb.wheel_folder("0.3.36", "x86-64-v4", lb.cmake_args("x86-64-v4"), "x86_64")
+    v3 = lb.wheel_folder("0.3.36", "x86-64-v3", lb.cmake_args("x86-64-v3"), "x86_64")
+    assert v4 != v3 and "x86-64-v4" in v4.name
+
+
+def test_the_marker_is_written_into_the_wheel_with_its_record_line(tmp_path: Path) -> None:
+    wheel = _fake_wheel(tmp_path, b"lib")
+    lb.add_marker(wheel, {"profile": "x86-64-v4", "cpu_flags_needed": sorted(V4)})
+    with zipfile.ZipFile(wheel) as archive:
+        data = archive.read(lb.MARKER)
+        record = archive.read("llama_cpp_python-0.3.36.dist-info/RECORD").decode()
+        assert archive.read("llama_cpp/lib/libggml-cpu.so") == b"lib"
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    assert f"{lb.MARKER},sha256={digest},{len(data)}" in record.splitlines()
+    assert json.loads(data)["cpu_flags_needed"] == sorted(V4)
+
+
+def _installed_marker(monkeypatch: pytest.MonkeyPatch, folder: Path, needed: list[str] | None) -> None:
+    """A llama_cpp package folder (never imported) carrying a marker that needs `needed`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if needed is not None:
+        (folder / Path(lb.MARKER).name).write_text(json.dumps(
+            {"profile": "x86-64-v4", "built_on_cpu": "Some EPYC", "cpu_flags_needed": needed}))
+    spec = importlib.machinery.ModuleSpec("llama_cpp", None, is_package=True)
+    spec.submodule_search_locations = [str(folder)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec if name == "llama_cpp" else None)
+
+
+def test_a_v4_build_is_refused_on_a_cpu_without_avx512(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _installed_marker(monkeypatch, tmp_path / "llama_cpp", sorted(V4))
+    message = lb.build_mismatch(V3)
+    assert message and "x86-64-v4" in message and "avx512bw, avx512cd, avx512dq, avx512f, avx512vl" in message
+    assert "llama_build.py install" in message
+    assert lb.build_mismatch(V4) is None and lb.build_mismatch(V4 | {"amx_tile"}) is None
+
+
+def test_a_build_without_a_marker_is_not_judged(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _installed_marker(monkeypatch, tmp_path / "llama_cpp", None)
+    assert lb.build_mismatch(V3) is None
+
+
+def test_the_server_refuses_a_build_its_cpu_lacks_before_loading_it(tmp_path: Path) -> None:
+    """End to end, in a child: a llama_cpp whose marker needs a flag no CPU has, and whose import
+    would say so; the server exits 2 with the reason and never imports it."""
+    package = tmp_path / "llama_cpp"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise SystemExit('llama_cpp was imported')\n")
+    (package / Path(lb.MARKER).name).write_text(json.dumps(
+        {"profile": "x86-64-v4", "built_on_cpu": "Some EPYC", "cpu_flags_needed": ["avx2", "no_such_cpu_flag"]}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    done = subprocess.run([sys.executable, "-m", "reference_server", "--no-auth", "--self-check-only"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "no_such_cpu_flag" in done.stderr and "was built for x86-64-v4" in done.stderr
+    assert "was imported" not in done.stderr + done.stdout
 
 
 def test_cpu_flags_reads_proc_cpuinfo_format(tmp_path: Path) -> None:
@@ -117,20 +201,27 @@ def test_installed_build_is_compared_by_its_libraries(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")
-def test_installed_llama_cpp_has_no_avx512_or_amx_instruction() -> None:
-    """What this environment really runs: a build that faults on no x86-64 machine with AVX2.
-
-    AVX-512 code touches zmm registers; AMX code uses tile instructions (ldtilecfg, tileloadd,
-    tdpb*). Neither may appear in any llama.cpp library installed here.
-    """
+def test_installed_llama_cpp_has_no_instruction_beyond_its_profile() -> None:
+    """What this environment really runs: no AMX anywhere (tile instructions: ldtilecfg, tileloadd,
+    tdpb*), none of AVX-512's later extensions, and AVX-512 code (zmm registers) only in a v4 build,
+    which its marker names and which only a CPU with AVX-512 is given."""
     import llama_cpp
 
+    marker = Path(llama_cpp.__file__).parent / Path(lb.MARKER).name
+    profile = json.loads(marker.read_text())["profile"] if marker.is_file() else None
+    avx512 = profile == "x86-64-v4"
+    if avx512:
+        assert lb.V4_CPU_FLAGS <= lb.cpu_flags(), "a v4 build installed on a CPU without AVX-512"
     libraries = sorted((Path(llama_cpp.__file__).parent / "lib").glob("*.so"))
     assert libraries, "no llama.cpp shared library found"
+    zmm = False
     for library in libraries:
         listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(library)], capture_output=True,
                                  text=True, check=True).stdout
-        assert "%zmm" not in listing, f"{library.name} holds AVX-512 code"
+        zmm |= "%zmm" in listing
+        assert avx512 or "%zmm" not in listing, f"{library.name} holds AVX-512 code in a {profile} build"
         assert not re.search(r"\b(ldtilecfg|tileloadd|tdpb[a-z]*)\b", listing), f"{library.name} holds AMX code"
+    assert zmm == avx512, f"a {profile} build {'without' if avx512 else 'with'} AVX-512 code"
     features = llama_cpp.llama_print_system_info().decode()
-    assert not re.search(r"(AVX512|AMX)[A-Z0-9_]* = 1", features), features
+    assert not re.search(r"(AMX|AVX512_)[A-Z0-9_]* = 1|AVX_VNNI = 1", features), features
+    assert ("AVX512 = 1" in features) == avx512, features
