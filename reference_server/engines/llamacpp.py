@@ -35,7 +35,7 @@ from llama_cpp import _internals as llama_internals
 from llama_cpp import llama_grammar
 from llama_cpp._internals import LlamaSampler
 
-from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
+from reference_server.engines.base import Engine, GeneratedToken, SamplingParams, ToolCallMode
 from reference_server.engines.chat_template import ChatTemplate
 from reference_server.engines.llamacpp_batch import END, BatchScheduler, Sequence, emitter
 from reference_server.engines.logprobs import json_closed_by, logprobs_from_logits
@@ -117,6 +117,8 @@ def _seed32(seed: int | None) -> int:
 
 class LlamaCppEngine(Engine):
     """llama.cpp on the CPU, with continuous batching of up to `parallel` sequences."""
+
+    tool_calls: ToolCallMode = "written"  # the model writes its calls; a forced one under the JSON grammar
 
     def __init__(
         self,
