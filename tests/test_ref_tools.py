@@ -22,7 +22,7 @@ from reference_server.launcher import RunningServer, running_server
 FAST = ("--ttft-ms", "0", "--itl-ms", "0")
 RESPONSE = jsonschema.Draft202012Validator(spec.response_schema())
 CHUNK = jsonschema.Draft202012Validator(spec.chunk_schema())
-WEATHER = {"type": "object", "properties": {"city": {"type": "string", "minLength": 2},
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "minLength": 2, "maxLength": 32},
                                             "days": {"type": "integer", "minimum": 1}},
            "required": ["city", "days"]}
 TIME = {"type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}, "required": ["zone"]}
@@ -46,7 +46,7 @@ def thinking() -> Iterator[RunningServer]:
 def post(server: RunningServer, **extra: Any) -> tuple[int, bytes]:
     body = {"model": server.model, "messages": [{"role": "user", "content": "What is the weather?"}],
             "max_tokens": 64, "tools": TOOLS, **extra}
-    conn = http.client.HTTPConnection(server.base_url.removeprefix("http://"), timeout=30)
+    conn = http.client.HTTPConnection(server.base_url.removeprefix("http://"), timeout=300)  # a busy CPU
     try:
         conn.request("POST", spec.CHAT_PATH, body=json.dumps(body).encode(),
                      headers={"Content-Type": "application/json", "Authorization": f"Bearer {server.api_key}"})
@@ -294,3 +294,77 @@ def test_a_written_call_cut_short_finishes_with_length_and_the_history_is_made_p
     assert system["content"].startswith("Be brief.\n\nYou can call these functions:")
     assert json.loads(assistant["content"]) == {"name": "get_time", "parameters": {"zone": "UTC"}}
     assert tool["role"] == "user" and "12:00" in tool["content"]
+
+
+ASK = [{"role": "user", "content": "What is the weather in Paris for the next 2 days?"}]
+
+
+@pytest.fixture(scope="module")
+def llama() -> Iterator[RunningServer]:
+    with running_server(engine="llamacpp") as running:
+        yield running
+
+
+def call_of(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The name and arguments of the one call a non-streamed answer makes."""
+    (call,) = body["choices"][0]["message"]["tool_calls"]
+    return call["function"]["name"], json.loads(call["function"]["arguments"])
+
+
+def streamed_call(stream: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """The name and arguments of the one call a stream makes, after checking OpenAI's form: the first
+    delta names it (index, id, type, name, arguments ""), the later ones carry index and fragments."""
+    items = [item for chunk in stream for choice in chunk["choices"] for item in choice["delta"].get("tool_calls", [])]
+    head, *fragments = items
+    assert set(head) == {"index", "id", "type", "function"} and head["index"] == 0 and head["type"] == "function"
+    assert head["function"]["arguments"] == "" and head["id"].startswith("call_")
+    assert fragments and all(set(item) == {"index", "function"} and item["index"] == 0
+                             and set(item["function"]) == {"arguments"} for item in fragments)
+    reasons = [c["finish_reason"] for chunk in stream for c in chunk["choices"] if c.get("finish_reason")]
+    assert reasons == ["tool_calls"]
+    return head["function"]["name"], json.loads("".join(item["function"]["arguments"] for item in fragments))
+
+
+@pytest.mark.slow
+def test_the_llamacpp_model_writes_a_named_call_in_openais_stream_form(llama: RunningServer) -> None:
+    name, arguments = streamed_call(chunks(llama, messages=ASK, tool_choice=named("get_weather"), seed=3))
+    assert name == "get_weather"
+    jsonschema.validate(arguments, WEATHER)
+    unstreamed = completion(llama, messages=ASK, tool_choice=named("get_weather"), seed=3)
+    assert call_of(unstreamed) == (name, arguments)  # the same seed gives the same call in both modes
+
+
+@pytest.mark.slow
+def test_the_llamacpp_model_calls_one_of_the_tools_when_required_and_repeats_it_seeded(llama: RunningServer) -> None:
+    for seed in (1, 2):
+        body = completion(llama, messages=ASK, tool_choice="required", seed=seed)
+        assert body["choices"][0]["finish_reason"] == "tool_calls"
+        assert body["choices"][0]["message"]["content"] is None
+        name, arguments = call_of(body)
+        jsonschema.validate(arguments, SCHEMAS[name])
+        assert call_of(completion(llama, messages=ASK, tool_choice="required", seed=seed)) == (name, arguments)
+
+
+@pytest.mark.slow
+def test_the_llamacpp_model_answers_auto_with_text_or_a_valid_call_never_a_mix(llama: RunningServer) -> None:
+    for seed in (1, 2, 3):
+        choice = completion(llama, messages=ASK, tool_choice="auto", seed=seed, max_tokens=48)["choices"][0]
+        calls = choice["message"].get("tool_calls")
+        if calls:
+            assert choice["message"]["content"] is None and choice["finish_reason"] == "tool_calls"
+            name, arguments = call_of({"choices": [choice]})
+            jsonschema.validate(arguments, SCHEMAS[name])
+        else:
+            assert isinstance(choice["message"]["content"], str) and choice["finish_reason"] in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_the_llamacpp_model_takes_a_follow_up_turn_with_the_tool_answer(llama: RunningServer) -> None:
+    call = completion(llama, tool_choice=named("get_time"), seed=4)["choices"][0]["message"]["tool_calls"][0]
+    turns = [{"role": "user", "content": "What time is it?"},
+             {"role": "assistant", "content": None, "tool_calls": [call]},
+             {"role": "tool", "tool_call_id": call["id"], "content": "12:00"}]
+    for choice in ("auto", "none"):
+        answer = completion(llama, messages=turns, tool_choice=choice, max_tokens=16, seed=4)["choices"][0]
+        assert answer["finish_reason"] in ("stop", "length", "tool_calls")
+    assert "tool_calls" not in answer["message"]  # none: text
