@@ -1,5 +1,6 @@
 """Tool calling on the reference server (openai profile): the request's rules, OpenAI's shapes for the
-message and the stream, the mock engine's calls, and a clear 400 from an engine without tools."""
+message and the stream, the mock engine's planned calls, calls a model writes (a scripted engine, then
+the llama.cpp engine's real model, slow), and a clear 400 from an engine without tools."""
 
 from __future__ import annotations
 
