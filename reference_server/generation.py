@@ -7,6 +7,7 @@ the same seeded request carry the same text.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import dataclasses
 import threading
 from collections.abc import AsyncIterator
@@ -15,7 +16,16 @@ from typing import Any
 
 from reference_server.engines.base import Engine, GeneratedToken, SamplingParams
 from reference_server.stop import StopMatcher
-from reference_server.tool_calls import FunctionTool, ToolCall, ToolCallPiece, assemble, new_call_id
+from reference_server.tool_calls import (
+    FunctionTool,
+    PlannedCalls,
+    ToolCall,
+    ToolCallPiece,
+    WrittenCall,
+    assemble,
+    new_call_id,
+)
+from reference_server.tool_text import ArgumentsPiece, CallParser, CallStart, PlainText, call_schema
 
 
 @dataclass
@@ -74,25 +84,36 @@ async def generate_choice(
     state: ChoiceState,
     cancel: threading.Event,
     started: float | None = None,
-    calls: tuple[FunctionTool, ...] = (),
+    calls: PlannedCalls | WrittenCall | None = None,
 ) -> AsyncIterator[ChoicePiece]:
     """Yield pieces of one choice as they become safe to send; the last one has a finish_reason.
 
     Text that may begin a stop sequence is held back until resolved, and a multi-byte
     character is only released once all its bytes have arrived. Reasoning tokens go out as
     `reasoning` pieces at once: stop sequences and logprobs are about the content. With `calls`
-    (the functions the engine chose to call) the choice is those calls instead of text.
+    the choice is the calls the engine planned, or the one its model writes.
     """
-    if calls:
-        async for piece in _generate_calls(engine, prompt_tokens, params, calls, state, cancel, started):
+    if isinstance(calls, PlannedCalls):
+        pieces = _generate_calls(engine, prompt_tokens, params, calls.functions, state, cancel, started)
+    elif isinstance(calls, WrittenCall):
+        pieces = _generate_written(engine, prompt_tokens, params, stops, calls, state, cancel, started)
+    else:
+        pieces = _generate_text(engine.stream(prompt_tokens, choice_params(params, state.index), cancel, started),
+                                params, stops, state)
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
             yield piece
-        return
+
+
+async def _generate_text(
+    tokens: AsyncIterator[GeneratedToken], params: SamplingParams, stops: list[str], state: ChoiceState,
+) -> AsyncIterator[ChoicePiece]:
+    """A text answer from `tokens` (closed on the way out)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     thinking = codecs.getincrementaldecoder("utf-8")(errors="replace")
     matcher = StopMatcher(stops)
     pending_logprobs: list[dict[str, Any]] = []
     stopped = False
-    tokens = engine.stream(prompt_tokens, choice_params(params, state.index), cancel, started)
     try:
         async for token in tokens:
             state.completion_tokens += 1
@@ -116,6 +137,102 @@ async def generate_choice(
         tail += matcher.flush()
     reason = "stop" if stopped or state.completion_tokens < params.max_tokens else "length"
     yield ChoicePiece(tail, pending_logprobs, reason, thinking.decode(b"", final=True))
+
+
+async def _generate_written(
+    engine: Engine,
+    prompt_tokens: list[int],
+    params: SamplingParams,
+    stops: list[str],
+    call: WrittenCall,
+    state: ChoiceState,
+    cancel: threading.Event,
+    started: float | None,
+) -> AsyncIterator[ChoicePiece]:
+    """The model's own answer to a request with tools. Forced: one call, under the grammar of a call
+    to one of the tools. Auto: the model chooses as it opens its answer; an answer opening with `{`
+    is a call, which the grammar then writes from the start (so a call is always whole and valid),
+    anything else is a text answer (stop sequences and logprobs apply to it as to any text)."""
+    if not call.forced:
+        tokens = engine.stream(prompt_tokens, choice_params(params, state.index), cancel, started)
+        opening: list[GeneratedToken] = []
+        text = ""
+        try:
+            async for token in tokens:
+                opening.append(token)
+                text = b"".join(t.piece for t in opening if not t.reasoning).decode("utf-8", errors="ignore").lstrip()
+                if text:
+                    break
+        except BaseException:
+            await tokens.aclose()
+            raise
+        if not text.startswith("{"):
+            async for piece in _generate_text(_chained(opening, tokens), params, stops, state):
+                yield piece
+            return
+        await tokens.aclose()
+        state.completion_tokens += len(opening)  # the opening the model chose with counts as generated
+    async for piece in _written_call(engine, prompt_tokens, params, call.tools, state, cancel, started):
+        yield piece
+
+
+async def _chained(first: list[GeneratedToken], rest: AsyncIterator[GeneratedToken]) -> AsyncIterator[GeneratedToken]:
+    """`first`, then what `rest` still yields (closed on the way out)."""
+    try:
+        for token in first:
+            yield token
+        async for token in rest:
+            yield token
+    finally:
+        await rest.aclose()
+
+
+async def _written_call(
+    engine: Engine,
+    prompt_tokens: list[int],
+    params: SamplingParams,
+    tools: tuple[FunctionTool, ...],
+    state: ChoiceState,
+    cancel: threading.Event,
+    started: float | None,
+) -> AsyncIterator[ChoicePiece]:
+    """One call written under the grammar of `call_schema(tools)`, within the choice's max_tokens:
+    its first piece (id, name, arguments "") goes out once the name is written, then the arguments
+    as they come; the wrapper's closing brace is never sent. Stop sequences do not apply inside a
+    call and it has no logprobs (OpenAI gives none for calls). finish_reason tool_calls, or length
+    when the budget ran out inside the call (named still, when only one tool could be called)."""
+    room = params.max_tokens - state.completion_tokens
+    constrained = dataclasses.replace(choice_params(params, state.index), max_tokens=room, json_mode=True,
+                                      json_schema=call_schema(tools), logprobs=False, top_logprobs=0)
+    parser = CallParser(forced=True)
+    call_id = new_call_id()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tokens = engine.stream(prompt_tokens, constrained, cancel, started)
+    try:
+        async for token in tokens:
+            state.completion_tokens += 1
+            if token.reasoning:
+                state.reasoning_tokens += 1
+                yield ChoicePiece("", reasoning=token.piece.decode("utf-8", errors="replace"))
+                continue
+            for event in parser.feed(decoder.decode(token.piece)):
+                yield ChoicePiece("", tool_calls=[_call_piece(event, call_id)])
+            if parser.complete:
+                break
+    finally:
+        await tokens.aclose()
+    for event in parser.feed(decoder.decode(b"", final=True)):
+        yield ChoicePiece("", tool_calls=[_call_piece(event, call_id)])
+    if parser.name is None and len(tools) == 1:
+        yield ChoicePiece("", tool_calls=[ToolCallPiece(0, "", call_id, tools[0].name)])
+    yield ChoicePiece("", finish_reason="tool_calls" if parser.complete else "length")
+
+
+def _call_piece(event: CallStart | ArgumentsPiece | PlainText, call_id: str) -> ToolCallPiece:
+    """A parsed event of a forced call as a piece of call 0 (a forced call has no plain text)."""
+    if isinstance(event, CallStart):
+        return ToolCallPiece(0, "", call_id, event.name)
+    return ToolCallPiece(0, event.text)
 
 
 async def _generate_calls(
@@ -188,7 +305,7 @@ async def complete_choice(
     index: int,
     cancel: threading.Event,
     started: float | None = None,
-    calls: tuple[FunctionTool, ...] = (),
+    calls: PlannedCalls | WrittenCall | None = None,
 ) -> CompletedChoice:
     """Run one choice to the end and gather it. `started`: when the request arrived (loop time)."""
     state = ChoiceState(index)

@@ -97,7 +97,7 @@ class Server:
             )
         calls = tool_calls.calls_for(self.engine, chat.tools)  # before rendering: an engine without tools says so
         try:
-            prompt = self.engine.tokenize_chat(chat.messages)
+            prompt = self.engine.tokenize_chat(tool_calls.prompt_messages(self.engine, chat.messages, chat.tools))
         except ValueError as exc:
             raise ApiError(400, f"The messages cannot be rendered: {exc}", param="messages") from exc
         max_tokens = fit_to_context(chat, len(prompt), self.engine.context_length)
@@ -126,7 +126,7 @@ class Server:
 
     async def _complete(
         self, chat: ChatRequest, header: ResponseHeader, prompt: list[int], params: SamplingParams, started: float,
-        tracker: RequestTracker, calls: tuple[tool_calls.FunctionTool, ...] = (),
+        tracker: RequestTracker, calls: tool_calls.PlannedCalls | tool_calls.WrittenCall | None = None,
     ) -> web.Response:
         cancel = threading.Event()
         engine = TimedEngine(self.engine, tracker)
@@ -149,7 +149,7 @@ class Server:
     async def _stream(
         self, request: web.Request, chat: ChatRequest, header: ResponseHeader, prompt: list[int],
         params: SamplingParams, started: float, tracker: RequestTracker,
-        calls: tuple[tool_calls.FunctionTool, ...] = (),
+        calls: tool_calls.PlannedCalls | tool_calls.WrittenCall | None = None,
     ) -> web.StreamResponse:
         response = await open_event_stream(request)
         cancel = threading.Event()

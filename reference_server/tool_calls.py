@@ -16,19 +16,10 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 
 from reference_server.errors import ApiError
+from reference_server.tool_text import ANY_OBJECT, FunctionTool, history_for_template, offer_tools
 
 if TYPE_CHECKING:
     from reference_server.engines.base import Engine
-
-ANY_OBJECT: dict[str, Any] = {"type": "object"}  # a function declared without parameters takes any object
-
-
-@dataclass(frozen=True)
-class FunctionTool:
-    """A function the model may call; `parameters` is the JSON Schema of its arguments."""
-
-    name: str
-    parameters: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -87,7 +78,7 @@ def _function(declared: dict[str, Any]) -> FunctionTool:
     except jsonschema.SchemaError as exc:
         raise ApiError(400, f"tools: the parameters of {declared['name']!r} are not a valid JSON Schema: "
                             f"{exc.message}", param="tools", code="invalid_value") from exc
-    return FunctionTool(name=declared["name"], parameters=parameters)
+    return FunctionTool(name=declared["name"], parameters=parameters, description=declared.get("description") or "")
 
 
 def unserved(engine_name: str) -> ApiError:
@@ -97,14 +88,47 @@ def unserved(engine_name: str) -> ApiError:
                     param="tools", code="unsupported_parameter")
 
 
-def calls_for(engine: Engine, plan: ToolPlan | None) -> tuple[FunctionTool, ...]:
-    """The functions an answer to a request with `plan` calls (empty: text); a 400 naming tools
-    when the request has tools and the engine cannot make calls."""
+@dataclass(frozen=True)
+class PlannedCalls:
+    """Calls a "planned" engine decided on: made one after another, each one's arguments generated
+    in JSON mode against its function's parameters."""
+
+    functions: tuple[FunctionTool, ...]
+
+
+@dataclass(frozen=True)
+class WrittenCall:
+    """A call the model of a "written" engine writes as `{"name": ..., "parameters": ...}` to one of
+    `tools`. `forced` (required, named): the text is constrained to a call; else (auto) the model
+    chooses, by how its answer opens, between text and a call."""
+
+    tools: tuple[FunctionTool, ...]
+    forced: bool
+
+
+def calls_for(engine: Engine, plan: ToolPlan | None) -> PlannedCalls | WrittenCall | None:
+    """How an answer to a request with `plan` makes its calls (None: it answers in text); a 400
+    naming tools when the request has tools and the engine cannot make calls."""
     if plan is None:
-        return ()
-    if not engine.serves_tools:
+        return None
+    if engine.tool_calls == "none":
         raise unserved(type(engine).__name__)
-    return engine.plan_calls(plan)
+    if plan.choice == "none":
+        return None
+    if engine.tool_calls == "written":
+        return WrittenCall(plan.forced() if plan.choice == "named" else plan.tools, forced=plan.choice != "auto")
+    planned = engine.plan_calls(plan)
+    return PlannedCalls(planned) if planned else None
+
+
+def prompt_messages(engine: Engine, messages: list[dict[str, Any]], plan: ToolPlan | None) -> list[dict[str, Any]]:
+    """The chat the engine renders. For a "written" engine (its chat template knows nothing of
+    tools): earlier calls and tool results as plain turns, and the request's tools offered in the
+    system message, whatever tool_choice says (none forbids a call, it does not hide the tools)."""
+    if engine.tool_calls != "written":
+        return messages
+    plain = history_for_template(messages)
+    return offer_tools(plain, plan.tools) if plan is not None else plain
 
 
 def new_call_id() -> str:

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-ANY_OBJECT: dict[str, Any] = {"type": "object"}
+ANY_OBJECT: dict[str, Any] = {"type": "object"}  # a function declared without parameters takes any object
 
 
 @dataclass(frozen=True)
 class FunctionTool:
-    """One offered function: its name and the JSON Schema its arguments follow."""
+    """A function the model may call: its name, the JSON Schema its arguments follow, and what it does."""
 
     name: str
     parameters: dict[str, Any]
@@ -43,6 +43,16 @@ def tools_prompt(tools: Sequence[FunctionTool]) -> str:
                                   ensure_ascii=False) for t in tools)
     return ("You can call these functions:\n" + listed + "\nTo call one, answer with only a JSON object "
             '{"name": <function name>, "parameters": <its arguments>}; otherwise answer in text.')
+
+
+def offer_tools(messages: Sequence[dict[str, Any]], tools: Sequence[FunctionTool]) -> list[dict[str, Any]]:
+    """The chat with the tools offered in its system message (after the request's own system text,
+    or as a new first message)."""
+    offer = tools_prompt(tools)
+    if messages and messages[0].get("role") == "system":
+        own = _text(messages[0].get("content"))
+        return [{**messages[0], "content": f"{own}\n\n{offer}" if own else offer}, *messages[1:]]
+    return [{"role": "system", "content": offer}, *messages]
 
 
 def history_for_template(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

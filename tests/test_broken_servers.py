@@ -198,7 +198,7 @@ def test_an_endpoint_whose_first_answer_differs_passes_when_it_applies_the_penal
 
 @pytest.mark.parametrize("fault", [TOOLS_REFUSED, TOOLS_IGNORED], ids=["refused", "ignored"])
 def test_an_endpoint_without_tools_is_not_supported_never_failed(server: RunningServer, fault: Fault) -> None:
-    """Tools answered with a 4xx (what the llama.cpp engine does) or silently dropped: every tools
+    """Tools answered with a 4xx (what the ExLlamaV2 engine does) or silently dropped: every tools
     check says not supported, naming tools."""
     with broken_server(server.base_url, fault, server.api_key) as url:
         target = target_at(server, url, "openai")

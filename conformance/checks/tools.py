@@ -20,7 +20,10 @@ from conformance.target import Exchange
 
 FEATURE = "tools"
 PROMPT = "What is the weather in Paris for the next 2 days, and what time is it in UTC? Use the tools."
-WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
+# Bounded only in ways a JSON grammar enforces (lengths, enums): a server that constrains generation
+# to the schema always ends a call, and a check never fails on a model that ran a string to max_tokens.
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "minLength": 1, "maxLength": 32},
+                                            "days": {"type": "integer", "enum": [1, 2, 3, 4, 5, 6, 7]}},
            "required": ["city", "days"]}
 TIME = {"type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}, "required": ["zone"]}
 TOOLS = [

@@ -11,12 +11,14 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import spec
 
 if TYPE_CHECKING:
     from reference_server.tool_calls import FunctionTool, ToolPlan
+
+ToolCallMode = Literal["none", "planned", "written"]
 
 # What a parameter is when a request leaves it out: the spec's x-neutral (or documented default).
 _ABSENT = {param.name: param.engine_value({}) for param in spec.default().engine_parameters()}
@@ -93,9 +95,12 @@ class Engine(ABC):
     model_name: str
     context_length: int
     vocab_size: int
-    # Whether the engine can make tool calls (the openai profile's `tools`); one that cannot answers a
+    # How the engine makes tool calls (the openai profile's `tools`). "none": it cannot, and answers a
     # request with tools with a 400 naming tools, so a client sees the feature as not offered.
-    serves_tools: bool = False
+    # "planned": the engine decides the calls (`plan_calls`) and each one's arguments are generated in
+    # JSON mode against its function's parameters. "written": the model is offered the tools in its
+    # prompt and writes a call as JSON text, under a grammar when the request forces one.
+    tool_calls: ToolCallMode = "none"
     # The spec parameters (those with `x-neutral`, in SamplingParams) the engine acts on. The server
     # warns at startup about, and /health lists, any other such parameter: it is validated and
     # accepted, then ignored, and that must be visible.
@@ -106,9 +111,8 @@ class Engine(ABC):
         return tuple(param.name for param in api.engine_parameters() if param.name not in self.applies)
 
     def plan_calls(self, plan: ToolPlan) -> tuple[FunctionTool, ...]:
-        """The functions this answer calls (empty: it answers in text); each call's arguments are then
-        generated in JSON mode against the function's parameters. Only engines that serve tools."""
-        raise NotImplementedError(f"{type(self).__name__} does not serve tools")
+        """The functions this answer calls (empty: it answers in text). Only "planned" engines."""
+        raise NotImplementedError(f"{type(self).__name__} does not plan tool calls")
 
     @abstractmethod
     def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:

@@ -35,7 +35,7 @@ from llama_cpp import _internals as llama_internals
 from llama_cpp import llama_grammar
 from llama_cpp._internals import LlamaSampler
 
-from reference_server.engines.base import NAMED_PARAMETERS, Engine, GeneratedToken, SamplingParams
+from reference_server.engines.base import NAMED_PARAMETERS, Engine, GeneratedToken, SamplingParams, ToolCallMode
 from reference_server.engines.chat_template import ChatTemplate
 from reference_server.engines.llamacpp_batch import END, BatchScheduler, Sequence, emitter
 from reference_server.engines.logprobs import json_closed_by, logprobs_from_logits
@@ -119,6 +119,7 @@ class LlamaCppEngine(Engine):
     """llama.cpp on the CPU, with continuous batching of up to `parallel` sequences."""
 
     applies = NAMED_PARAMETERS
+    tool_calls: ToolCallMode = "written"  # the model writes its calls; a forced one under the JSON grammar
 
     def __init__(
         self,

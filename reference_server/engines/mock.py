@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from reference_server.engines.base import NAMED_PARAMETERS, Engine, GeneratedToken, SamplingParams
+from reference_server.engines.base import NAMED_PARAMETERS, Engine, GeneratedToken, SamplingParams, ToolCallMode
 from reference_server.engines.logprobs import logprobs_from_logits
 from reference_server.engines.timer import DeadlineTimer
 from reference_server.tool_calls import FunctionTool, ToolPlan
@@ -120,7 +120,7 @@ class MockEngine(Engine):
         self._pieces = [word.encode("utf-8") for word in VOCAB]
         self._timer = DeadlineTimer()
 
-    serves_tools = True
+    tool_calls: ToolCallMode = "planned"
 
     def plan_calls(self, plan: ToolPlan) -> tuple[FunctionTool, ...]:
         """What the request forces (the named function; with required, one call per tool when parallel
