@@ -247,7 +247,10 @@ async def _generate_calls(
     """The calls one after another, each one's arguments generated in JSON mode against its
     function's parameters, within the choice's max_tokens; finish_reason tool_calls, or length
     when the budget ran out inside a call. A call's first piece (id, name, arguments "") goes out
-    with its first generated token, as a model's would: never before the engine's first token."""
+    with its first generated token, as a model's would: never before the engine's first token.
+    Each call is a generation of its own: only the first is timed from the request's arrival
+    (`started`); a later one from when it begins (the mock then waits its TTFT again, rather than
+    sending a call whose deadlines all passed in one burst)."""
     for index, function in enumerate(calls):
         head: ToolCallPiece | None = ToolCallPiece(index, "", new_call_id(), function.name)
         room = params.max_tokens - state.completion_tokens
@@ -255,7 +258,7 @@ async def _generate_calls(
                                           json_schema=function.parameters, logprobs=False, top_logprobs=0)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         used = 0
-        tokens = engine.stream(prompt_tokens, constrained, cancel, started)
+        tokens = engine.stream(prompt_tokens, constrained, cancel, started if index == 0 else None)
         try:
             async for token in tokens:
                 state.completion_tokens += 1

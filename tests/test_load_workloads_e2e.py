@@ -218,3 +218,14 @@ def test_tools_requests_offer_the_tools_and_count_the_calls(mock_server, record,
     if stream == "--stream":
         assert metrics["ttft_ms"]["min"] >= MOCK_TTFT_MS * 0.9
         assert metrics["token_count_mismatches"] == 0  # a call's opening delta is not a token
+
+
+def test_several_calls_in_one_answer_keep_the_mocks_token_gaps(mock_server, tmp_path):
+    """required with three tools: three calls per answer, each a generation of its own; the tokens
+    of a later call keep the mock's inter-token gap instead of arriving in one burst."""
+    result = run_load(mock_server, "--workload", "tools", "--tool-choice", "required", "--users", "1",
+                      "--max-requests", "4", "--output-tokens", "60", "--report-dir", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    metrics = step_of(tmp_path / "r")["metrics"]
+    assert metrics["requests_ok"] == 4 and metrics["tool_calls_total"] == 12
+    assert metrics["itl_ms"]["p50"] >= 1.5  # the fixture's mock sends a token every 2 ms
