@@ -66,10 +66,11 @@ REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 def reasoning_of(part: Any) -> str:
-    """The reasoning text a message or a delta carries ('' when none)."""
+    """The reasoning text a message or a delta carries ('' when none): under the first key that has
+    some (a proxy that fills both keys with the same text is not read twice)."""
     if not isinstance(part, dict):
         return ""
-    return "".join(part[name] for name in REASONING_FIELDS if isinstance(part.get(name), str))
+    return next((part[name] for name in REASONING_FIELDS if isinstance(part.get(name), str) and part[name]), "")
 
 
 def generated_text(message: Any) -> str:
@@ -205,7 +206,11 @@ class Context:
 
     def ok_stream(self, body: dict[str, Any]) -> StreamResult:
         """Send a streaming request that must answer 200 text/event-stream; parse it strictly."""
-        exchange = self.chat({**body, "stream": True})
+        return self.stream_of(self.chat({**body, "stream": True}))
+
+    def stream_of(self, exchange: Exchange) -> StreamResult:
+        """What `ok_stream` holds a sent streaming exchange to (for a check that looks at the status
+        first): 200 text/event-stream, parsed strictly."""
         self.expect(exchange.status == 200, f"expected 200, got {exchange.status}", exchange)
         self.expect(exchange.content_type == "text/event-stream",
                     f"expected text/event-stream, got {exchange.content_type!r}", exchange)

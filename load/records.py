@@ -98,7 +98,9 @@ class RequestRecord:
     @property
     def token_count_mismatch(self) -> bool:
         """A stream whose token events (every kind) disagree with its usage.completion_tokens."""
-        return self.stream and self.usage_completion is not None and self.usage_completion != self.chunk_tokens
+        # A tool call's name and wrapper are generated tokens no delta carries one by one: not judged.
+        return (self.stream and not self.tool_calls and self.usage_completion is not None
+                and self.usage_completion != self.chunk_tokens)
 
     def to_wire(self) -> dict[str, Any]:
         """A plain dict (for Locust's worker-to-master messages and JSON)."""

@@ -55,14 +55,43 @@ def _error_param(error: jsonschema.ValidationError) -> str | None:
     return None
 
 
+MESSAGE_CHARS = 300  # an error quotes the offending value: a huge one is cut, never echoed whole
+
+
+def _inner(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """The error inside an anyOf/oneOf that explains it: from the branches whose `role` fits the
+    value (a user message is judged as one, not as a tool message), the most relevant one."""
+    if not error.context:
+        return jsonschema.exceptions.best_match([error])
+    branches: dict[Any, list[jsonschema.ValidationError]] = {}
+    for inner in error.context:
+        branches.setdefault(inner.schema_path[0] if inner.schema_path else None, []).append(inner)
+    fitting = [errors for errors in branches.values()
+               if not any(list(inner.relative_path) == ["role"] for inner in errors)]
+    if fitting:
+        candidates = [inner for errors in fitting for inner in errors]
+    else:  # no shape takes this role: the role is what is wrong, and every shape's role is allowed
+        roles = [inner for inner in error.context if list(inner.relative_path) == ["role"]]
+        allowed: list[Any] = []
+        for inner in roles:
+            for value in inner.validator_value if inner.validator == "enum" else [inner.validator_value]:
+                allowed += [] if value in allowed else [value]
+        return jsonschema.ValidationError(f"{roles[0].instance!r} is not one of {allowed}",
+                                          path=[*error.absolute_path, "role"])
+    return _inner(jsonschema.exceptions.best_match(candidates))
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
+    """'Invalid value for <where>: <why>', where and why from the most relevant error inside
+    `error` (for a message matching none of the message shapes, the field inside it that is wrong)."""
+    best = _inner(error)
     path = "".join(
         f"[{part}]" if isinstance(part, int) else (f".{part}" if i else str(part))
-        for i, part in enumerate(error.absolute_path)
+        for i, part in enumerate(best.absolute_path)
     )
     where = f"'{path}': " if path else ""
-    best = jsonschema.exceptions.best_match([error])
-    return f"Invalid value for {where}{best.message}"
+    why = best.message if len(best.message) <= MESSAGE_CHARS else best.message[:MESSAGE_CHARS] + "..."
+    return f"Invalid value for {where}{why}"
 
 
 def _has_non_finite(value: Any) -> bool:

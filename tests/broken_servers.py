@@ -1024,6 +1024,16 @@ TOOL_FAULTS: tuple[Fault, ...] = (
 # Endpoints without tools: every tools check reports "not supported" naming the feature, never failed.
 TOOLS_REFUSED = Fault("tools_refused", (), on_reply=_refuse_tools, profile="openai",
                       description="a request with tools is answered 400 naming tools (llama.cpp's engine here)")
+def _refuse_required(call: Call, reply: Reply) -> Reply:
+    if isinstance(call.body, dict) and call.body.get("tool_choice") == "required":
+        envelope = {"error": {"message": "tool_choice 'required' is not supported.", "type": "invalid_request_error",
+                              "param": "tool_choice", "code": "unsupported_parameter"}}
+        return Reply(400, CIMultiDict({"Content-Type": "application/json"}), dump(envelope))
+    return reply
+
+
+REQUIRED_REFUSED = Fault("required_refused", (), on_reply=_refuse_required, profile="openai",
+                         description="tool_choice 'required' answered 400 (vLLM before 0.8.3), named calls served")
 TOOLS_IGNORED = Fault("tools_ignored", (), on_request=_strip_tools, profile="openai",
                       description="tools are dropped from requests (an endpoint that ignores them)")
 

@@ -231,6 +231,14 @@ def test_missing_required_field_is_named(name: str) -> None:
     assert name in error.message
 
 
+def test_a_bad_field_inside_a_message_is_located_and_a_huge_value_never_echoed() -> None:
+    """A message matching none of the message shapes: the error points at the field inside it that
+    is wrong, and quotes at most a few hundred characters of what was sent."""
+    error = refused(body(messages=[{"role": "user", "content": "x" * 500_000, "name": 5}]))
+    assert error.param == "messages"
+    assert "messages[0].name" in error.message and len(error.message) < 1000, error.message[:300]
+
+
 def test_missing_field_is_named_before_nested_errors() -> None:
     payload = body(messages=[{"role": "robot", "content": "x"}])
     del payload["model"]
