@@ -11,9 +11,11 @@ rerun installs nothing; built binaries under ~/.cache/chatspec/bin):
   llama-server         llama.cpp's C++ server (benchmarks/llama_server_build.py builds and caches it)
   transformers-serve   `transformers serve` (transformers 5.x, CPU torch), model from the HF folder
   litellm-proxy        LiteLLM's proxy forwarding model smollm2 to our reference server's /v1
+  litellm-proxy-openai the same proxy held to OpenAI's bounds (--profile openai: its tool calls)
 
 Peers are held to OpenAI's bounds (--profile openai): they implement OpenAI's API, not our doc's;
-the LiteLLM proxy fronts our reference server, so it is held to what that serves (documented).
+the LiteLLM proxy fronts our reference server, so it is held to what that serves (documented), and
+once more to OpenAI's (litellm-proxy-openai, as chatspec-openai: the openai-only checks, tools among them).
 Where a server cannot be installed or started, its column says why. Per server, out/compat/NAME/
 holds conformance.json/.html, junit.xml, the server's log and matrix.json (how the run went).
 Failures are triaged in benchmarks/compat_triage.yaml (rendered next to each failure).
@@ -55,7 +57,7 @@ from reference_server.engines.registry import DEFAULT_ENGINE, engine_names  # no
 from reference_server.launcher import describe_exit, free_port, running_server  # noqa: E402
 
 SERVERS = ("chatspec-documented", "chatspec-openai", "llama-cpp-python", "llama-server", "transformers-serve",
-           "litellm-proxy")
+           "litellm-proxy", "litellm-proxy-openai")
 ALIAS = "smollm2"
 LLAMA_SERVER_EXTRAS = ["uvicorn", "fastapi", "sse-starlette", "starlette-context", "pydantic-settings"]
 TRANSFORMERS = ["torch==2.13.0+cpu", "transformers[serving]"]
@@ -256,8 +258,8 @@ def start(name: str, args: argparse.Namespace, log: Path) -> Iterator[Started]:
                    "--host", "127.0.0.1", "--port", str(port)]
         key = None  # transformers serve has no auth
         version = dist_version(venv, "transformers") + ", " + dist_version(venv, "torch")
-    elif name == "litellm-proxy":
-        venv = ensure_venv(name, LITELLM, install)
+    elif name.startswith("litellm-proxy"):
+        venv = ensure_venv("litellm-proxy", LITELLM, install)  # one venv for both of its columns
         with reference(args.chatspec_engine, "the reference server behind LiteLLM") as (upstream, upstream_key, _):
             config = log.with_name("litellm-config.yaml")
             config.write_text(json.dumps({  # JSON is YAML

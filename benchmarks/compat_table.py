@@ -84,6 +84,7 @@ def render(out: Path, names: list[str], triage_path: Path | None = None, *,
     runs = sorted({(col.get("date"), col.get("machine")) for col in columns if col.get("machine")})
     lines += [f"Run {date} on {where}." for date, where in runs] + ([""] if runs else [])
     lines += _servers_table(columns), ""
+    lines += _tools_section(columns, triage), ""
     lines += _features_table(columns), ""
     lines += _checks_table(columns), ""
     lines += _failures(columns, triage, excluded or {})
@@ -114,6 +115,81 @@ def _servers_table(columns: list[dict[str, Any]]) -> str:
              "RFC 2119; they fail a conformance run) and of should-level ones (a recommendation; they fail it "
              "only with --fail-on should).",
              "Wall: install check, start and the whole conformance run, one server at a time."]
+    return "\n".join(rows)
+
+
+TOOLS_PREFIX = "tools."
+# The tools checks that judge the streamed form of a call (finish_reason judges a stream's end too).
+STREAMED_TOOLS = ("tools.stream_index", "tools.stream_named_once", "tools.stream_arguments_valid",
+                  "tools.parallel_distinct", "tools.finish_reason")
+TOOLS_GROUPS = {
+    "correct": "Stream tool calls correctly (every `tools` check that ran passed)",
+    "broken": "Offer tools but break OpenAI's form (a `tools` check failed)",
+    "absent": "Do not offer tools (a call forced by name is refused, or answered in text: every `tools` check "
+              "not supported, never failed)",
+    "unchecked": "Not checked for tools",
+}
+
+
+def tools_verdict(col: dict[str, Any]) -> tuple[str, str]:
+    """(group, detail) of one column for the tool-call summary, group a key of TOOLS_GROUPS:
+    'correct' offers tools and every tools check that ran passed, 'broken' a tools check failed,
+    'absent' every one is not supported (the endpoint refuses tools or ignores a forced call),
+    'unchecked' the server could not run or its run had no tools checks (documented profile)."""
+    report = col.get("report")
+    if report is None:
+        return "unchecked", f"could not run: {_short(col.get('reason', '?'), 160)}"
+    items = [item for item in report.get("checks", []) if item["id"].startswith(TOOLS_PREFIX)]
+    ran = [item for item in items if item["outcome"] != "skipped"]
+    if not ran:
+        return "unchecked", _short((items[0].get("message") if items else None)
+                                   or "the tools checks were not in this run", 160)
+    counts = {k: sum(item["outcome"] == k for item in ran) for k in ORDER}
+    detail = ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in ORDER if counts[k])
+    if counts["failed"] or counts["error"]:
+        return "broken", detail
+    if counts["not_supported"] == len(ran):
+        probe = next((item for item in ran if item["id"] == "tools.message_shape"), ran[0])
+        return "absent", f"{detail}: {_short(probe.get('message') or '', 220)}"
+    return "correct", detail
+
+
+def _tools_section(columns: list[dict[str, Any]], triage: dict[str, Any]) -> str:
+    """Which servers stream tool calls correctly, which do not, and which do not offer tools; under
+    each server its failed tools checks with their triage, and the not-supported ones its own triage
+    entry explains (one line per entry)."""
+    groups: dict[str, list[tuple[dict[str, Any], str]]] = {}
+    for col in columns:
+        group, detail = tools_verdict(col)
+        groups.setdefault(group, []).append((col, detail))
+    rows = ["## Tool calls", "",
+            "The `tools` checks (OpenAI's tool calling; profile openai only, the documented API has none) judge a "
+            "call forced by name, streamed and not (the streamed form is what breaks real clients: the OpenAI SDK "
+            "joins a call's deltas by their `index`), tool_choice required with parallel calls, none and an "
+            "undeclared name, and a follow-up turn with the tool's answer.", ""]
+    for group, head in TOOLS_GROUPS.items():
+        if not groups.get(group):
+            continue
+        rows.append(f"- **{head}**: " + ", ".join(col["server"] for col, _ in groups[group]) + ".")
+        for col, detail in groups[group]:
+            rows.append(f"  - {col['server']}: {detail}")
+            shown: list[int] = []
+            for item in (col.get("report") or {}).get("checks", []):
+                if not item["id"].startswith(TOOLS_PREFIX) or item["outcome"] in ("passed", "skipped"):
+                    continue
+                entry = triage_of({col["server"]: triage.get(col["server"]) or {}}, col["server"], item["id"])
+                if item["outcome"] == "not_supported":
+                    if entry is None or id(entry) in shown:
+                        continue
+                    shown.append(id(entry))
+                    what = f"{item['id']} not supported: {_escape(entry.get('note', ''))}"
+                else:
+                    entry = triage_of(triage, col["server"], item["id"])
+                    form = "streamed form" if item["id"] in STREAMED_TOOLS else "not streamed"
+                    what = (f"{item['id']} FAILS ({form}): "
+                            + (_escape(entry.get("note", "")) if entry else _short(item.get("message") or "")
+                               + " (UNTRIAGED)"))
+                rows.append(f"    - `{what.split(' ', 1)[0]}` {what.split(' ', 1)[1]}")
     return "\n".join(rows)
 
 

@@ -83,3 +83,28 @@ def test_the_closest_triage_pattern_wins() -> None:
     assert compat_table.triage_of(triage, "s", "stop.x")["verdict"] == "own"
     assert compat_table.triage_of(triage, "other", "stop.x")["verdict"] == "shared"
     assert compat_table.triage_of(triage, "s", "n.y") is None
+
+
+def test_tool_calls_section_groups_the_servers(tmp_path: Path) -> None:
+    def item(check_id: str, outcome: str, message: str = "") -> dict:
+        return {"id": check_id, "feature": "tools", "outcome": outcome, "message": message, "severity": "must"}
+
+    _write(tmp_path, "good", [item("tools.message_shape", "passed"), item("tools.stream_index", "passed"),
+                              item("tools.parallel_distinct", "not_supported", "one call")])
+    _write(tmp_path, "bad", [item("tools.message_shape", "passed"),
+                             item("tools.stream_index", "failed", "tool_calls delta 0 has index None")])
+    _write(tmp_path, "none", [item("tools.message_shape", "not_supported", "answered without tool_calls"),
+                              item("tools.stream_index", "not_supported", "answered without tool_calls")])
+    _write(tmp_path, "doc", [item("tools.message_shape", "skipped", "openai profile only")])
+    triage = tmp_path / "triage.yaml"
+    triage.write_text("none:\n  tools.*: {verdict: not offered, note: 'template has no tools'}\n"
+                      "good:\n  tools.parallel_distinct: {verdict: by design, note: 'one call per answer'}\n")
+    text = compat_table.render(tmp_path, ["good", "bad", "none", "doc"], triage)
+    section = text.split("## Tool calls", 1)[1].split("\n## ", 1)[0]
+    assert "Stream tool calls correctly (every `tools` check that ran passed)**: good." in section
+    assert "  - good: 2 passed, 1 not supported" in section
+    assert "    - `tools.parallel_distinct` not supported: one call per answer" in section
+    assert "a `tools` check failed)**: bad." in section
+    assert "    - `tools.stream_index` FAILS (streamed form): tool_calls delta 0 has index None (UNTRIAGED)" in section
+    assert "never failed)**: none." in section and section.count("template has no tools") == 1  # once per entry
+    assert "Not checked for tools**: doc." in section and "  - doc: openai profile only" in section
