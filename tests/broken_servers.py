@@ -987,6 +987,11 @@ def _strip_tools(call: Call) -> None:
             call.body.pop(name, None)
 
 
+def _required_as_text(call: Call) -> None:
+    if isinstance(call.body, dict) and call.body.get("tool_choice") == "required":
+        call.body["tool_choice"] = "none"  # the server then answers in text, as if required meant nothing
+
+
 TOOLS_SPARED = "tools or reasoning_apart"
 TOOL_FAULTS: tuple[Fault, ...] = (
     Fault("tool_arguments_object", ("tools.message_shape",), reasons=("arguments",), on_json=_arguments_as_object,
@@ -1007,6 +1012,9 @@ TOOL_FAULTS: tuple[Fault, ...] = (
     Fault("tool_finish_stop", ("tools.finish_reason",), reasons=("expected 'tool_calls'",),
           on_json=each_choice(_tool_finish_stop_choice), on_stream=each_chunk(_tool_finish_stop_chunk),
           spares=TOOLS_SPARED, profile="openai", description="an answer that is a call finishes with 'stop'"),
+    Fault("tool_required_as_text", ("tools.required_calls",), reasons=("tool_choice required, but the answer",),
+          on_request=_required_as_text, spares=TOOLS_SPARED, profile="openai",
+          description="tool_choice required answered in plain text, no call (llama-cpp-python)"),
     Fault("tool_message_refused", ("tools.follow_up",), reasons=("expected 200, got 400",),
           on_reply=_refuse_tool_messages, spares=TOOLS_SPARED, profile="openai",
           description="a turn with a role tool message is refused"),

@@ -198,13 +198,13 @@ def test_an_endpoint_whose_first_answer_differs_passes_when_it_applies_the_penal
 
 
 def test_an_endpoint_refusing_required_fails_no_tools_check(server: RunningServer) -> None:
-    """tool_choice required refused with a 4xx, calls forced by name served: parallel calls are
-    not supported (naming required), every other tools check passes."""
+    """tool_choice required refused with a 4xx, calls forced by name served: the checks of
+    `required` (required_calls, parallel_distinct) are not supported, every other tools check passes."""
     with broken_server(server.base_url, REQUIRED_REFUSED, server.api_key) as url:
         target = target_at(server, url, "openai")
         results = run_fresh(target, [item.id for item in registry.collect(target, "tools")])
     outcomes = {check_id: (r.outcome, r.message) for check_id, r in results.items()}
-    assert outcomes.pop("tools.parallel_distinct")[0] == "not_supported"
+    assert outcomes.pop("tools.parallel_distinct")[0] == outcomes.pop("tools.required_calls")[0] == "not_supported"
     bad = {check_id: outcome for check_id, outcome in outcomes.items() if outcome[0] != "passed"}
     assert not bad, bad
 

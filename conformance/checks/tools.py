@@ -258,12 +258,29 @@ def parallel_distinct(ctx: Context) -> None:
         raise NotSupported(REQUIRED_REFUSED.format(status="4xx to the streamed request"))
     heads = [call.heads[0] for call in streamed_calls(result).values() if call.heads]  # each call's first
     if len(heads) < 2 and len(calls) < 2:
+        if not heads and not calls:
+            raise NotSupported("relies on parallel tool calls: tool_choice required made no call at all "
+                               "(judged by tools.required_calls)")
         raise NotSupported("relies on parallel tool calls (tool_choice required with two tools made one call)")
     streamed_ids = [head.get("id") for head in heads]
     ctx.expect(len(set(streamed_ids)) == len(streamed_ids), f"the streamed calls share ids: {streamed_ids}",
                result.exchange)
     indices = [head.get("index") for head in heads]
     ctx.expect(len(set(indices)) == len(indices), f"the streamed calls share indices: {indices}", result.exchange)
+
+
+@check("tools.required_calls", FEATURE, "semantic")
+def required_calls(ctx: Context) -> None:
+    """tool_choice required is answered with at least one call, in a body and in a stream (an
+    endpoint that refuses `required` with a 4xx has it not supported)."""
+    _uses_tools(ctx)
+    exchange, data = required_json(ctx)
+    ctx.expect(_calls_of(data) is not None, "tool_choice required, but the answer makes no tool call "
+               f"(content {data['choices'][0].get('message', {}).get('content')!r:.120})", exchange)
+    result = parallel_stream(ctx)
+    if result is not None:
+        ctx.expect(stream_items(result), "tool_choice required, but the stream carries no delta.tool_calls",
+                   result.exchange)
 
 
 NAMED_FINISH = ("tool_calls", "stop")  # OpenAI ends a call forced by name with "stop"
