@@ -21,7 +21,6 @@ from reference_server.engines.registry import (
     check_engine_args,
 )
 from reference_server.engines.unavailable import EngineUnavailableError
-from reference_server.llama_build import build_mismatch
 from reference_server.self_check import SelfCheckFailed, check_in_child, check_in_process
 from reference_server.transport import DEFAULT_MAX_BODY_BYTES
 
@@ -95,9 +94,9 @@ def _load_and_check(args: argparse.Namespace, argv: list[str]) -> Engine:
     missing = missing_engine_extra(args.engine)
     if missing:
         raise StartupFailed(missing)
-    mismatch = build_mismatch() if args.engine == "llamacpp" else None
-    if mismatch:  # before the library is loaded: it could fault as soon as it is
-        raise StartupFailed(f"cannot start the llamacpp engine: {mismatch}")
+    unfit = ENGINES[args.engine].preflight()
+    if unfit:  # before the engine is loaded: a build for another CPU could fault as soon as it is
+        raise StartupFailed(f"cannot start the {args.engine} engine: {unfit}")
     if args.self_check == "isolated" and not args.self_check_only:
         try:
             check_in_child(argv, args.engine, args.self_check_timeout, crash_hint=ENGINES[args.engine].crash_hint)

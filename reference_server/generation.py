@@ -25,7 +25,7 @@ from reference_server.tool_calls import (
     assemble,
     new_call_id,
 )
-from reference_server.tool_text import ArgumentsPiece, CallParser, CallStart, PlainText, call_schema
+from reference_server.tool_text import ArgumentsPiece, CallParser, CallStart, call_schema
 
 
 @dataclass
@@ -204,7 +204,7 @@ async def _written_call(
     room = params.max_tokens - state.completion_tokens
     constrained = dataclasses.replace(choice_params(params, state.index), max_tokens=room, json_mode=True,
                                       json_schema=call_schema(tools), logprobs=False, top_logprobs=0)
-    parser = CallParser(forced=True)
+    parser = CallParser()
     call_id = new_call_id()
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     tokens = engine.stream(prompt_tokens, constrained, cancel, started)
@@ -228,8 +228,8 @@ async def _written_call(
     yield ChoicePiece("", finish_reason="tool_calls" if parser.complete else "length")
 
 
-def _call_piece(event: CallStart | ArgumentsPiece | PlainText, call_id: str) -> ToolCallPiece:
-    """A parsed event of a forced call as a piece of call 0 (a forced call has no plain text)."""
+def _call_piece(event: CallStart | ArgumentsPiece, call_id: str) -> ToolCallPiece:
+    """A parsed event of a written call as a piece of call 0."""
     if isinstance(event, CallStart):
         return ToolCallPiece(0, "", call_id, event.name)
     return ToolCallPiece(0, event.text)

@@ -105,27 +105,16 @@ class ArgumentsPiece:
     text: str
 
 
-@dataclass(frozen=True)
-class PlainText:
-    """Text that is not a call (auto: the model chose to answer)."""
-
-    text: str
-
-
 class CallParser:
-    """Feeds generated text, yields CallStart once, then ArgumentsPiece fragments until the
-    arguments' JSON value is closed; what follows it (the wrapper's `}`) is dropped.
-
-    `forced`: the text is constrained to a call. Otherwise (auto) text that does not open with `{`
-    is the model's answer and goes out as PlainText; text that opens with `{` is held until it is
-    known to be a call or not.
+    """Feeds text generated under the grammar of `call_schema`, yields CallStart once, then
+    ArgumentsPiece fragments until the arguments' JSON value is closed; what follows it (the
+    wrapper's `}`) is dropped. (Under `auto`, generation.py decides text or call by the answer's
+    first character before a call is written under the grammar, so the text is always a call.)
     """
 
-    def __init__(self, forced: bool) -> None:
-        self._forced = forced
+    def __init__(self) -> None:
         self._head = ""  # text before the arguments begin
         self._name: str | None = None
-        self._plain = False
         self._depth = 0
         self._in_string = False
         self._escaped = False
@@ -141,16 +130,9 @@ class CallParser:
         """Whether a call's arguments were closed (a whole call was generated)."""
         return self._closed
 
-    def feed(self, text: str) -> list[CallStart | ArgumentsPiece | PlainText]:
-        if self._plain:
-            return [PlainText(text)] if text else []
+    def feed(self, text: str) -> list[CallStart | ArgumentsPiece]:
         if self._name is None:
             self._head += text
-            stripped = self._head.lstrip()
-            if not self._forced and stripped and not stripped.startswith("{"):
-                self._plain = True
-                head, self._head = self._head, ""
-                return [PlainText(head)]
             match = _HEAD.match(self._head)
             if match is None:
                 return []
@@ -158,13 +140,6 @@ class CallParser:
             rest = self._head[match.end():]
             return [CallStart(self._name), *self._arguments(rest)]
         return self._arguments(text)
-
-    def finish(self) -> list[PlainText]:
-        """At the end of generation: auto text held back that never became a call goes out as text."""
-        if self._name is None and not self._forced and self._head:
-            head, self._head = self._head, ""
-            return [PlainText(head)]
-        return []
 
     def _arguments(self, text: str) -> list[ArgumentsPiece]:
         if not self.arguments:

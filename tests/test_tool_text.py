@@ -13,7 +13,6 @@ from reference_server.tool_text import (
     CallParser,
     CallStart,
     FunctionTool,
-    PlainText,
     call_schema,
     history_for_template,
     tools_prompt,
@@ -26,7 +25,7 @@ SEARCH = FunctionTool("search", {"type": "object", "properties": {"q": {"type": 
 
 def feed_all(parser: CallParser, pieces: list[str]) -> list:
     events = [event for piece in pieces for event in parser.feed(piece)]
-    return events + parser.finish()
+    return events
 
 
 def test_the_schema_takes_a_call_to_any_tool_and_nothing_else():
@@ -44,7 +43,7 @@ def test_the_schema_takes_a_call_to_any_tool_and_nothing_else():
 def test_a_forced_call_streams_its_name_then_its_arguments_however_the_text_is_cut(split):
     text = '{ "name": "get_weather", "parameters": { "city": "Oslo \\"}{\\" [x]" } } '
     pieces = [text[i:i + split] for i in range(0, len(text), split)]
-    parser = CallParser(forced=True)
+    parser = CallParser()
     events = feed_all(parser, pieces)
     assert events[0] == CallStart("get_weather")
     assert all(isinstance(e, ArgumentsPiece) for e in events[1:])
@@ -54,24 +53,10 @@ def test_a_forced_call_streams_its_name_then_its_arguments_however_the_text_is_c
 
 
 def test_a_call_cut_short_is_not_complete():
-    parser = CallParser(forced=True)
+    parser = CallParser()
     events = feed_all(parser, ['{"name":"search","parameters":{"q":"unfin'])
     assert events[0] == CallStart("search") and not parser.complete
     assert parser.arguments == '{"q":"unfin'
-
-
-def test_auto_text_goes_out_as_text_at_once():
-    parser = CallParser(forced=False)
-    assert parser.feed("  Hello") == [PlainText("  Hello")]
-    assert parser.feed(" there") == [PlainText(" there")] and parser.name is None
-
-
-def test_auto_text_that_opens_like_a_call_is_held_until_known():
-    parser = CallParser(forced=False)
-    assert parser.feed('{"na') == []
-    assert feed_all(parser, ['me": "search", "parameters": {}}'])[:2] == [CallStart("search"), ArgumentsPiece("{}")]
-    other = CallParser(forced=False)
-    assert feed_all(other, ['{"answer": 1}']) == [PlainText('{"answer": 1}')]
 
 
 def test_the_history_of_a_tool_turn_renders_as_plain_chat():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reference_server.engines.base import Engine
+from reference_server.llama_build import build_mismatch
 
 Options = Any  # an argparse parser or argument group: whatever has add_argument
 
@@ -31,6 +32,10 @@ def _no_check(args: argparse.Namespace, chosen: bool) -> str | None:
     return None
 
 
+def _fits() -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """One engine: what the CLI offers for it and how it is made from the parsed arguments."""
@@ -44,6 +49,8 @@ class EngineSpec:
     needs_model_dir: bool = False  # cannot start without a model argument (a CLI cannot start it bare)
     extra: EngineExtra | None = None  # None: the base install runs it (or the engine names its own needs)
     crash_hint: str = ""  # what a native crash at its first generation most likely means
+    # Why it cannot run on this machine, found before any of it is loaded (None: it can).
+    preflight: Callable[[], str | None] = _fits
     multi_process: bool = False  # --workers N may run N server processes of it
 
 
@@ -83,6 +90,7 @@ LLAMACPP = EngineSpec(
                       what="the llamacpp engine (the default, CPU)"),
     crash_hint=("llama-cpp-python is probably built for another CPU (-march=native, AVX-512 or AMX): "
                 "install the portable build with 'python -m reference_server.llama_build install'"),
+    preflight=build_mismatch,  # the build's marker against this CPU: a mismatch could fault on load
 )
 
 
