@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -151,6 +152,18 @@ def source_ip(launch: Launch, port: int) -> str | None:
                  and c.status == psutil.CONN_ESTABLISHED), None)
 
 
+def server_ports(launch: Launch, server_port: int) -> set[int]:
+    """The local ports of this process's open connections to the chat server: the server's record
+    names each request's client by address and port, so these say which requests are this worker's."""
+    import psutil
+
+    try:
+        connections = psutil.Process(launch.process.pid).net_connections(kind="tcp")
+    except psutil.NoSuchProcess:
+        return set()
+    return {c.laddr.port for c in connections if c.raddr and c.raddr.port == server_port}
+
+
 def worker_index(launch: Launch) -> int:
     """The index (share) the master gave this worker, from its own line (the last: before the run
     starts, a worker may be given another index when one chosen with it is gone)."""
@@ -229,13 +242,24 @@ def test_merged_percentiles_are_exact_over_every_workers_raw_samples(two_workers
 
 
 def test_a_worker_killed_mid_step_is_reported_and_its_records_kept(cluster, server):
-    _, record = server
+    running, record = server
     mark = record.mark()
-    # 2 users a worker, ~100 ms a request: the survivor's 60 take ~3 s; the victim dies ~1 s in
+    # 2 users a worker, ~100 ms a request: the survivor's 60 take ~3 s; the victim dies
+    # after its 15th answer
     master = cluster.master(2, "--users", "4", "--max-requests", "120", "--duration", "60", "--output-tokens", "40")
     workers = {"w2": cluster.worker("w2", "127.0.0.2"), "w3": cluster.worker("w3", "127.0.0.3")}
-    wait_until(lambda: len(received_since(record, mark)) >= 20, RUN_TIMEOUT_S, "the step to be under way")
     victim = workers["w2"]
+    # Killed once the server has answered 15 of the victim's own requests (not 15 of anyone's: on a
+    # slow machine one worker may start well after the other), so it has reported some before dying.
+    server_port = urlsplit(running.base_url).port
+    victim_ports: set[int] = set()
+
+    def victim_answered() -> int:
+        victim_ports.update(server_ports(victim, server_port))
+        return sum(1 for r in received_since(record, mark)
+                   if r["client"] and int(r["client"].rsplit(":", 1)[1]) in victim_ports)
+
+    wait_until(lambda: victim_answered() >= 15, RUN_TIMEOUT_S, "the victim's share to be under way")
     victim.process.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     assert master.wait(timeout=30) == 2, master.stderr[-3000:]  # finishes the step, does not hang
