@@ -10,8 +10,15 @@ length): throughput ratio (>= 1 is ours ahead), TTFT and ITL p50 ratios (<= 1 is
 Needs llama_cpp.server's extras (fastapi uvicorn sse-starlette starlette-context pydantic-settings),
 cmake and a C++ compiler (for llama-server, built once by benchmarks/llama_server_build.py).
 
+Cells are sized by requests when --requests-per-stream is given (each cell its own closed-loop
+run of max(--min-requests, K x streams) requests, every one measured), else by --duration. Every
+server is started before the first cell and the cells alternate between them (the order flips
+from one cell to the next), so a drift in the machine's speed falls on all of them alike.
+--chatspec-site NAME=DIR adds our server once more, importing llama_cpp from DIR first (an
+unpacked wheel of another build profile), as the server `chatspec-NAME`.
+
     python benchmarks/batching_vs_peers.py --levels 1,4,8,16 --prompt-tokens 32,256,1024 \
-        --servers chatspec,llama-server --duration 20
+        --servers chatspec,llama-server --requests-per-stream 6,4,3 --min-requests 16,12,8
 """
 
 from __future__ import annotations
@@ -66,12 +73,14 @@ def peer(command: list[str], health: str, what: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def serve(name: str, threads: int, parallel: int) -> Iterator[tuple[str, str, str | None]]:
+def serve(name: str, threads: int, parallel: int, sites: dict[str, str]) -> Iterator[tuple[str, str, str | None]]:
     """(base URL, chat path, key) of one server, for as long as the block runs."""
     gguf = str(default_model_path())
-    if name == "chatspec":
+    if name == "chatspec" or name.startswith("chatspec-"):
+        site = sites.get(name.removeprefix("chatspec-")) if name != "chatspec" else None
+        env = {"PYTHONPATH": os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p)} if site else None
         with running_server("--threads", str(threads), "--parallel", str(parallel), "--max-queue", "1000",
-                            "--log-level", "WARNING") as server:
+                            "--log-level", "WARNING", extra_env=env) as server:
             yield server.base_url, "/v3/openai/chat/completions", server.api_key
         return
     port = free_port()
@@ -91,10 +100,33 @@ def serve(name: str, threads: int, parallel: int) -> Iterator[tuple[str, str, st
         yield base, "/v1/chat/completions", None
 
 
+def per_prompt(values: str, prompts: list[int], what: str) -> dict[int, int]:
+    """One integer for every prompt length, or a comma-separated list with one per length."""
+    numbers = [int(v) for v in values.split(",")]
+    if len(numbers) == 1:
+        numbers *= len(prompts)
+    if len(numbers) != len(prompts):
+        raise SystemExit(f"error: {what} gives {len(numbers)} values for {len(prompts)} prompt lengths")
+    return dict(zip(prompts, numbers, strict=True))
+
+
+def cell_requests(args: argparse.Namespace, prompt_tokens: int, level: int) -> int:
+    """How many requests a cell of `level` streams sends when cells are sized by requests."""
+    prompts = [int(p) for p in args.prompt_tokens.split(",")]
+    per_stream = per_prompt(args.requests_per_stream, prompts, "--requests-per-stream")[prompt_tokens]
+    least = per_prompt(args.min_requests, prompts, "--min-requests")[prompt_tokens]
+    return max(least, per_stream * level)
+
+
 def load_sweep(base: str, path: str, key: str | None, args: argparse.Namespace, prompt_tokens: int,
-               out: Path) -> list[dict]:
-    command = [sys.executable, "-m", "load", "--base-url", base, "--path", path, "--model", MODEL,
-               "--sweep", args.levels, "--duration", str(args.duration), "--warmup", str(args.warmup),
+               out: Path, level: int | None = None) -> list[dict]:
+    """One `python -m load` run: every level as a step of --duration, or one cell of `level`
+    streams sized by requests."""
+    if level is None:
+        shape = ["--sweep", args.levels, "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    else:
+        shape = ["--users", str(level), "--max-requests", str(cell_requests(args, prompt_tokens, level))]
+    command = [sys.executable, "-m", "load", "--base-url", base, "--path", path, "--model", MODEL, *shape,
                "--prompt-tokens", str(prompt_tokens), "--output-tokens", str(args.output_tokens),
                "--extra-body", json.dumps({**EOS_BAN, "temperature": 0.8}), "--report-dir", str(out), "--quiet"]
     if key:
@@ -104,7 +136,7 @@ def load_sweep(base: str, path: str, key: str | None, args: argparse.Namespace, 
     for step in LoadReport.read(out / "load.json").steps:
         m = step.metrics
         rows.append({"level": step.level, "prompt_tokens": prompt_tokens, "tok_s": m.output_tokens_per_s,
-                     "ok": m.requests_ok, "failed": m.requests_failed, "ttft_p50": m.ttft_ms.p50,
+                     "ok": m.requests_ok, "seconds": m.window_s, "failed": m.requests_failed, "ttft_p50": m.ttft_ms.p50,
                      "ttft_p99": m.ttft_ms.p99, "itl_p50": m.itl_ms.p50, "itl_p99": m.itl_ms.p99})
     return rows
 
@@ -137,26 +169,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--parallel", type=int, default=8, help="our --parallel and llama-server's -np")
     parser.add_argument("--servers", default="chatspec,llama-server,llama_cpp.server",
-                        help="chatspec first; the ratio table sets it against the second")
+                        help="chatspec first; the ratio table sets every chatspec server against the first peer")
+    parser.add_argument("--chatspec-site", action="append", default=[], metavar="NAME=DIR",
+                        help="also run our server as chatspec-NAME with llama_cpp imported from DIR first")
+    parser.add_argument("--requests-per-stream", default="0", metavar="K[,K...]",
+                        help="size cells by requests: max(--min-requests, K x streams) each, one K or one per "
+                             "prompt length (0: cells are steps of --duration)")
+    parser.add_argument("--min-requests", default="8", metavar="M[,M...]",
+                        help="the fewest requests of a cell sized by requests (one, or one per prompt length)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
+    sites = dict(item.split("=", 1) for item in args.chatspec_site)
+    names = args.servers.split(",") + [f"chatspec-{name}" for name in sites]
     results: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                                              f"Python {platform.python_version()}", "settings": vars(args) | {
                                                  "out": str(args.out)}}
     prompts = [int(p) for p in args.prompt_tokens.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.servers.split(","):
-            print(f"== {name}", file=sys.stderr, flush=True)
-            with serve(name, args.threads, args.parallel) as (base, path, key):
-                results[name] = [row for prompt in prompts for row in
-                                 load_sweep(base, path, key, args, prompt, Path(tmp) / f"{name}-{prompt}")]
-                if name == "chatspec":
-                    results["chatspec_n_choices"] = n_choices_timing(base, key, args)
+    levels = [int(level) for level in args.levels.split(",")]
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        up = {}
+        for name in names:
+            print(f"== starting {name}", file=sys.stderr, flush=True)
+            up[name] = stack.enter_context(serve(name, args.threads, args.parallel, sites))
+        rows: dict[str, list[dict]] = {name: [] for name in names}
+        if any(per_prompt(args.requests_per_stream, prompts, "--requests-per-stream").values()):
+            cells = [(prompt, level) for prompt in prompts for level in levels]
+            for i, (prompt, level) in enumerate(cells):
+                for name in names if i % 2 == 0 else names[::-1]:
+                    print(f"== [{time.monotonic() - started:6.0f} s] cell {i + 1}/{len(cells)}: {name}, "
+                          f"{prompt} prompt tokens, {level} streams, {cell_requests(args, prompt, level)} requests",
+                          file=sys.stderr, flush=True)
+                    rows[name] += load_sweep(*up[name], args, prompt, Path(tmp) / f"{name}-{prompt}-{level}", level)
+        else:
+            for prompt in prompts:
+                for name in names:
+                    print(f"== {name}, {prompt} prompt tokens", file=sys.stderr, flush=True)
+                    rows[name] += load_sweep(*up[name], args, prompt, Path(tmp) / f"{name}-{prompt}")
+        results.update(rows)
+        if "chatspec" in up:
+            base, _, key = up["chatspec"]
+            results["chatspec_n_choices"] = n_choices_timing(base, key, args)
     print(f"machine: {results['machine']}")
     print(f"{'server':<18}{'prompt':>7}{'conc':>5}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}"
           f"{'ITL p99':>9}{'failed':>8}")
-    for name in args.servers.split(","):
+    for name in names:
         for row in results[name]:  # type: ignore[union-attr]
             def ms(value: float | None) -> str:
                 return "-" if value is None else f"{value:.1f}"
@@ -167,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         times = results["chatspec_n_choices"]
         print(f"chatspec n=4 vs n=1: {times['n4_s']:.2f} s vs {times['n1_s']:.2f} s "  # type: ignore[index]
               f"(ratio {times['n4_s'] / times['n1_s']:.2f})")  # type: ignore[index]
-    names = args.servers.split(",")
-    if len(names) > 1:
-        print(ratio_table(results[names[0]], results[names[1]], names[1]))  # type: ignore[arg-type]
+    peers = [name for name in names if not name.startswith("chatspec")]
+    for ours in (name for name in names if name.startswith("chatspec")):
+        if peers:
+            print(f"\n{ours}:")
+            print(ratio_table(results[ours], results[peers[0]], peers[0]))  # type: ignore[arg-type]
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     return 0

@@ -157,6 +157,9 @@ class LlamaCppEngine(Engine):
         params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = parallel
         params.kv_unified = False  # a stream per sequence: batch-mates never enter its attention
+        # Flash attention, as llama-server picks on the CPU: ~10% shorter decode steps at 8 streams
+        # (docs/benchmarks.md, issue 24); seeded runs stay the same alone, batched or cached (tested).
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self._context = llama_internals.LlamaContext(model=model, params=params, verbose=verbose)
         self._ctx = self._context.ctx
         self._eog = frozenset(t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(self._vocab, t))

@@ -1,19 +1,22 @@
 """Continuous batching over one llama.cpp context: many sequences, one `llama_decode` per step.
 
 One scheduler thread owns the context. Each turn it drops sequences that ended or were
-cancelled, admits waiting ones into free slots, then runs up to two decodes: a decode step
-with exactly one token of every decoding sequence (its last sampled token, or the last token of
-its prompt), sampled afterwards by each sequence's own sampler chain
-(`llama_sampler_sample(chain, ctx, row)`); and a prefill step with one chunk (up to `n_batch`
-tokens) of the oldest sequence still evaluating its prompt. Prefill and decode alternate, so a
-long prompt delays the running sequences by one chunk at a time, never by the whole prompt.
+cancelled, admits waiting ones into free slots, then runs up to two decodes: a prefill step
+with one chunk (up to `n_batch` tokens) of the oldest sequence still evaluating its prompt, whose
+last chunk asks for the logits of the prompt's last token and samples the first token at once;
+then a decode step with exactly one token of every decoding sequence (its last sampled token),
+each sampled by its own sampler chain (`llama_sampler_sample(chain, ctx, row)`). Prefill and
+decode alternate, so a long prompt delays the running sequences by one chunk at a time, never by
+the whole prompt; the prefill goes first, so a new request's first token is not held back by
+this turn's decode step (issue 24: one step less of time to first token).
 
 Why this shape (measured on llama.cpp's CPU backend, see the tests): a sequence's numbers depend
 only on how many of ITS OWN tokens share a ubatch (one, or two and more), never on the other
 sequences in the batch, since every sequence has its own KV stream (`kv_unified` off). So the
-prompt's last token always goes through a decode step alone, as its first sampled token does
-when the prompt comes from the cache, and prompt chunks are never one token long: a seeded
-request gives the same tokens alone or batched, cached or not.
+prompt's last token is always evaluated in a chunk of two or more of its own tokens, even when
+the rest of the prompt comes from the cache (the last two are evaluated again), prompt chunks
+are never one token long, and sampled tokens always go one by one: a seeded request gives the
+same tokens alone or batched, cached or not.
 
 Slots are sequence ids 0..parallel-1. A slot keeps the KV of what it last held after its
 sequence ends; a new sequence takes the free slot whose cached tokens share the longest prefix
@@ -51,8 +54,8 @@ class Sequence:
     cancel: threading.Event
     # (batch row, token) -> (what to yield, whether the answer is complete, e.g. a closed JSON value)
     on_token: Callable[[int, int], tuple[GeneratedToken, bool]]
-    pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill (all but the last)
-    next_token: int = -1  # what the next decode step feeds: the prompt's last token, then each sampled one
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill (the last one too)
+    next_token: int = -1  # what the next decode step feeds: the last sampled token
     produced: int = 0
 
 
@@ -180,12 +183,12 @@ class BatchScheduler:
             if slot.busy is not None and slot.busy.cancel.is_set():
                 self._finish(slot, END)
         self._admit()
-        decoding = [slot for slot in self._slots if slot.busy is not None and not slot.busy.pending]
-        if decoding:
-            self._decode_step(decoding)
         prefilling = [slot for slot in self._slots if slot.busy is not None and slot.busy.pending]
         if prefilling:
             self._prefill_step(min(prefilling, key=lambda slot: slot.admitted))
+        decoding = [slot for slot in self._slots if slot.busy is not None and not slot.busy.pending]
+        if decoding:
+            self._decode_step(decoding)
 
     def _decode(self, tokens: list[tuple[Slot, int, bool]]) -> None:
         """One llama_decode of (slot, token, wants logits) at each slot's next position."""
@@ -210,15 +213,19 @@ class BatchScheduler:
             self._sample(slot, row)
 
     def _prefill_step(self, slot: Slot) -> None:
-        """The next chunk of one sequence's prompt (never a single token when more follow)."""
+        """The next chunk of one sequence's prompt (never a single token when more follow); the
+        last chunk ends with the prompt's last token, whose logits give the first sampled token."""
         sequence = slot.busy
         assert sequence is not None
         chunk = sequence.pending[: self.n_batch]
         if len(sequence.pending) - len(chunk) == 1:
             chunk = chunk[:-1]  # leave two for the last chunk: a lone token computes differently
-        self._decode([(slot, token, False) for token in chunk])
+        last = len(chunk) == len(sequence.pending)
+        self._decode([(slot, token, last and row == len(chunk) - 1) for row, token in enumerate(chunk)])
         self.prefill_tokens += len(chunk)
         sequence.pending = sequence.pending[len(chunk):]
+        if last:
+            self._sample(slot, len(chunk) - 1)
 
     def _admit(self) -> None:
         """Move waiting sequences into free slots, each reusing the longest cached prefix it can."""
@@ -254,7 +261,7 @@ class BatchScheduler:
     def _place(self, sequence: Sequence, free: list[Slot]) -> None:
         memory = self._memory
         prompt = sequence.prompt
-        keep_max = len(prompt) - 1  # the last prompt token is evaluated again, for its logits
+        keep_max = max(len(prompt) - 2, 0)  # the last two are evaluated again: the last one's logits
         if self.reuse_prefix:
             slot = max(free, key=lambda s: common_prefix(s.tokens, prompt))
             keep = min(common_prefix(slot.tokens, prompt), keep_max)
@@ -266,8 +273,6 @@ class BatchScheduler:
                 keep = donor_keep
         else:
             slot, keep = free[0], 0
-        if len(prompt) - 1 - keep == 1 and keep > 0:
-            keep -= 1  # a one-token chunk computes differently: evaluate two
         if not llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, keep, -1):
             llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
             keep = 0
@@ -275,8 +280,7 @@ class BatchScheduler:
         slot.busy = sequence
         self._admissions += 1
         slot.admitted = self._admissions
-        sequence.pending = prompt[keep:-1]
-        sequence.next_token = prompt[-1]
+        sequence.pending = prompt[keep:]
 
     def _sample(self, slot: Slot, index: int) -> None:
         sequence = slot.busy
