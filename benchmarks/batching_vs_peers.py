@@ -119,16 +119,18 @@ def cell_requests(args: argparse.Namespace, prompt_tokens: int, level: int) -> i
 
 
 def load_sweep(base: str, path: str, key: str | None, args: argparse.Namespace, prompt_tokens: int,
-               out: Path, level: int | None = None) -> list[dict]:
+               out: Path, level: int | None = None, seed: int = 0) -> list[dict]:
     """One `python -m load` run: every level as a step of --duration, or one cell of `level`
-    streams sized by requests."""
+    streams sized by requests. `seed` picks the prompts: the same for every server in a cell, never
+    the same in two cells, so no server answers a cell from a prompt cache filled by an earlier one."""
     if level is None:
         shape = ["--sweep", args.levels, "--duration", str(args.duration), "--warmup", str(args.warmup)]
     else:
         shape = ["--users", str(level), "--max-requests", str(cell_requests(args, prompt_tokens, level))]
     command = [sys.executable, "-m", "load", "--base-url", base, "--path", path, "--model", MODEL, *shape,
                "--prompt-tokens", str(prompt_tokens), "--output-tokens", str(args.output_tokens),
-               "--extra-body", json.dumps({**EOS_BAN, "temperature": 0.8}), "--report-dir", str(out), "--quiet"]
+               "--extra-body", json.dumps({**EOS_BAN, "temperature": 0.8}), "--seed", str(seed),
+               "--report-dir", str(out), "--quiet"]
     if key:
         command += ["--api-key", key]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -136,7 +138,8 @@ def load_sweep(base: str, path: str, key: str | None, args: argparse.Namespace, 
     for step in LoadReport.read(out / "load.json").steps:
         m = step.metrics
         rows.append({"level": step.level, "prompt_tokens": prompt_tokens, "tok_s": m.output_tokens_per_s,
-                     "ok": m.requests_ok, "seconds": m.window_s, "failed": m.requests_failed, "ttft_p50": m.ttft_ms.p50,
+                     "ok": m.requests_ok, "seconds": m.window_s, "prompt_tokens_mean": m.prompt_tokens_mean,
+                     "failed": m.requests_failed, "ttft_p50": m.ttft_ms.p50,
                      "ttft_p99": m.ttft_ms.p99, "itl_p50": m.itl_ms.p50, "itl_p99": m.itl_ms.p99})
     return rows
 
@@ -201,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"== [{time.monotonic() - started:6.0f} s] cell {i + 1}/{len(cells)}: {name}, "
                           f"{prompt} prompt tokens, {level} streams, {cell_requests(args, prompt, level)} requests",
                           file=sys.stderr, flush=True)
-                    rows[name] += load_sweep(*up[name], args, prompt, Path(tmp) / f"{name}-{prompt}-{level}", level)
+                    rows[name] += load_sweep(*up[name], args, prompt, Path(tmp) / f"{name}-{prompt}-{level}", level,
+                                             seed=1 + i)
         else:
             for prompt in prompts:
                 for name in names:
                     print(f"== {name}, {prompt} prompt tokens", file=sys.stderr, flush=True)
-                    rows[name] += load_sweep(*up[name], args, prompt, Path(tmp) / f"{name}-{prompt}")
+                    rows[name] += load_sweep(*up[name], args, prompt, Path(tmp) / f"{name}-{prompt}",
+                                             seed=prompt)
         results.update(rows)
         if "chatspec" in up:
             base, _, key = up["chatspec"]

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import math
 import os
+import random
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -139,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     body.add_argument("--ignore-retry-after", action="store_true",
                       help="closed loop: send the next request right after a 429 (default: wait the answer's "
                            "Retry-After, at most 5 s, as a real client does)")
-    body.add_argument("--seed", type=int, default=0, help="seed of prompts and arrival schedules")
+    body.add_argument("--seed", type=int, default=None,
+                      help="seed of prompts and arrival schedules (default: a fresh one each run, printed and "
+                           "kept in the report: a server's prompt cache never answers a run with the prompts of "
+                           "the last; give the same seed to send the same prompts again)")
 
     add_workload_arguments(parser)
 
@@ -431,6 +435,10 @@ def master_options(args: argparse.Namespace) -> MasterOptions | None:
 
 def run(args: argparse.Namespace) -> int:
     """The whole run; returns the exit code."""
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(2**31)
+    if not args.quiet:
+        print(f"seed {args.seed} (--seed {args.seed} sends these prompts again)", file=sys.stderr, flush=True)
     try:
         slo = parse_slo(args.slo) if args.slo else {}
     except ValueError as exc:

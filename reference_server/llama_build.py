@@ -12,7 +12,7 @@ Profiles (x86-64 levels, chosen from the CPU the wheel is built on; none uses AM
 are what faulted, nor AVX-512's later extensions VBMI/VNNI/BF16):
   x86-64-v4  v3 + AVX-512 F/CD/VL/DQ/BW, only when asked for ($CHATSPEC_LLAMA_PROFILE=x86-64-v4)
              on a CPU that has them (Intel Skylake-SP and later servers, AMD Zen 4 and later).
-             Opt-in until its speed-up is measured here (docs/benchmarks.md).
+             Opt-in: it was slower than v3 in every run that measured both here (docs/benchmarks.md).
   x86-64-v3  SSE4.2 AVX AVX2 FMA F16C BMI2: every x86-64 CPU since 2013-2015 (Intel Haswell,
              AMD Excavator/Zen). The default wherever the CPU has those.
   x86-64-v2  SSE4.2 only: older CPUs (chosen automatically on them).

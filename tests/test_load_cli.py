@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from oracle import RecordFile, assert_on_time, load_requests, match_arrivals
+from oracle import RecordFile, assert_on_time, load_requests, match_arrivals, prompt_text
 
 from load.export import read_requests
 from reference_server.launcher import free_port, running_server
@@ -142,6 +142,27 @@ def test_distributed_run_makes_exactly_the_requests_asked(mock_server, record, t
     assert step["fidelity"]["sent"] == 25 and step["fidelity"]["ok"]  # the report's count agrees with the server
     assert step["metrics"]["requests_total"] == 25 and step["metrics"]["requests_ok"] == 25
     assert step["metrics"]["ttft_ms"]["count"] == 25
+
+
+def test_each_run_sends_fresh_prompts_unless_a_seed_repeats_them(mock_server, record, tmp_path):
+    """Two runs with no --seed share no prompt (the server's record says so), so a server's prompt
+    cache can never answer the second from the first; each run's seed is in its report, and giving
+    it back sends the very same prompts again."""
+    def prompts_of_a_run(*extra: str) -> tuple[list[str], int]:
+        mark = record.mark()
+        out = tmp_path / f"run{mark}"
+        result = run_load(*target(mock_server), "--users", "2", "--max-requests", "6", "--output-tokens", "2",
+                          *extra, "--report-dir", str(out))
+        assert result.returncode == 0, result.stderr
+        arrived = load_requests(record.since(mark))
+        assert len(arrived) == 6
+        return sorted(prompt_text(r["body"]) for r in arrived), report(out)["settings"]["seed"]
+
+    first, seed = prompts_of_a_run()
+    second, other_seed = prompts_of_a_run()
+    assert seed != other_seed and not set(first) & set(second)
+    again, same_seed = prompts_of_a_run("--seed", str(seed))
+    assert same_seed == seed and again == first
 
 
 def test_dataset_requests(mock_server, tmp_path):
