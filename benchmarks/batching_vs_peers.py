@@ -12,8 +12,8 @@ cmake and a C++ compiler (for llama-server, built once by benchmarks/llama_serve
 
 Cells are sized by requests when --requests-per-stream is given (each cell its own closed-loop
 run of max(--min-requests, K x streams) requests, every one measured), else by --duration. Every
-server is started before the first cell and the cells alternate between them (the order flips
-from one cell to the next), so a drift in the machine's speed falls on all of them alike.
+server is started before the first cell and, in cells sized by requests, the cells alternate
+between them (the order flips from one cell to the next), so a drift in the machine's speed falls on all of them alike.
 --chatspec-site NAME=DIR adds our server once more, importing llama_cpp from DIR first (an
 unpacked wheel of another build profile), as the server `chatspec-NAME`.
 
@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -73,14 +74,15 @@ def peer(command: list[str], health: str, what: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def serve(name: str, threads: int, parallel: int, sites: dict[str, str]) -> Iterator[tuple[str, str, str | None]]:
+def serve(name: str, threads: int, parallel: int, sites: dict[str, str],
+          ours: tuple[str, ...] = ()) -> Iterator[tuple[str, str, str | None]]:
     """(base URL, chat path, key) of one server, for as long as the block runs."""
     gguf = str(default_model_path())
     if name == "chatspec" or name.startswith("chatspec-"):
         site = sites.get(name.removeprefix("chatspec-")) if name != "chatspec" else None
         env = {"PYTHONPATH": os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p)} if site else None
         with running_server("--threads", str(threads), "--parallel", str(parallel), "--max-queue", "1000",
-                            "--log-level", "WARNING", extra_env=env) as server:
+                            "--log-level", "WARNING", *ours, extra_env=env) as server:
             yield server.base_url, "/v3/openai/chat/completions", server.api_key
         return
     port = free_port()
@@ -175,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="chatspec first; the ratio table sets every chatspec server against the first peer")
     parser.add_argument("--chatspec-site", action="append", default=[], metavar="NAME=DIR",
                         help="also run our server as chatspec-NAME with llama_cpp imported from DIR first")
+    parser.add_argument("--chatspec-args", default="", metavar="ARGS",
+                        help="more options for our server, e.g. --chatspec-args=--flash-attn")
     parser.add_argument("--requests-per-stream", default="0", metavar="K[,K...]",
                         help="size cells by requests: max(--min-requests, K x streams) each, one K or one per "
                              "prompt length (0: cells are steps of --duration)")
@@ -183,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
+    if any("=" not in item for item in args.chatspec_site):
+        parser.error("--chatspec-site takes NAME=DIR")
     sites = dict(item.split("=", 1) for item in args.chatspec_site)
     names = args.servers.split(",") + [f"chatspec-{name}" for name in sites]
     results: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -195,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         up = {}
         for name in names:
             print(f"== starting {name}", file=sys.stderr, flush=True)
-            up[name] = stack.enter_context(serve(name, args.threads, args.parallel, sites))
+            up[name] = stack.enter_context(serve(name, args.threads, args.parallel, sites,
+                                                 tuple(shlex.split(args.chatspec_args))))
         rows: dict[str, list[dict]] = {name: [] for name in names}
         if any(per_prompt(args.requests_per_stream, prompts, "--requests-per-stream").values()):
             cells = [(prompt, level) for prompt in prompts for level in levels]

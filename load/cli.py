@@ -437,8 +437,6 @@ def run(args: argparse.Namespace) -> int:
     """The whole run; returns the exit code."""
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**31)
-    if not args.quiet:
-        print(f"seed {args.seed} (--seed {args.seed} sends these prompts again)", file=sys.stderr, flush=True)
     try:
         slo = parse_slo(args.slo) if args.slo else {}
     except ValueError as exc:
@@ -464,6 +462,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     with target_server(args) as (base_url, api_key, model, server_exit):
         config = make_config(args, base_url, api_key, model)
+        if not args.quiet:  # once the endpoint is known good: a usage error stays one line
+            print(f"seed {args.seed} (--seed {args.seed} sends these prompts again)", file=sys.stderr, flush=True)
         workload = workload_from_wire(config.workload)
         if isinstance(workload, TraceWorkload):
             steps = trace_steps(args, steps, workload)

@@ -74,6 +74,38 @@ def test_seeded_request_batched_with_others_gives_the_same_tokens(engine: Any) -
     assert all(results[1:])
 
 
+LONG = [{"role": "system", "content": "You are a careful assistant. " * 12},
+        {"role": "user", "content": "Tell a long story about a lighthouse keeper, a storm and a lost ship, "
+                                    "with many details about the sea, the light and the people on the shore. " * 3}]
+
+
+def test_a_long_prompt_gives_the_same_tokens_cached_or_not(engine: Any) -> None:
+    """A last chunk of many tokens (the whole prompt, cold) and one of two (the rest from the
+    cache) must compute the prompt's last token alike, whatever kernel the chunk size picks."""
+    assert len(engine.tokenize_chat(LONG)) > 150
+    engine.reuse_prefix = False
+    try:
+        cold = run(tokens(engine, LONG, seeded(7, max_tokens=16)))
+    finally:
+        engine.reuse_prefix = True
+    run(tokens(engine, LONG, seeded(8, max_tokens=1)))  # a slot now holds the prompt
+    assert run(tokens(engine, LONG, seeded(7, max_tokens=16))) == cold
+
+
+def test_a_long_answer_is_the_same_alone_or_batched(engine: Any) -> None:
+    """Past 256 KV cells a sequence decoding alone and one decoding beside others must still agree."""
+    ban = {t: -100 for t in engine._eog}
+    params = seeded(13, max_tokens=180, logit_bias=ban)
+    alone = run(tokens(engine, LONG, params))
+
+    async def batched() -> list[list[int]]:
+        others = [tokens(engine, messages, seeded(200 + i, max_tokens=180, logit_bias=ban))
+                  for i, messages in enumerate(OTHERS)]
+        return await asyncio.gather(tokens(engine, LONG, params), *others)
+
+    assert run(batched())[0] == alone
+
+
 def test_n_choices_share_one_prefill_and_match_their_seeds_alone(engine: Any) -> None:
     engine.reuse_prefix = False  # so the prefill below is counted, not served from a cache
     try:

@@ -132,6 +132,7 @@ class LlamaCppEngine(Engine):
         n_batch: int = 512,
         verbose: bool = False,
         reuse_prefix: bool = True,
+        flash_attn: bool = False,
     ) -> None:
         path = Path(model_path) if model_path else default_model_path()
         if not path.is_file():
@@ -157,9 +158,12 @@ class LlamaCppEngine(Engine):
         params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = parallel
         params.kv_unified = False  # a stream per sequence: batch-mates never enter its attention
-        # Flash attention, as llama-server picks on the CPU: ~10% shorter decode steps at 8 streams
-        # (docs/benchmarks.md, issue 24); seeded runs stay the same alone, batched or cached (tested).
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        # Flash attention (llama-server's pick on the CPU) makes decode steps ~10% shorter at 8 streams
+        # (docs/benchmarks.md, issue 24), but its CPU kernel is chosen by batch shape (under or over 64
+        # query tokens; one token alone over 512 cells), so a seeded request could give other tokens
+        # cached or not, alone or batched (tests/test_llamacpp_batching.py fails with it): opt-in.
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         self._context = llama_internals.LlamaContext(model=model, params=params, verbose=verbose)
         self._ctx = self._context.ctx
         self._eog = frozenset(t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
