@@ -140,28 +140,28 @@ def wait_until(done: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def source_ip(launch: Launch, port: int) -> str | None:
-    """The local address of this process's connection to the master, once it has one."""
+def connections_to(launch: Launch, port: int) -> list[Any]:
+    """This process's TCP connections to a local `port` (none once it has exited)."""
     import psutil
 
     try:
         connections = psutil.Process(launch.process.pid).net_connections(kind="tcp")
     except psutil.NoSuchProcess:
-        return None
-    return next((c.laddr.ip for c in connections if c.raddr and c.raddr.port == port
-                 and c.status == psutil.CONN_ESTABLISHED), None)
+        return []
+    return [c for c in connections if c.raddr and c.raddr.port == port]
+
+
+def source_ip(launch: Launch, port: int) -> str | None:
+    """The local address of this process's connection to the master, once it has one."""
+    import psutil
+
+    return next((c.laddr.ip for c in connections_to(launch, port) if c.status == psutil.CONN_ESTABLISHED), None)
 
 
 def server_ports(launch: Launch, server_port: int) -> set[int]:
     """The local ports of this process's open connections to the chat server: the server's record
     names each request's client by address and port, so these say which requests are this worker's."""
-    import psutil
-
-    try:
-        connections = psutil.Process(launch.process.pid).net_connections(kind="tcp")
-    except psutil.NoSuchProcess:
-        return set()
-    return {c.laddr.port for c in connections if c.raddr and c.raddr.port == server_port}
+    return {c.laddr.port for c in connections_to(launch, server_port)}
 
 
 def worker_index(launch: Launch) -> int:
