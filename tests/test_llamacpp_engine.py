@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 
 from reference_server.engines.base import GeneratedToken, SamplingParams
@@ -87,6 +89,39 @@ def test_end_of_generation_token_is_not_yielded(engine: Any) -> None:
     tokens = generate(engine, messages, max_tokens=40, seed=1, temperature=0.2)
     assert len(tokens) < 40  # the model ended the turn
     assert not set(ids(tokens)) & engine._eog
+
+
+def test_the_numpy_sampler_draws_what_llama_cpps_chain_draws(engine: Any) -> None:
+    """On the model's own logits (the prompt's last row), both samplers' token frequencies match
+    softmax((logits + bias) / temperature): the numpy one is the chain's draw, only faster."""
+    import llama_cpp
+
+    from reference_server.engines.llamacpp_sampler import ChainSampler, FullVocabSampler
+
+    prompt = engine.tokenize_chat(STORY)
+    generate(engine, STORY, max_tokens=1, seed=1)  # the context keeps that prefill's last row
+    row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(engine._ctx, -1), shape=(engine.vocab_size,))
+    top = [int(t) for t in np.argsort(row)[::-1][:6]]
+    params = SamplingParams(max_tokens=1, temperature=1.5, seed=2, logit_bias={top[0]: -100, top[5]: 3})
+    scores = row.astype(np.float64) / 1.5
+    scores[top[0]], scores[top[5]] = -math.inf, (row[top[5]] + 3) / 1.5
+    want = np.exp(scores - scores.max())
+    want /= want.sum()
+    fast = engine._sampler(prompt, params)
+    assert isinstance(fast, FullVocabSampler)
+    chain = ChainSampler(engine._chain(prompt, params))
+    draws = 4000
+    try:
+        for sampler in (fast, chain):
+            seen = np.bincount([sampler.sample(engine._ctx, -1) for _ in range(draws)], minlength=engine.vocab_size)
+            assert seen[top[0]] == 0, sampler
+            for token in [*top[1:], -1]:  # -1: every other token together
+                p = want[token] if token >= 0 else 1 - want[top[1:]].sum() - want[top[0]]
+                got = seen[token] / draws if token >= 0 else 1 - seen[top[1:]].sum() / draws
+                assert abs(got - p) < 5 * math.sqrt(p * (1 - p) / draws), (sampler, token, got, p)
+    finally:
+        fast.close()
+        chain.close()
 
 
 def test_logit_bias_minus_100_bans_a_token(engine: Any) -> None:

@@ -5,7 +5,7 @@ cancelled, admits waiting ones into free slots, then runs up to two decodes: a p
 with one chunk (up to `n_batch` tokens) of the oldest sequence still evaluating its prompt, whose
 last chunk asks for the logits of the prompt's last token and samples the first token at once;
 then a decode step with exactly one token of every decoding sequence (its last sampled token),
-each sampled by its own sampler chain (`llama_sampler_sample(chain, ctx, row)`). Prefill and
+each sampled by its own sampler (`sampler.sample(ctx, row)`). Prefill and
 decode alternate, so a long prompt delays the running sequences by one chunk at a time, never by
 the whole prompt; the prefill goes first, so a new request's first token is not held back by
 this turn's decode step (issue 24: one step less of time to first token).
@@ -37,6 +37,7 @@ from typing import Any
 import llama_cpp
 
 from reference_server.engines.base import GeneratedToken
+from reference_server.engines.llamacpp_sampler import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Sequence:
 
     prompt: list[int]
     max_tokens: int
-    chain: Any  # a LlamaSampler the scheduler closes when the sequence ends
+    sampler: Sampler  # closed by the scheduler when the sequence ends
     emit: Callable[[Any], None]  # thread-safe: hands a token, an exception or END to the consumer
     cancel: threading.Event
     # (batch row, token) -> (what to yield, whether the answer is complete, e.g. a closed JSON value)
@@ -167,7 +168,7 @@ class BatchScheduler:
         with self._lock:
             waiting, self._waiting = list(self._waiting), collections.deque()
         for sequence in waiting:
-            sequence.chain.close()
+            sequence.sampler.close()
             sequence.emit(RuntimeError("the engine closed"))
 
     def _step(self) -> None:
@@ -236,7 +237,7 @@ class BatchScheduler:
                 sequence = self._waiting[0]
                 if sequence.cancel.is_set():
                     self._waiting.popleft()
-                    sequence.chain.close()
+                    sequence.sampler.close()
                     sequence.emit(END)
                     continue
                 free = [slot for slot in self._slots if slot.busy is None]
@@ -288,7 +289,7 @@ class BatchScheduler:
         if sequence.cancel.is_set():
             self._finish(slot, END)
             return
-        token = llama_cpp.llama_sampler_sample(sequence.chain.sampler, self._ctx, index)
+        token = sequence.sampler.sample(self._ctx, index)
         if token in self._eog:
             self._finish(slot, END)
             return
@@ -307,7 +308,7 @@ class BatchScheduler:
         slot.busy = None
         if sequence is None:
             return
-        sequence.chain.close()
+        sequence.sampler.close()
         sequence.emit(outcome)
 
 

@@ -1,0 +1,87 @@
+"""The llama.cpp engine's numpy sampler: draws softmax((logits + bias) / temperature) over the
+whole vocabulary, seeded, and serves only requests that set no filter."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from reference_server.engines.base import SamplingParams
+from reference_server.engines.llamacpp_sampler import (
+    FULL_VOCAB_APPLIES,
+    NOT_SAMPLING,
+    FullVocabSampler,
+    full_vocab_serves,
+)
+
+N_VOCAB = 3000  # three blocks, the last one partial
+
+
+def logits() -> np.ndarray:
+    row = np.zeros(N_VOCAB, dtype=np.float32)
+    row[5], row[1500], row[2999], row[7] = 3.0, 2.5, 2.0, -1.0
+    return row
+
+
+def expected(row: np.ndarray, bias: dict[int, float], temperature: float) -> np.ndarray:
+    scores = row.astype(np.float64)
+    for token, value in bias.items():
+        scores[token] = -math.inf if value <= -100 else scores[token] + value
+    weights = np.exp((scores - scores.max()) / temperature)
+    return weights / weights.sum()
+
+
+def frequencies(sampler: FullVocabSampler, row: np.ndarray, draws: int) -> np.ndarray:
+    return np.bincount([sampler.pick(row) for _ in range(draws)], minlength=N_VOCAB) / draws
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.7])
+def test_draws_follow_the_softmax_of_the_biased_scaled_logits(temperature: float) -> None:
+    bias = {1500: -100, 7: 4}
+    draws = 20000
+    seen = frequencies(FullVocabSampler(N_VOCAB, bias, temperature, seed=1), logits(), draws)
+    want = expected(logits(), bias, temperature)
+    for token in (5, 2999, 7):
+        spread = math.sqrt(want[token] * (1 - want[token]) / draws)
+        assert abs(seen[token] - want[token]) < 5 * spread + 1e-9, token
+    rest = np.ones(N_VOCAB, dtype=bool)
+    rest[[5, 2999, 7, 1500]] = False
+    spread = math.sqrt(want[rest].sum() * (1 - want[rest].sum()) / draws)
+    assert abs(seen[rest].sum() - want[rest].sum()) < 5 * spread
+    assert seen[1500] == 0  # banned
+    assert seen[rest].max() < 0.01  # the flat tail is spread over all its tokens, every block
+
+
+def test_a_bias_of_100_forces_its_token_and_padding_is_never_drawn() -> None:
+    sampler = FullVocabSampler(N_VOCAB, {2998: 100}, 1.0, seed=3)
+    assert {sampler.pick(logits()) for _ in range(200)} == {2998}
+    flat = FullVocabSampler(N_VOCAB, {}, 1.9, seed=4)
+    assert max(flat.pick(np.zeros(N_VOCAB, dtype=np.float32)) for _ in range(5000)) < N_VOCAB
+
+
+def test_a_seed_repeats_its_draws_and_another_seed_does_not() -> None:
+    flat = np.zeros(N_VOCAB, dtype=np.float32)
+    one, again, other = (FullVocabSampler(N_VOCAB, {}, 1.0, seed=s) for s in (9, 9, 10))
+    draws = [one.pick(flat) for _ in range(50)]
+    assert draws == [again.pick(flat) for _ in range(50)]
+    assert draws != [other.pick(flat) for _ in range(50)]
+
+
+# A filter value for every SamplingParams field the numpy sampler does not apply: a new field
+# fails this test until it is added here, so it cannot be skipped silently by the fast path.
+FILTERS = {"top_k": 40, "top_p": 0.9, "min_p": 0.05, "frequency_penalty": 0.5, "presence_penalty": 0.5,
+           "repetition_penalty": 1.1, "json_mode": True, "json_schema": {"type": "object"}}
+
+
+def test_only_requests_without_a_filter_get_the_numpy_sampler() -> None:
+    others = {f.name for f in dataclasses.fields(SamplingParams)} - FULL_VOCAB_APPLIES - NOT_SAMPLING
+    assert others == set(FILTERS)
+    plain = SamplingParams(max_tokens=8, temperature=0.8, seed=5, logit_bias={0: -100}, logprobs=True, top_logprobs=3)
+    assert full_vocab_serves(plain)
+    assert full_vocab_serves(SamplingParams(max_tokens=8))
+    for name, value in FILTERS.items():
+        assert not full_vocab_serves(dataclasses.replace(plain, **{name: value})), name
+    assert not full_vocab_serves(dataclasses.replace(plain, temperature=0.0))  # llama.cpp's greedy
