@@ -92,6 +92,22 @@ def test_a_long_prompt_gives_the_same_tokens_cached_or_not(engine: Any) -> None:
     assert run(tokens(engine, LONG, seeded(7, max_tokens=16))) == cold
 
 
+def test_the_next_turn_of_a_chat_is_the_same_cached_or_not(engine: Any) -> None:
+    """The previous answer's tokens were decoded one at a time; evaluated again as part of the
+    next turn's prompt they compute differently, so a slot never lends them as a prompt cache."""
+    for seed in range(3):
+        story = [{"role": "user", "content": f"Write a short story about cat number {seed}."}]
+        answer = run(tokens(engine, story, seeded(seed, max_tokens=40)))
+        text = b"".join(engine.piece(t) for t in answer).decode("utf-8", errors="replace")
+        turn = [*story, {"role": "assistant", "content": text}, {"role": "user", "content": "Go on."}]
+        cached = run(tokens(engine, turn, seeded(50 + seed)))  # a slot holds the story and its answer
+        engine.reuse_prefix = False
+        try:
+            assert run(tokens(engine, turn, seeded(50 + seed))) == cached, seed
+        finally:
+            engine.reuse_prefix = True
+
+
 def test_a_long_answer_is_the_same_alone_or_batched(engine: Any) -> None:
     """Past 256 KV cells a sequence decoding alone and one decoding beside others must still agree."""
     ban = {t: -100 for t in engine._eog}

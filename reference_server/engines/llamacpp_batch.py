@@ -18,10 +18,12 @@ the rest of the prompt comes from the cache (the last two are evaluated again), 
 are never one token long, and sampled tokens always go one by one: a seeded request gives the
 same tokens alone or batched, cached or not.
 
-Slots are sequence ids 0..parallel-1. A slot keeps the KV of what it last held after its
-sequence ends; a new sequence takes the free slot whose cached tokens share the longest prefix
-with its prompt, or copies a longer prefix from another slot (`llama_memory_seq_cp`, how the n
-choices of a request share one prefill), and evaluates only the rest.
+Slots are sequence ids 0..parallel-1. A slot keeps the KV of the prompt it last evaluated after
+its sequence ends (not of the answer: decoded one by one, those tokens would compute differently
+in a chunk, so the next turn of a chat would depend on the cache); a new sequence takes the free
+slot whose cached prompt shares the longest prefix with its own, or copies a longer prefix from
+another slot (`llama_memory_seq_cp`, how the n choices of a request share one prefill), and
+evaluates only the rest.
 """
 
 from __future__ import annotations
@@ -62,12 +64,22 @@ class Sequence:
 
 @dataclass
 class Slot:
-    """A sequence id with its own KV stream; `tokens` are those whose KV it holds, in order."""
+    """A sequence id with its own KV stream; `tokens` are those whose KV it holds, in order.
+
+    Only the first `prefilled` of them (evaluated in prompt chunks) are lent as a prompt cache:
+    tokens decoded one at a time compute differently from the same tokens in a chunk, so reusing
+    a previous answer would make the next turn of a chat depend on whether it was cached.
+    """
 
     seq_id: int
     tokens: list[int] = field(default_factory=list)
+    prefilled: int = 0
     busy: Sequence | None = None
     admitted: int = 0  # admission order of its sequence: the oldest prefills first
+
+    def lendable(self, prompt: list[int]) -> int:
+        """How many leading tokens of `prompt` this slot's prompt cache holds."""
+        return common_prefix(self.tokens[: self.prefilled], prompt)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -179,6 +191,7 @@ class BatchScheduler:
                 if slot.busy is None:
                     llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
                     slot.tokens = []
+                    slot.prefilled = 0
             done.set()
         for slot in self._slots:
             if slot.busy is not None and slot.busy.cancel.is_set():
@@ -224,6 +237,7 @@ class BatchScheduler:
         last = len(chunk) == len(sequence.pending)
         self._decode([(slot, token, last and row == len(chunk) - 1) for row, token in enumerate(chunk)])
         self.prefill_tokens += len(chunk)
+        slot.prefilled = len(slot.tokens)
         sequence.pending = sequence.pending[len(chunk):]
         if last:
             self._sample(slot, len(chunk) - 1)
@@ -252,7 +266,7 @@ class BatchScheduler:
         """Whether a running sequence is evaluating a longer prefix of this prompt than any slot holds."""
         if not self.reuse_prefix:
             return False
-        held = max(common_prefix(slot.tokens, sequence.prompt) for slot in self._slots)
+        held = max(slot.lendable(sequence.prompt) for slot in self._slots)
         for slot in self._slots:
             other = slot.busy
             if other is not None and other.pending and common_prefix(other.prompt, sequence.prompt) > held:
@@ -264,10 +278,10 @@ class BatchScheduler:
         prompt = sequence.prompt
         keep_max = max(len(prompt) - 2, 0)  # the last two are evaluated again: the last one's logits
         if self.reuse_prefix:
-            slot = max(free, key=lambda s: common_prefix(s.tokens, prompt))
-            keep = min(common_prefix(slot.tokens, prompt), keep_max)
-            donor = max(self._slots, key=lambda s: common_prefix(s.tokens, prompt))
-            donor_keep = min(common_prefix(donor.tokens, prompt), keep_max)
+            slot = max(free, key=lambda s: s.lendable(prompt))
+            keep = min(slot.lendable(prompt), keep_max)
+            donor = max(self._slots, key=lambda s: s.lendable(prompt))
+            donor_keep = min(donor.lendable(prompt), keep_max)
             if donor is not slot and donor_keep > keep:
                 llama_cpp.llama_memory_seq_cp(memory, donor.seq_id, slot.seq_id, -1, -1)  # whole stream
                 slot.tokens = list(donor.tokens)
@@ -278,6 +292,7 @@ class BatchScheduler:
             llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
             keep = 0
         slot.tokens = slot.tokens[:keep]
+        slot.prefilled = keep
         slot.busy = sequence
         self._admissions += 1
         slot.admitted = self._admissions
