@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chatspec-site", action="append", default=[], metavar="NAME=DIR",
                         help="also run our server as chatspec-NAME with llama_cpp imported from DIR first")
     parser.add_argument("--chatspec-args", default="", metavar="ARGS",
-                        help="more options for our server, e.g. --chatspec-args=--flash-attn")
+                        help="more options for our server, e.g. --chatspec-args='--flash-attn off'")
     parser.add_argument("--requests-per-stream", default="0", metavar="K[,K...]",
                         help="size cells by requests: max(--min-requests, K x streams) each, one K or one per "
                              "prompt length (0: cells are steps of --duration)")

@@ -18,6 +18,15 @@ are what faulted, nor AVX-512's later extensions VBMI/VNNI/BF16):
   x86-64-v2  SSE4.2 only: older CPUs (chosen automatically on them).
   generic    GGML_NATIVE off, llama.cpp's own defaults (non-x86 machines).
 
+One patch to llama.cpp's source (`PATCHES`), applied to the sdist before building, with the
+patch in the cache key and named in the marker: llama.cpp's CPU flash attention picks a kernel
+by batch shape (a tiled one from 64 query rows of a sequence, a row-by-row one below; for one
+token alone over 512 KV cells a KV-split one), and the three round differently, so with it on a
+seeded request gave other tokens cached or not, alone or batched. Patched, the choice depends
+only on the number of the sequence's own query rows (tiled from 2, row-by-row for 1, never
+split), which the engine's scheduler keeps the same cached or not (one row only for sampled
+tokens), so the engine turns flash attention on only for a build that carries the patch.
+
 A wheel is only ever picked for the CPU features it needs: the cache's key holds them, and the
 wheel carries `llama_cpp/chatspec_build.json` (its profile and the CPU flags its code needs), which
 `build_mismatch` reads without loading the library: a server refuses to start, with a message that
@@ -46,7 +55,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DIST = "llama-cpp-python"
 PROFILE_ENV = "CHATSPEC_LLAMA_PROFILE"  # a profile asked for by name (x86-64-v4 is only ever chosen so)
@@ -70,6 +81,29 @@ V3_CPU_FLAGS = V2_CPU_FLAGS | {"avx", "avx2", "fma", "f16c", "bmi2"}
 V4_CPU_FLAGS = V3_CPU_FLAGS | {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
 NEEDS: dict[str, frozenset[str]] = {"x86-64-v4": V4_CPU_FLAGS, "x86-64-v3": V3_CPU_FLAGS,
                                     "x86-64-v2": V2_CPU_FLAGS, "generic": frozenset()}
+
+
+@dataclass(frozen=True)
+class SourcePatch:
+    """An exact text replacement in the sdist; `old` must occur exactly once, or the build stops."""
+
+    path: str
+    old: str
+    new: str
+
+
+# name -> the replacements that make it; the name goes into the marker (`patches`).
+FA_ROWS_PATCH = "flash-attn-kernel-by-rows"
+PATCHES: dict[str, tuple[SourcePatch, ...]] = {
+    FA_ROWS_PATCH: (
+        SourcePatch("vendor/llama.cpp/ggml/src/ggml-cpu/ops.cpp",
+                    "const bool use_split_kv_path = !use_ref && (neq1 == 1 && neq3 == 1)",
+                    "const bool use_split_kv_path = false && !use_ref && (neq1 == 1 && neq3 == 1)"),
+        SourcePatch("vendor/llama.cpp/ggml/src/ggml-cpu/ops.cpp",
+                    "                                neq1 >= Q_TILE_SZ);",
+                    "                                neq1 >= 2);"),
+    ),
+}
 
 
 def pinned_version(pyproject: Path | None = None) -> str:
@@ -133,7 +167,8 @@ def cache_root() -> Path:
 def wheel_folder(version: str, profile: str, args: str, machine: str) -> Path:
     """The folder for one (version, flags, machine) key: the flags, which name the CPU features the
     build uses, are part of its name, so a wheel is never found for a CPU it was not built for."""
-    key = hashlib.sha256(json.dumps([DIST, version, args, machine]).encode()).hexdigest()[:12]
+    patches = {name: [[p.path, p.old, p.new] for p in items] for name, items in PATCHES.items()}
+    key = hashlib.sha256(json.dumps([DIST, version, args, machine, patches]).encode()).hexdigest()[:12]
     label = "custom" if os.environ.get(FLAGS_ENV, "").strip() else profile
     return cache_root() / f"{DIST}-{version}-{machine}-{label}-{key}"
 
@@ -181,10 +216,11 @@ def _build(version: str, profile: str, args: str, folder: Path, quiet: bool) -> 
            "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(cores))}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="llama-wheel-", dir=folder.parent) as tmp:
-        # --no-cache-dir: pip's wheel cache would hand back a wheel built earlier with other flags.
-        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--no-binary", DIST,
-                   "--wheel-dir", tmp, f"{DIST}=={version}"]
         with open(log_path, "w", encoding="utf-8") as log:
+            source = _patched_sdist(version, Path(tmp) / "sdist", log)
+            # --no-cache-dir: pip's wheel cache would hand back a wheel built earlier with other flags.
+            command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir",
+                       "--wheel-dir", tmp, str(source)]
             log.write(f"$ CMAKE_ARGS={args!r} {' '.join(command)}\n")
             log.flush()
             result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
@@ -196,7 +232,8 @@ def _build(version: str, profile: str, args: str, folder: Path, quiet: bool) -> 
         staging = Path(tmp) / "done"
         staging.mkdir()
         info = {"dist": DIST, "version": version, "profile": profile, "cmake_args": args,
-                "cpu_flags_needed": sorted(needed_flags(profile)), "machine": platform.machine(),
+                "cpu_flags_needed": sorted(needed_flags(profile)), "patches": sorted(PATCHES),
+                "machine": platform.machine(),
                 "built_on_cpu": cpu_model(), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_seconds": round(time.monotonic() - started, 1)}
         add_marker(built, info)
@@ -207,6 +244,46 @@ def _build(version: str, profile: str, args: str, folder: Path, quiet: bool) -> 
         staging.rename(folder)  # appears whole or not at all
     say(f"chatspec: built in {time.monotonic() - started:.0f} s: {folder}")
     return find_wheel(folder)  # type: ignore[return-value]
+
+
+def _patched_sdist(version: str, into: Path, log: Any) -> Path:
+    """Download the sdist of `version`, unpack it under `into` and apply PATCHES; its folder."""
+    import tarfile
+
+    into.mkdir(parents=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--no-binary", ":all:",
+               "--dest", str(into), f"{DIST}=={version}"]
+    log.write(f"$ {' '.join(command)}\n")
+    log.flush()
+    if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode != 0:
+        raise SystemExit(f"error: could not download the {DIST} {version} sdist; see {log.name}")
+    archive = next(into.glob("*.tar.gz"))
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    root = next(path for path in into.iterdir() if path.is_dir())
+    apply_patches(root, PATCHES)
+    log.write(f"applied patches {', '.join(sorted(PATCHES))} to {root}\n")
+    return root
+
+
+def apply_patches(root: Path, patches: dict[str, tuple[SourcePatch, ...]]) -> None:
+    """Apply every replacement under `root`; stop, naming patch and file, where a text is not
+    found exactly once (a new llama-cpp-python pin must be looked at, not silently built unpatched)."""
+    for name, items in patches.items():
+        for patch in items:
+            path = root / patch.path
+            text = path.read_text(encoding="utf-8")
+            if text.count(patch.old) != 1:
+                raise SystemExit(f"error: patch {name}: {patch.path} holds {text.count(patch.old)} copies of "
+                                 f"{patch.old!r}, not 1; update PATCHES in reference_server/llama_build.py "
+                                 "for this llama-cpp-python version")
+            path.write_text(text.replace(patch.old, patch.new), encoding="utf-8")
+
+
+def installed_patches() -> frozenset[str]:
+    """The PATCHES the installed llama-cpp-python was built with (empty: none, or not built here)."""
+    info = _installed_marker()
+    return frozenset(info.get("patches", ())) if info else frozenset()
 
 
 def needed_flags(profile: str) -> frozenset[str]:
@@ -238,6 +315,20 @@ def build_mismatch(cpu: frozenset[str] | None = None) -> str | None:
     """Why the installed llama-cpp-python cannot run on this CPU (None: it can, or it carries no
     marker, e.g. a build of the user's own). Reads the marker without importing llama_cpp: a build
     with instructions the CPU lacks may fault as soon as its library is loaded."""
+    info = _installed_marker()
+    if info is None:
+        return None
+    flags = cpu_flags() if cpu is None else cpu
+    missing = sorted(set(info.get("cpu_flags_needed", ())) - flags)
+    if not missing or not flags:  # no /proc/cpuinfo: nothing to judge by
+        return None
+    return (f"the installed llama-cpp-python was built for {info.get('profile')} on {info.get('built_on_cpu')} "
+            f"and needs CPU features this CPU lacks: {', '.join(missing)}. Rebuild it for this machine: "
+            f"python reference_server/llama_build.py install")
+
+
+def _installed_marker() -> dict[str, Any] | None:
+    """The installed llama_cpp's MARKER, read without importing llama_cpp (None: no marker)."""
     import importlib.util
 
     spec = importlib.util.find_spec("llama_cpp")
@@ -248,13 +339,7 @@ def build_mismatch(cpu: frozenset[str] | None = None) -> str | None:
         info = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    flags = cpu_flags() if cpu is None else cpu
-    missing = sorted(set(info.get("cpu_flags_needed", ())) - flags)
-    if not missing or not flags:  # no /proc/cpuinfo: nothing to judge by
-        return None
-    return (f"the installed llama-cpp-python was built for {info.get('profile')} on {info.get('built_on_cpu')} "
-            f"and needs CPU features this CPU lacks: {', '.join(missing)}. Rebuild it for this machine: "
-            f"python reference_server/llama_build.py install")
+    return info if isinstance(info, dict) else None
 
 
 def cpu_model() -> str:

@@ -225,3 +225,44 @@ def test_installed_llama_cpp_has_no_instruction_beyond_its_profile() -> None:
     features = llama_cpp.llama_print_system_info().decode()
     assert not re.search(r"(AMX|AVX512_)[A-Z0-9_]* = 1|AVX_VNNI = 1", features), features
     assert ("AVX512 = 1" in features) == avx512, features
+
+
+def test_patches_apply_once_or_stop_the_build_naming_what_is_missing(tmp_path: Path) -> None:
+    source = tmp_path / "sdist" / "pkg" / "ops.cpp"
+    source.parent.mkdir(parents=True)
+    source.write_text("a = pick(rows >= 64);\nb = split(rows == 1);\n")
+    patches = {"rows": (lb.SourcePatch("pkg/ops.cpp", "rows >= 64", "rows >= 2"),
+                        lb.SourcePatch("pkg/ops.cpp", "split(rows == 1)", "split(false)"))}
+    lb.apply_patches(tmp_path / "sdist", patches)
+    assert source.read_text() == "a = pick(rows >= 2);\nb = split(false);\n"
+    with pytest.raises(SystemExit, match=r"patch rows: pkg/ops.cpp holds 0 copies of 'rows >= 64'"):
+        lb.apply_patches(tmp_path / "sdist", patches)  # already applied: the text is gone
+    source.write_text("rows >= 64; rows >= 64;\n")
+    with pytest.raises(SystemExit, match="holds 2 copies"):
+        lb.apply_patches(tmp_path / "sdist", {"rows": patches["rows"][:1]})
+
+
+def test_the_patches_are_part_of_the_wheels_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = lb.cmake_args("x86-64-v3")
+    patched = lb.wheel_folder("0.3.36", "x86-64-v3", args, "x86_64")
+    monkeypatch.setattr(lb, "PATCHES", {})
+    assert lb.wheel_folder("0.3.36", "x86-64-v3", args, "x86_64") != patched
+
+
+def test_installed_patches_come_from_the_marker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    folder = tmp_path / "llama_cpp"
+    _installed_marker(monkeypatch, folder, ["avx2"])
+    assert lb.installed_patches() == frozenset()  # a marker from before patches were made
+    (folder / Path(lb.MARKER).name).write_text(json.dumps({"profile": "x86-64-v3", "patches": [lb.FA_ROWS_PATCH]}))
+    assert lb.installed_patches() == {lb.FA_ROWS_PATCH}
+
+
+def test_the_installed_build_carries_the_patches_when_it_was_built_here() -> None:
+    """tox installs llama-cpp-python from llama_build's wheel: that build must be the patched one
+    (a wheel cached from before the patch would be found under another key, never reused)."""
+    import llama_cpp
+
+    marker = Path(llama_cpp.__file__).parent / Path(lb.MARKER).name
+    if not marker.is_file():
+        pytest.skip("llama-cpp-python was not built by reference_server/llama_build.py")
+    assert lb.installed_patches() == set(lb.PATCHES)

@@ -50,6 +50,14 @@ def seeded(seed: int, max_tokens: int = 24, **extra: Any) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, seed=seed, temperature=0.9, **extra)
 
 
+def test_these_tests_run_with_flash_attention_where_the_build_is_patched(engine: Any) -> None:
+    """So that what follows proves the patched kernel choice (test_llama_build checks the build
+    tox installs is the patched one)."""
+    from reference_server.llama_build import FA_ROWS_PATCH, installed_patches
+
+    assert engine.flash_attn == (FA_ROWS_PATCH in installed_patches())
+
+
 def test_seeded_request_alone_is_the_same_run_after_run_cached_or_not(engine: Any) -> None:
     first = run(tokens(engine, STORY, seeded(5)))
     assert run(tokens(engine, STORY, seeded(5))) == first  # the whole prompt comes from the cache now

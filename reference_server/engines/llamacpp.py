@@ -44,6 +44,7 @@ from reference_server.engines.chat_template import ChatTemplate
 from reference_server.engines.llamacpp_batch import END, BatchScheduler, Sequence, emitter
 from reference_server.engines.llamacpp_sampler import ChainSampler, FullVocabSampler, Sampler, full_vocab_serves
 from reference_server.engines.logprobs import json_closed_by, logprobs_from_logits
+from reference_server.llama_build import FA_ROWS_PATCH, installed_patches
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,27 @@ def _seed32(seed: int | None) -> int:
     return seed % _RANDOM_SEED
 
 
+def flash_attention_on(mode: str, patches: frozenset[str] | None = None) -> bool:
+    """Whether to turn flash attention on for `mode` (auto / on / off).
+
+    Flash attention (llama-server's pick on the CPU) shortens prefill and decode steps (issue 24),
+    but stock llama.cpp chooses its CPU kernel by batch shape, so a seeded request could give
+    other tokens cached or not, alone or batched (tests/test_llamacpp_batching.py fails with it).
+    The build made by reference_server/llama_build.py carries a patch that chooses by the number of
+    a sequence's own query rows only, which the scheduler keeps the same: `auto` turns it on there.
+    """
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"flash_attn must be auto, on or off, not {mode!r}")
+    patched = FA_ROWS_PATCH in (installed_patches() if patches is None else patches)
+    if mode == "on" and not patched:
+        log.warning("flash attention on a llama-cpp-python build without chatspec's %s patch: a seeded request "
+                    "may give other tokens cached or not, alone or batched", FA_ROWS_PATCH)
+    if mode == "auto" and not patched:
+        log.info("flash attention off: this llama-cpp-python build lacks chatspec's %s patch "
+                 "(python reference_server/llama_build.py install)", FA_ROWS_PATCH)
+    return mode == "on" or (mode == "auto" and patched)
+
+
 class LlamaCppEngine(Engine):
     """llama.cpp on the CPU, with continuous batching of up to `parallel` sequences."""
 
@@ -137,7 +159,7 @@ class LlamaCppEngine(Engine):
         n_batch: int = 512,
         verbose: bool = False,
         reuse_prefix: bool = True,
-        flash_attn: bool = False,
+        flash_attn: str = "auto",
     ) -> None:
         path = Path(model_path) if model_path else default_model_path()
         if not path.is_file():
@@ -163,11 +185,8 @@ class LlamaCppEngine(Engine):
         params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = parallel
         params.kv_unified = False  # a stream per sequence: batch-mates never enter its attention
-        # Flash attention (llama-server's pick on the CPU) makes decode steps ~10% shorter at 8 streams
-        # (docs/benchmarks.md, issue 24), but its CPU kernel is chosen by batch shape (under or over 64
-        # query tokens; one token alone over 512 cells), so a seeded request could give other tokens
-        # cached or not, alone or batched (tests/test_llamacpp_batching.py fails with it): opt-in.
-        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+        self.flash_attn = flash_attention_on(flash_attn)
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         self._context = llama_internals.LlamaContext(model=model, params=params, verbose=verbose)
         self._ctx = self._context.ctx

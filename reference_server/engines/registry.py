@@ -69,10 +69,12 @@ def _llamacpp_options(group: Options) -> None:
     group.add_argument("--no-prompt-cache", action="store_true",
                        help="llamacpp engine: evaluate every prompt from scratch instead of reusing the KV of "
                             "the longest cached prefix (the output is the same either way; this only costs time)")
-    group.add_argument("--flash-attn", action="store_true",
-                       help="llamacpp engine: flash attention (as llama-server uses on the CPU): decode steps ~10%% "
-                            "shorter, but a seeded request may then give other tokens cached or not, alone or "
-                            "batched (llama.cpp picks its attention kernel by batch shape); off by default")
+    group.add_argument("--flash-attn", choices=("auto", "on", "off"), default="auto",
+                       help="llamacpp engine: flash attention (as llama-server uses on the CPU; faster prefill and "
+                            "decode). auto (default): on where llama-cpp-python was built by "
+                            "reference_server/llama_build.py, whose patch keeps seeded answers the same cached or "
+                            "not, alone or batched; off elsewhere. on: even on another build, where a seeded "
+                            "request may give other tokens cached or not (llama.cpp picks its kernel by batch shape)")
 
 
 def _build_llamacpp(args: argparse.Namespace) -> Engine:
