@@ -251,17 +251,26 @@ def _patched_sdist(version: str, into: Path, log: Any) -> Path:
     import tarfile
 
     into.mkdir(parents=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--no-binary", ":all:",
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--no-binary", DIST,
                "--dest", str(into), f"{DIST}=={version}"]
     log.write(f"$ {' '.join(command)}\n")
     log.flush()
     if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode != 0:
         raise SystemExit(f"error: could not download the {DIST} {version} sdist; see {log.name}")
-    archive = next(into.glob("*.tar.gz"))
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
+    archives = sorted(into.glob("*.tar.gz"))
+    if not archives:
+        raise SystemExit(f"error: pip saved no {DIST} {version} sdist (.tar.gz) in {into}; see {log.name}")
+    with tarfile.open(archives[0]) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+            tar.extractall(into, filter="data")
+        else:
+            tar.extractall(into)  # noqa: S202 - the sdist pip just fetched for the pin
     root = next(path for path in into.iterdir() if path.is_dir())
-    apply_patches(root, PATCHES)
+    try:
+        apply_patches(root, PATCHES)
+    except SystemExit as exc:
+        log.write(f"{exc}\n")
+        raise
     log.write(f"applied patches {', '.join(sorted(PATCHES))} to {root}\n")
     return root
 

@@ -108,12 +108,46 @@ def test_the_next_turn_of_a_chat_is_the_same_cached_or_not(engine: Any) -> None:
         answer = run(tokens(engine, story, seeded(seed, max_tokens=40)))
         text = b"".join(engine.piece(t) for t in answer).decode("utf-8", errors="replace")
         turn = [*story, {"role": "assistant", "content": text}, {"role": "user", "content": "Go on."}]
+        before = engine._scheduler.prefill_tokens
         cached = run(tokens(engine, turn, seeded(50 + seed)))  # a slot holds the story and its answer
+        evaluated = engine._scheduler.prefill_tokens - before
+        assert len(engine.tokenize_chat(story)) - 2 <= len(engine.tokenize_chat(turn)) - evaluated  # story reused
         engine.reuse_prefix = False
         try:
             assert run(tokens(engine, turn, seeded(50 + seed))) == cached, seed
         finally:
             engine.reuse_prefix = True
+
+
+def test_the_sampler_chain_is_as_deterministic_cached_or_not_and_batched(engine: Any) -> None:
+    """The same promises for a request with a filter (llama.cpp's chain, not the numpy draw)."""
+    params = seeded(17, max_tokens=20, top_p=0.95)
+    engine.reuse_prefix = False
+    try:
+        cold = run(tokens(engine, LONG, params))
+    finally:
+        engine.reuse_prefix = True
+    run(tokens(engine, LONG, seeded(18, max_tokens=1)))
+    assert run(tokens(engine, LONG, params)) == cold
+
+    async def batched() -> list[list[int]]:
+        return await asyncio.gather(tokens(engine, LONG, params),
+                                    *(tokens(engine, m, seeded(300 + i)) for i, m in enumerate(OTHERS)))
+
+    assert run(batched())[0] == cold
+
+
+def test_without_flash_attention_a_long_prompt_and_answer_are_the_same_every_way() -> None:
+    """The promise holds with flash attention off too (a build without the patch, `--flash-attn off`)."""
+    from reference_server.engines.llamacpp import LlamaCppEngine
+
+    off = LlamaCppEngine(parallel=PARALLEL, flash_attn="off")
+    try:
+        assert not off.flash_attn
+        test_a_long_prompt_gives_the_same_tokens_cached_or_not(off)
+        test_a_long_answer_is_the_same_alone_or_batched(off)
+    finally:
+        off.close()
 
 
 def test_a_long_answer_is_the_same_alone_or_batched(engine: Any) -> None:

@@ -73,7 +73,8 @@ def test_a_seed_repeats_its_draws_and_another_seed_does_not() -> None:
 # A filter value for every SamplingParams field the numpy sampler does not apply: a new field
 # fails this test until it is added here, so it cannot be skipped silently by the fast path.
 FILTERS = {"top_k": 40, "top_p": 0.9, "min_p": 0.05, "frequency_penalty": 0.5, "presence_penalty": 0.5,
-           "repetition_penalty": 1.1, "json_mode": True, "json_schema": {"type": "object"}}
+           "repetition_penalty": 1.1, "json_mode": True, "json_schema": {"type": "object"},
+           "extras": {"typical_p": 0.5}}
 
 
 def test_only_requests_without_a_filter_get_the_numpy_sampler() -> None:
@@ -85,3 +86,16 @@ def test_only_requests_without_a_filter_get_the_numpy_sampler() -> None:
     for name, value in FILTERS.items():
         assert not full_vocab_serves(dataclasses.replace(plain, **{name: value})), name
     assert not full_vocab_serves(dataclasses.replace(plain, temperature=0.0))  # llama.cpp's greedy
+    assert not full_vocab_serves(dataclasses.replace(plain, temperature=5e-324))  # 0 as a float32
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-30, 1e-8])
+def test_a_tiny_temperature_draws_the_best_token(temperature: float) -> None:
+    """The spec's range is open at 0: near it the draw is greedy, never a NaN or an index error."""
+    sampler = FullVocabSampler(N_VOCAB, {5: -100}, temperature, seed=6)
+    assert {sampler.pick(logits()) for _ in range(20)} == {1500}
+
+
+def test_a_row_with_every_token_banned_still_gives_a_token() -> None:
+    sampler = FullVocabSampler(4, {0: -100, 1: -100, 2: -100, 3: -100}, 1.0, seed=7)
+    assert sampler.pick(np.array([0.0, 3.0, 1.0, 2.0], dtype=np.float32)) == 1

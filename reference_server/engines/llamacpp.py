@@ -8,8 +8,9 @@ gets llama.cpp's sampler chain:
     logit_bias -> repetition penalty (prompt + output) -> frequency/presence (output only)
     -> JSON grammar -> top_k -> top_p -> min_p -> temperature -> dist(seed)
 
-one that sets none (only logit_bias, temperature, seed) gets the same draw done in numpy, five
-times faster over the whole vocabulary (`llamacpp_sampler`).
+one that sets none (only logit_bias, temperature, seed) gets the same distribution drawn in
+numpy, five times faster over the whole vocabulary (`llamacpp_sampler`; a seed gives other
+tokens there than the chain would).
 
 A prompt whose prefix a slot still holds (the previous request's, or another choice's of the
 same request) is evaluated only past that prefix. A seeded request gives the same tokens alone,
@@ -139,7 +140,10 @@ def flash_attention_on(mode: str, patches: frozenset[str] | None = None) -> bool
     if mode == "auto" and not patched:
         log.info("flash attention off: this llama-cpp-python build lacks chatspec's %s patch "
                  "(python reference_server/llama_build.py install)", FA_ROWS_PATCH)
-    return mode == "on" or (mode == "auto" and patched)
+    on = mode == "on" or (mode == "auto" and patched)
+    if on and patched:
+        log.info("flash attention on (build patched: %s)", FA_ROWS_PATCH)
+    return on
 
 
 class LlamaCppEngine(Engine):

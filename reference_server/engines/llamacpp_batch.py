@@ -304,7 +304,12 @@ class BatchScheduler:
         if sequence.cancel.is_set():
             self._finish(slot, END)
             return
-        token = sequence.sampler.sample(self._ctx, index)
+        try:
+            token = sequence.sampler.sample(self._ctx, index)
+        except Exception as exc:  # this request's sampler: it ends, its batch-mates go on
+            log.exception("sampling failed")
+            self._finish(slot, exc)
+            return
         if token in self._eog:
             self._finish(slot, END)
             return

@@ -12,8 +12,9 @@ any field that is not one this module names (`FULL_VOCAB_APPLIES`, `NOT_SAMPLING
 at its neutral default sends the request to the chain, so a filter added later can never be
 skipped silently by the fast path.
 
-Both draw from a generator seeded with the request's seed, so a seed gives the same tokens
-every time; the two draw differently, so a seed's tokens depend on which sampler it gets.
+Both draw from a generator seeded with the request's seed (numpy's PCG64 here, llama.cpp's
+mt19937 in the chain), so a seed gives the same tokens every time; the two draw differently, so
+a seed's tokens depend on which sampler it gets.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import numpy as np
 from reference_server.engines.base import SamplingParams
 
 FULL_VOCAB_APPLIES = frozenset({"temperature", "logit_bias", "seed"})
-NOT_SAMPLING = frozenset({"max_tokens", "logprobs", "top_logprobs", "extras"})  # never change the draw
+# Never change the draw. (`extras`, the spec's parameters without a field, is not here: any such
+# parameter sends a request to the chain, so a filter added that way cannot be skipped.)
+NOT_SAMPLING = frozenset({"max_tokens", "logprobs", "top_logprobs"})
 _BLOCK = 1024  # the draw finds its block of the vocabulary first, then the token inside it
 
 
@@ -50,7 +53,7 @@ def _neutral(item: dataclasses.Field[Any]) -> Any:
 
 def full_vocab_serves(params: SamplingParams) -> bool:
     """Whether `params` set nothing but temperature (above 0), logit_bias and seed."""
-    if not params.temperature > 0:  # 0 is llama.cpp's greedy, kept where it is defined
+    if not np.float32(params.temperature) > 0:  # 0 (or below float32's least) is llama.cpp's greedy
         return False
     for item in dataclasses.fields(params):
         if item.name in FULL_VOCAB_APPLIES or item.name in NOT_SAMPLING:
@@ -84,11 +87,18 @@ class FullVocabSampler:
         np.copyto(weights, logits)
         if len(self._bias_ids):
             weights[self._bias_ids] += self._bias
-        weights /= self._temperature
-        np.subtract(weights, weights.max(), out=weights)
+        best = weights.max()
+        if not np.isfinite(best):  # every token banned (or a broken row): the unbiased best
+            return int(np.argmax(logits))
+        # max first, then the temperature: a tiny temperature sends the rest to -inf, never to NaN
+        np.subtract(weights, best, out=weights)
+        with np.errstate(over="ignore"):
+            weights /= self._temperature
         np.exp(weights, out=weights)
         block_sums = np.cumsum(self._blocks.sum(axis=1, dtype=np.float64))
         total = block_sums[-1]
+        if not (np.isfinite(total) and total > 0):
+            return int(np.argmax(weights[: self.n_vocab]))
         # the first block whose running sum passes the target (side="right": a target of 0 still
         # lands on a weight above 0; below the total, so the block found has weight too)
         target = min(total * self._rng.random(), np.nextafter(total, 0.0))
