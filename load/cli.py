@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                            f"or a distribution: {SPEC_HELP}; shared-prefix: the unique suffix (default 32); "
                            "multi-turn: each user message")
     body.add_argument("--prompt-words", type=int, default=32,
-                      help="synthetic prompt length in words, when --prompt-tokens is not given")
+                      help="synthetic prompt length in words, when --prompt-tokens is not given (at least 7: "
+                           "fewer would repeat prompts within a run, and a server's prompt cache would answer them)")
     body.add_argument("--output-tokens", default=None, metavar="SPEC",
                       help=f"max_tokens of each request: a number or a distribution (default {DEFAULT_OUTPUT_TOKENS}; "
                            "sharegpt: the dataset answer's length)")

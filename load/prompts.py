@@ -39,13 +39,26 @@ class PromptPlan:
     prompt_tokens: int | None = None  # the calibrated count, when calibration ran
 
     def messages(self, rng: random.Random) -> list[dict[str, str]]:
-        """A fresh random prompt (distinct text per request, so no server cache makes it cheap)."""
-        return [{"role": "user", "content": f"Continue this list: {random_words(rng, self.words)}"}]
+        """A fresh random prompt (distinct text per request, so no server cache makes it cheap);
+        at least DISTINCT_WORDS words, however few were asked for."""
+        return [{"role": "user", "content": f"Continue this list: {distinct_words(rng, self.words)}"}]
+
+
+# The fewest random words of a prompt that must not repeat: 52**7 (about 2**40) texts, so a run of
+# 100,000 requests repeats one with a chance under 1%. With fewer, short prompts repeated: at one
+# word (a 32-token prompt under SmolLM2's chat template) a third of a run's requests were answered
+# from llama-server's prompt cache, one token evaluated instead of the prompt (docs/benchmarks.md).
+DISTINCT_WORDS = 7
 
 
 def random_words(rng: random.Random, count: int) -> str:
     """`count` words drawn from WORDS (text whose token count grows linearly with `count`)."""
     return " ".join(rng.choice(WORDS) for _ in range(count))
+
+
+def distinct_words(rng: random.Random, count: int) -> str:
+    """`count` random words, at least DISTINCT_WORDS: text that no other request of a run repeats."""
+    return random_words(rng, max(count, DISTINCT_WORDS))
 
 
 def block_text(block_id: str, count: int) -> str:
@@ -74,7 +87,8 @@ class TokenScale:
         return max(1, round(tokens / self.per_word))
 
 
-def fit_token_scale(count_tokens: Callable[[int], int], low_words: int = 4, high_words: int = 128) -> TokenScale:
+def fit_token_scale(count_tokens: Callable[[int], int], low_words: int = DISTINCT_WORDS,
+                    high_words: int = 128) -> TokenScale:
     """The line through the token counts of two synthetic prompts (`count_tokens`: words -> the
     endpoint's usage.prompt_tokens of a synthetic prompt of that many words)."""
     low, high = count_tokens(low_words), count_tokens(high_words)
@@ -132,19 +146,21 @@ def calibrate_prompt(
     """Find the word count whose prompt has about `target_tokens` tokens.
 
     `count_tokens(words)` returns usage.prompt_tokens for a synthetic prompt of that many words.
+    A target below the shortest distinct prompt (DISTINCT_WORDS words) gets that one: its
+    `prompt_tokens` says how long it is.
     """
     if target_tokens < 1:
         raise ValueError("prompt tokens must be >= 1")
-    low_words, high_words = 1, max(8, target_tokens)
+    low_words, high_words = DISTINCT_WORDS, max(DISTINCT_WORDS + 8, target_tokens)
     low, high = count_tokens(low_words), count_tokens(high_words)
     per_word = max((high - low) / (high_words - low_words), 1e-6)
-    words = max(1, round(low_words + (target_tokens - low) / per_word))
+    words = max(DISTINCT_WORDS, round(low_words + (target_tokens - low) / per_word))
     measured = count_tokens(words)
     for _ in range(3):  # nudge by the residual; random words make it approximate anyway
         if measured == target_tokens:
             break
         step = round((target_tokens - measured) / per_word) or (1 if measured < target_tokens else -1)
-        if words + step < 1:
+        if words + step < DISTINCT_WORDS:
             break
         words += step
         measured = count_tokens(words)

@@ -19,7 +19,7 @@ are what faulted, nor AVX-512's later extensions VBMI/VNNI/BF16):
   generic    GGML_NATIVE off, llama.cpp's own defaults (non-x86 machines).
 
 One patch to llama.cpp's source (`PATCHES`), applied to the sdist before building, with the
-patch in the cache key and named in the marker: llama.cpp's CPU flash attention picks a kernel
+patch in the cache key and, with a digest of its text, in the marker: llama.cpp's CPU flash attention picks a kernel
 by batch shape (a tiled one from 64 query rows of a sequence, a row-by-row one below; for one
 token alone over 512 KV cells a KV-split one), and the three round differently, so with it on a
 seeded request gave other tokens cached or not, alone or batched. Patched, the choice depends
@@ -64,6 +64,9 @@ PROFILE_ENV = "CHATSPEC_LLAMA_PROFILE"  # a profile asked for by name (x86-64-v4
 FLAGS_ENV = "CHATSPEC_LLAMA_CMAKE_ARGS"  # replaces the profile's flags (e.g. a CUDA build); part of the key
 CACHE_ENV = "CHATSPEC_WHEEL_CACHE"
 MARKER = "llama_cpp/chatspec_build.json"  # written into every wheel built here
+# Bumped when the marker's content changes (2: patches recorded with digests): part of the cache
+# key, so a wheel whose marker a reader here no longer understands is built again, not reused.
+MARKER_FORMAT = 2
 _OFF_X86 = ("AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AMX_TILE", "AMX_INT8", "AMX_BF16")
 _OFF_LATER = tuple(name for name in _OFF_X86 if name != "AVX512")  # what v4 keeps off
 _V3 = ("GGML_NATIVE=OFF", "GGML_SSE42=ON", "GGML_AVX=ON", "GGML_AVX2=ON", "GGML_FMA=ON", "GGML_F16C=ON", "GGML_BMI2=ON")
@@ -92,7 +95,7 @@ class SourcePatch:
     new: str
 
 
-# name -> the replacements that make it; the name goes into the marker (`patches`).
+# name -> the replacements that make it; the marker records each name with its digest (`patches`).
 FA_ROWS_PATCH = "flash-attn-kernel-by-rows"
 PATCHES: dict[str, tuple[SourcePatch, ...]] = {
     FA_ROWS_PATCH: (
@@ -104,6 +107,11 @@ PATCHES: dict[str, tuple[SourcePatch, ...]] = {
                     "                                neq1 >= 2);"),
     ),
 }
+
+
+def patch_digest(items: tuple[SourcePatch, ...]) -> str:
+    """What a patch changes, in 12 hex digits: a build counts as patched only with today's text."""
+    return hashlib.sha256(json.dumps([[p.path, p.old, p.new] for p in items]).encode()).hexdigest()[:12]
 
 
 def pinned_version(pyproject: Path | None = None) -> str:
@@ -168,7 +176,7 @@ def wheel_folder(version: str, profile: str, args: str, machine: str) -> Path:
     """The folder for one (version, flags, machine) key: the flags, which name the CPU features the
     build uses, are part of its name, so a wheel is never found for a CPU it was not built for."""
     patches = {name: [[p.path, p.old, p.new] for p in items] for name, items in PATCHES.items()}
-    key = hashlib.sha256(json.dumps([DIST, version, args, machine, patches]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([DIST, version, args, machine, patches, MARKER_FORMAT]).encode()).hexdigest()[:12]
     label = "custom" if os.environ.get(FLAGS_ENV, "").strip() else profile
     return cache_root() / f"{DIST}-{version}-{machine}-{label}-{key}"
 
@@ -232,7 +240,8 @@ def _build(version: str, profile: str, args: str, folder: Path, quiet: bool) -> 
         staging = Path(tmp) / "done"
         staging.mkdir()
         info = {"dist": DIST, "version": version, "profile": profile, "cmake_args": args,
-                "cpu_flags_needed": sorted(needed_flags(profile)), "patches": sorted(PATCHES),
+                "cpu_flags_needed": sorted(needed_flags(profile)),
+                "patches": {name: patch_digest(items) for name, items in sorted(PATCHES.items())},
                 "machine": platform.machine(),
                 "built_on_cpu": cpu_model(), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_seconds": round(time.monotonic() - started, 1)}
@@ -290,9 +299,13 @@ def apply_patches(root: Path, patches: dict[str, tuple[SourcePatch, ...]]) -> No
 
 
 def installed_patches() -> frozenset[str]:
-    """The PATCHES the installed llama-cpp-python was built with (empty: none, or not built here)."""
+    """The PATCHES the installed llama-cpp-python was built with, as they read today (empty: none,
+    not built here, or built with another text of the patch: a name alone proves nothing)."""
     info = _installed_marker()
-    return frozenset(info.get("patches", ())) if info else frozenset()
+    recorded = info.get("patches") if info else None
+    if not isinstance(recorded, dict):  # absent, or a list of names from before digests were kept
+        return frozenset()
+    return frozenset(name for name, items in PATCHES.items() if recorded.get(name) == patch_digest(items))
 
 
 def needed_flags(profile: str) -> frozenset[str]:

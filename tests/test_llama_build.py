@@ -249,12 +249,28 @@ def test_the_patches_are_part_of_the_wheels_key(monkeypatch: pytest.MonkeyPatch)
     assert lb.wheel_folder("0.3.36", "x86-64-v3", args, "x86_64") != patched
 
 
+def test_the_markers_format_is_part_of_the_wheels_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached wheel whose marker predates today's format (patch names without digests, which
+    installed_patches no longer trusts) is built again, not reused with flash attention off."""
+    args = lb.cmake_args("x86-64-v3")
+    current = lb.wheel_folder("0.3.36", "x86-64-v3", args, "x86_64")
+    monkeypatch.setattr(lb, "MARKER_FORMAT", lb.MARKER_FORMAT - 1)
+    assert lb.wheel_folder("0.3.36", "x86-64-v3", args, "x86_64") != current
+
+
 def test_installed_patches_come_from_the_marker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     folder = tmp_path / "llama_cpp"
     _installed_marker(monkeypatch, folder, ["avx2"])
     assert lb.installed_patches() == frozenset()  # a marker from before patches were made
-    (folder / Path(lb.MARKER).name).write_text(json.dumps({"profile": "x86-64-v3", "patches": [lb.FA_ROWS_PATCH]}))
+    marker = folder / Path(lb.MARKER).name
+    digest = lb.patch_digest(lb.PATCHES[lb.FA_ROWS_PATCH])
+    marker.write_text(json.dumps({"profile": "x86-64-v3", "patches": {lb.FA_ROWS_PATCH: digest}}))
     assert lb.installed_patches() == {lb.FA_ROWS_PATCH}
+    marker.write_text(json.dumps({"profile": "x86-64-v3", "patches": [lb.FA_ROWS_PATCH]}))
+    assert lb.installed_patches() == frozenset()  # a name alone: built with some text of the patch, maybe not today's
+    other = lb.patch_digest((lb.SourcePatch("ops.cpp", "neq1 >= Q_TILE_SZ", "neq1 >= 4"),))
+    marker.write_text(json.dumps({"profile": "x86-64-v3", "patches": {lb.FA_ROWS_PATCH: other}}))
+    assert lb.installed_patches() == frozenset()  # an older text of the patch under the same name
 
 
 def test_the_installed_build_carries_the_patches_when_it_was_built_here() -> None:

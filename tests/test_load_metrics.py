@@ -15,7 +15,7 @@ from load.config import StepSpec, share
 from load.health import client_warnings, data_warnings
 from load.lengths import fixed_length
 from load.metrics import Window, meets_slo, step_metrics, summarize_ms
-from load.prompts import DatasetError, PromptPlan, calibrate_prompt, load_dataset
+from load.prompts import DISTINCT_WORDS, DatasetError, PromptPlan, calibrate_prompt, load_dataset
 from load.records import RequestRecord, StreamTimer, read_json_body
 from load.slo import judge, parse_slo
 from load.summary import build_document, calibration_errors
@@ -23,6 +23,7 @@ from load.workloads import from_wire as workload_from_wire
 from load.workloads import request_body
 from load.workloads.dataset import DatasetWorkload
 from load.workloads.synthetic import SyntheticWorkload
+from load.workloads.tools import ToolsWorkload
 from reports.load_report import render_load_html, write_load_reports
 
 MS = 1_000_000
@@ -202,18 +203,34 @@ class TestPrompts:
         plan = calibrate_prompt(200, count)
         assert abs(count(plan.words) - 200) <= 1 and plan.prompt_tokens == count(plan.words)
 
+    def test_a_target_below_the_shortest_distinct_prompt_gets_that_prompt(self):
+        def count(words: int) -> int:  # a chat template of 30 tokens, as SmolLM2's
+            return 30 + words
+
+        plan = calibrate_prompt(32, count)
+        assert plan.words == DISTINCT_WORDS and plan.prompt_tokens == 30 + DISTINCT_WORDS
+
+    def test_short_prompts_never_repeat_in_a_run(self):
+        """One word asked for: 52 possible prompts, so a run repeated them and a prompt cache
+        answered the repeats; the floor of DISTINCT_WORDS words keeps 5,000 prompts distinct."""
+        for workload in (SyntheticWorkload(fixed_length(2), words=1),
+                         ToolsWorkload(fixed_length(2), words=1)):
+            session = workload.session(random.Random(5))
+            prompts = [session.next_request(None).messages[-1]["content"] for _ in range(5000)]
+            assert len(set(prompts)) == len(prompts), type(workload).__name__
+
     def test_prompts_differ_but_have_the_planned_length(self):
         rng = random.Random(0)
         a, b = PromptPlan(20).messages(rng), PromptPlan(20).messages(rng)
         assert a != b and len(a[0]["content"].split()) == len(b[0]["content"].split()) == 23
 
     def test_bodies(self):
-        synthetic = SyntheticWorkload(fixed_length(7), words=3)
+        synthetic = SyntheticWorkload(fixed_length(7), words=8)
         planned = synthetic.session(random.Random(1)).next_request(None)
         body = request_body(planned, model="m", stream=True, extra_body={"temperature": 0})
         assert body["max_tokens"] == 7 and body["stream_options"] == {"include_usage": True}
         assert body["temperature"] == 0 and body["model"] == "m"
-        assert len(body["messages"][0]["content"].split()) == 3 + 3
+        assert len(body["messages"][0]["content"].split()) == 3 + 8
         data = [{"messages": [{"role": "user", "content": "x"}], "max_tokens": 3},
                 {"messages": [{"role": "user", "content": "y"}]}]
         session = DatasetWorkload(data, fixed_length(9)).session(random.Random(0))

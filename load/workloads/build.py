@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from load.lengths import SPEC_HELP, LengthSpec, LengthSpecError, fixed_length, parse_length
-from load.prompts import DatasetError, PromptPlan, TokenScale, calibrate_prompt, fit_token_scale, load_dataset
+from load.prompts import (
+    DISTINCT_WORDS,
+    DatasetError,
+    PromptPlan,
+    TokenScale,
+    calibrate_prompt,
+    fit_token_scale,
+    load_dataset,
+)
 from load.workloads import WORKLOAD_TYPES
 from load.workloads.base import Workload
 from load.workloads.dataset import DatasetWorkload
@@ -144,7 +153,12 @@ def build_workload(args: argparse.Namespace, count: CountMessages) -> Workload:
                                     _scale(count, args.seed), seed=args.seed)
     words, scale = args.prompt_words, None
     if prompt is not None and prompt.fixed is not None:
-        words = calibrate_prompt(prompt.fixed, lambda w: count(PromptPlan(w).messages(random.Random(args.seed)))).words
+        plan = calibrate_prompt(prompt.fixed, lambda w: count(PromptPlan(w).messages(random.Random(args.seed))))
+        words = plan.words
+        if plan.words == DISTINCT_WORDS and plan.prompt_tokens is not None and plan.prompt_tokens > prompt.fixed:
+            print(f"note: --prompt-tokens {prompt.fixed}: the shortest synthetic prompt that no request repeats "
+                  f"counts {plan.prompt_tokens} tokens at this endpoint (its chat template and {DISTINCT_WORDS} "
+                  "random words); sending those", file=sys.stderr)
     elif prompt is not None:
         scale = _scale(count, args.seed)
     if kind == "multi-turn":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from load.lengths import LengthSpec
-from load.prompts import random_words
+from load.prompts import distinct_words
 from load.workloads.base import IndependentSession, PlannedRequest
 
 CHOICES = ("required", "auto", "named", "none")
@@ -101,7 +101,7 @@ class ToolsWorkload:
         return {"type": "function", "function": {"name": tool_name(rng.choice(self.tools))}}
 
     def _draw(self, rng: random.Random) -> PlannedRequest:
-        text = (f"Notes: {random_words(rng, self.words)}. "
+        text = (f"Notes: {distinct_words(rng, self.words)}. "
                 f"Use one of the tools ({', '.join(tool_name(t) for t in self.tools)}) for these notes.")
         return PlannedRequest(messages=[{"role": "user", "content": text}], max_tokens=self.output_tokens.draw(rng),
                               tools=self.tools, tool_choice=self._tool_choice(rng))
