@@ -224,14 +224,16 @@ def main(argv: list[str] | None = None) -> int:
             base, _, key = up["chatspec"]
             results["chatspec_n_choices"] = n_choices_timing(base, key, args)
     print(f"machine: {results['machine']}")
-    print(f"{'server':<18}{'prompt':>7}{'conc':>5}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}"
-          f"{'ITL p99':>9}{'failed':>8}")
+    print(f"{'server':<18}{'prompt':>7}{'sent':>7}{'conc':>5}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
+          f"{'ITL p50':>9}{'ITL p99':>9}{'failed':>8}")  # sent: the mean prompt tokens the server counted
     for name in names:
         for row in results[name]:  # type: ignore[union-attr]
             def ms(value: float | None) -> str:
                 return "-" if value is None else f"{value:.1f}"
 
-            print(f"{name:<18}{row['prompt_tokens']:>7}{row['level']:>5g}{row['tok_s']:>9.1f}{ms(row['ttft_p50']):>10}{ms(row['ttft_p99']):>10}"
+            sent = row.get("prompt_tokens_mean")
+            print(f"{name:<18}{row['prompt_tokens']:>7}{'-' if sent is None else f'{sent:.0f}':>7}{row['level']:>5g}"
+                  f"{row['tok_s']:>9.1f}{ms(row['ttft_p50']):>10}{ms(row['ttft_p99']):>10}"
                   f"{ms(row['itl_p50']):>9}{ms(row['itl_p99']):>9}{row['failed']:>8}")
     if "chatspec_n_choices" in results:
         times = results["chatspec_n_choices"]

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from load.document import LoadReport
+from load.prompts import DISTINCT_WORDS
 from reference_server.launcher import running_server
 
 API_ROUTE = "v3/openai/chat/completions"  # guidellm joins target + "/" + route
@@ -250,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path("out/load_vs_guidellm"),
                         help="where reports and the summary JSON go (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.prompt_tokens < DISTINCT_WORDS:
+        parser.error(f"--prompt-tokens must be >= {DISTINCT_WORDS}: our synthetic prompts have at least that "
+                     "many words (load/prompts.py), so the two tools would not send the same length")
     if not args.guidellm.exists():
         parser.error(f"guidellm not found at {args.guidellm} (install it in its own venv, pass --guidellm)")
     warmup = min(10.0, 0.1 * args.duration) if args.warmup is None else args.warmup

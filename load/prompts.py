@@ -44,9 +44,9 @@ class PromptPlan:
         return [{"role": "user", "content": f"Continue this list: {distinct_words(rng, self.words)}"}]
 
 
-# The fewest random words of a prompt that must not repeat: 52**7 (about 2**40) texts, so a run of
-# 100,000 requests repeats one with a chance under 1%. With fewer, short prompts repeated: at one
-# word (a 32-token prompt under SmolLM2's chat template) a third of a run's requests were answered
+# The fewest random words of a prompt that must not repeat: 51**7 (about 2**39.7) texts, so a run
+# of 100,000 requests repeats one with a chance under 1%. With fewer, short prompts repeated: at one
+# word (a 32-token prompt under SmolLM2's chat template) 30 of 96 requests in a run were answered
 # from llama-server's prompt cache, one token evaluated instead of the prompt (docs/benchmarks.md).
 DISTINCT_WORDS = 7
 
@@ -160,9 +160,9 @@ def calibrate_prompt(
         if measured == target_tokens:
             break
         step = round((target_tokens - measured) / per_word) or (1 if measured < target_tokens else -1)
-        if words + step < DISTINCT_WORDS:
+        if max(words + step, DISTINCT_WORDS) == words:
             break
-        words += step
+        words = max(words + step, DISTINCT_WORDS)
         measured = count_tokens(words)
     return PromptPlan(words=words, prompt_tokens=measured)
 

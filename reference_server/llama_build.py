@@ -374,11 +374,12 @@ def cpu_model() -> str:
 
 
 def _record_hashes(record_text: str) -> dict[str, str]:
-    """path -> hash for the shared libraries listed in a wheel's RECORD."""
+    """path -> hash for the shared libraries and the marker listed in a wheel's RECORD (a build
+    whose libraries came out the same but whose marker says more is installed again)."""
     hashes = {}
     for line in record_text.splitlines():
         parts = line.rsplit(",", 2)
-        if len(parts) == 3 and parts[0].endswith(".so") and parts[1]:
+        if len(parts) == 3 and (parts[0].endswith(".so") or parts[0] == MARKER) and parts[1]:
             hashes[parts[0]] = parts[1]
     return hashes
 

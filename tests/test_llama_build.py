@@ -198,6 +198,9 @@ def test_installed_build_is_compared_by_its_libraries(monkeypatch: pytest.Monkey
     monkeypatch.setattr(importlib.metadata, "distribution", lambda name: Installed())
     assert lb.installed_matches(same) is True
     assert lb.installed_matches(other) is False
+    # the same libraries with a newer marker (patch digests): installed again, or the marker stays old
+    lb.add_marker(same, {"patches": {lb.FA_ROWS_PATCH: lb.patch_digest(lb.PATCHES[lb.FA_ROWS_PATCH])}})
+    assert lb.installed_matches(same) is False
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")

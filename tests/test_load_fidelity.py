@@ -164,7 +164,7 @@ def test_closed_loop_holds_its_users_in_flight_for_the_whole_duration(server, tm
 
 def test_the_shortest_prompts_asked_for_still_never_repeat(server, tmp_path):
     """A prompt target below what a distinct prompt needs: the server receives no prompt twice
-    (it used to get one of 52 one-word prompts, which a prompt cache answers without prefill)."""
+    (it used to get one of 51 one-word prompts, which a prompt cache answers without prefill)."""
     run = run_load(server, tmp_path, "--users", "4", "--max-requests", "300", "--output-tokens", "2",
                    "--prompt-tokens", "4")
     measured = [r for r in run.records if r["body"].get("max_tokens") == 2 and r["body"].get("stream")]

@@ -211,7 +211,7 @@ class TestPrompts:
         assert plan.words == DISTINCT_WORDS and plan.prompt_tokens == 30 + DISTINCT_WORDS
 
     def test_short_prompts_never_repeat_in_a_run(self):
-        """One word asked for: 52 possible prompts, so a run repeated them and a prompt cache
+        """One word asked for: 51 possible prompts, so a run repeated them and a prompt cache
         answered the repeats; the floor of DISTINCT_WORDS words keeps 5,000 prompts distinct."""
         for workload in (SyntheticWorkload(fixed_length(2), words=1),
                          ToolsWorkload(fixed_length(2), words=1)):

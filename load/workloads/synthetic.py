@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from load.lengths import LengthSpec
-from load.prompts import PromptPlan, TokenScale
+from load.prompts import DISTINCT_WORDS, PromptPlan, TokenScale
 from load.workloads.base import IndependentSession, PlannedRequest
 
 
@@ -41,7 +41,8 @@ class SyntheticWorkload:
         return None
 
     def describe(self) -> dict[str, Any]:
-        prompt = f"{self.prompt_tokens.describe()} tokens" if self.prompt_tokens else f"{self.words} words"
+        words = max(self.words, DISTINCT_WORDS)
+        prompt = f"{self.prompt_tokens.describe()} tokens" if self.prompt_tokens else f"{words} words"
         return {"workload": self.kind, "prompt": prompt, "output_tokens": self.output_tokens.describe()}
 
     def to_wire(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from load.lengths import LengthSpec
-from load.prompts import distinct_words
+from load.prompts import DISTINCT_WORDS, distinct_words
 from load.workloads.base import IndependentSession, PlannedRequest
 
 CHOICES = ("required", "auto", "named", "none")
@@ -114,7 +114,8 @@ class ToolsWorkload:
 
     def describe(self) -> dict[str, Any]:
         names = ", ".join(tool_name(t) for t in self.tools)
-        return {"workload": self.kind, "prompt": f"{self.words} words + {len(self.tools)} tool definitions",
+        words = max(self.words, DISTINCT_WORDS)
+        return {"workload": self.kind, "prompt": f"{words} words + {len(self.tools)} tool definitions",
                 "tools": names + (f" (from {self.source})" if self.source else ""),
                 "tool_choice": self.choice, "output_tokens": self.output_tokens.describe()}
 
