@@ -14,11 +14,14 @@ Cells are sized by requests when --requests-per-stream is given (each cell its o
 run of max(--min-requests, K x streams) requests, every one measured), else by --duration. Every
 server is started before the first cell and, in cells sized by requests, the cells alternate
 between them (the order flips from one cell to the next), so a drift in the machine's speed falls on all of them alike.
+--rounds R (one, or one per level) runs each cell R times, the order flipping each round and every
+round with its own prompts; the ratio table gives the median of the per-round ratios and their
+range, since a 1-stream cell of a few requests moves by 10-20% between minutes on a shared machine.
 --chatspec-site NAME=DIR adds our server once more, importing llama_cpp from DIR first (an
 unpacked wheel of another build profile), as the server `chatspec-NAME`.
 
     python benchmarks/batching_vs_peers.py --levels 1,4,8,16 --prompt-tokens 32,256,1024 \
-        --servers chatspec,llama-server --requests-per-stream 6,4,3 --min-requests 16,12,8
+        --servers chatspec,llama-server --requests-per-stream 6,4,3 --min-requests 16,12,8 --rounds 5,3,1,1
 """
 
 from __future__ import annotations
@@ -102,13 +105,13 @@ def serve(name: str, threads: int, parallel: int, sites: dict[str, str],
         yield base, "/v1/chat/completions", None
 
 
-def per_prompt(values: str, prompts: list[int], what: str) -> dict[int, int]:
-    """One integer for every prompt length, or a comma-separated list with one per length."""
+def per_prompt(values: str, prompts: list[int], what: str, of: str = "prompt lengths") -> dict[int, int]:
+    """One integer for every prompt length (or level), or a comma-separated list with one per length."""
     numbers = [int(v) for v in values.split(",")]
     if len(numbers) == 1:
         numbers *= len(prompts)
     if len(numbers) != len(prompts):
-        raise SystemExit(f"error: {what} gives {len(numbers)} values for {len(prompts)} prompt lengths")
+        raise SystemExit(f"error: {what} gives {len(numbers)} values for {len(prompts)} {of}")
     return dict(zip(prompts, numbers, strict=True))
 
 
@@ -184,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                              "prompt length (0: cells are steps of --duration)")
     parser.add_argument("--min-requests", default="8", metavar="M[,M...]",
                         help="the fewest requests of a cell sized by requests (one, or one per prompt length)")
+    parser.add_argument("--rounds", default="1", metavar="R[,R...]",
+                        help="cells sized by requests: run each R times, alternating, one R or one per level "
+                             "(e.g. 5,3,1,1: the short, noisy 1-stream cells five times)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -206,13 +212,18 @@ def main(argv: list[str] | None = None) -> int:
         rows: dict[str, list[dict]] = {name: [] for name in names}
         if any(per_prompt(args.requests_per_stream, prompts, "--requests-per-stream").values()):
             cells = [(prompt, level) for prompt in prompts for level in levels]
+            rounds = per_prompt(args.rounds, levels, "--rounds", of="levels")
+            seeds = iter(range(1, 1 + sum(rounds[level] for _, level in cells)))  # every round its own prompts
             for i, (prompt, level) in enumerate(cells):
-                for name in names if i % 2 == 0 else names[::-1]:
-                    print(f"== [{time.monotonic() - started:6.0f} s] cell {i + 1}/{len(cells)}: {name}, "
-                          f"{prompt} prompt tokens, {level} streams, {cell_requests(args, prompt, level)} requests",
-                          file=sys.stderr, flush=True)
-                    rows[name] += load_sweep(*up[name], args, prompt, Path(tmp) / f"{name}-{prompt}-{level}", level,
-                                             seed=1 + i)
+                for k in range(rounds[level]):
+                    seed = next(seeds)
+                    for name in names if (i + k) % 2 == 0 else names[::-1]:
+                        print(f"== [{time.monotonic() - started:6.0f} s] cell {i + 1}/{len(cells)}, round {k + 1}/"
+                              f"{rounds[level]}: {name}, {prompt} prompt tokens, {level} streams, "
+                              f"{cell_requests(args, prompt, level)} requests", file=sys.stderr, flush=True)
+                        cell_rows = load_sweep(*up[name], args, prompt, Path(tmp) / f"{name}-{prompt}-{level}-{k}",
+                                               level, seed=seed)
+                        rows[name] += [{**row, "round": k} for row in cell_rows]
         else:
             for prompt in prompts:
                 for name in names:
@@ -224,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             base, _, key = up["chatspec"]
             results["chatspec_n_choices"] = n_choices_timing(base, key, args)
     print(f"machine: {results['machine']}")
-    print(f"{'server':<18}{'prompt':>7}{'sent':>7}{'conc':>5}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
+    print(f"{'server':<18}{'prompt':>7}{'sent':>7}{'conc':>5}{'round':>6}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
           f"{'ITL p50':>9}{'ITL p99':>9}{'failed':>8}")  # sent: the mean prompt tokens the server counted
     for name in names:
         for row in results[name]:  # type: ignore[union-attr]
@@ -233,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
             sent = row.get("prompt_tokens_mean")
             print(f"{name:<18}{row['prompt_tokens']:>7}{'-' if sent is None else f'{sent:.0f}':>7}{row['level']:>5g}"
+                  f"{row.get('round', 0) + 1:>6}"
                   f"{row['tok_s']:>9.1f}{ms(row['ttft_p50']):>10}{ms(row['ttft_p99']):>10}"
                   f"{ms(row['itl_p50']):>9}{ms(row['itl_p99']):>9}{row['failed']:>8}")
     if "chatspec_n_choices" in results:
@@ -249,26 +261,46 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+METRICS = (("tok/s", "tok_s", True), ("TTFT p50 ms", "ttft_p50", False), ("ITL p50 ms", "itl_p50", False))
+
+
 def ratio_table(ours: list[dict], peer: list[dict], peer_name: str) -> str:
-    """Markdown: per (prompt, concurrency) cell, ours/peer for throughput, TTFT p50 and ITL p50;
-    a cell where ours is behind is marked."""
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return None if a is None or not b else a / b
+    """Markdown: per (prompt, concurrency) cell, each server's median over rounds and the median of
+    the per-round ratios ours/peer (rounds are paired: run back to back), with their range when a
+    cell ran more than once; a ratio where ours is behind (tok/s < 1, latency > 1) is in bold."""
+    def by_cell(rows: list[dict]) -> dict[tuple[int, float], dict[int, dict]]:
+        cells: dict[tuple[int, float], dict[int, dict]] = {}
+        for row in rows:
+            cells.setdefault((row["prompt_tokens"], row["level"]), {})[row.get("round", 0)] = row
+        return cells
 
-    def cell(value: float | None, ahead: bool) -> str:
-        return "-" if value is None else (f"{value:.2f}" if ahead else f"**{value:.2f}** (behind)")
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
 
-    lines = [f"| prompt tokens | streams | tok/s ratio (ours / {peer_name}) | TTFT p50 ratio | ITL p50 ratio |",
-             "|---|---|---|---|---|"]
-    theirs = {(row["prompt_tokens"], row["level"]): row for row in peer}
-    for row in ours:
-        other = theirs.get((row["prompt_tokens"], row["level"]))
-        if other is None:
+    columns = " | ".join(f"{label} ours / {peer_name} | ratio" for label, _, _ in METRICS)
+    lines = [f"| prompt tokens (sent) | streams | rounds | {columns} |", "|" + "---|" * (3 + 2 * len(METRICS))]
+    theirs = by_cell(peer)
+    for cell, mine in by_cell(ours).items():
+        other = theirs.get(cell, {})
+        paired = sorted(set(mine) & set(other))
+        if not paired:
             continue
-        tok, ttft, itl = (ratio(row["tok_s"], other["tok_s"]), ratio(row["ttft_p50"], other["ttft_p50"]),
-                          ratio(row["itl_p50"], other["itl_p50"]))
-        lines.append(f"| {row['prompt_tokens']} | {row['level']:g} | {cell(tok, tok is None or tok >= 1)} | "
-                     f"{cell(ttft, ttft is None or ttft <= 1)} | {cell(itl, itl is None or itl <= 1)} |")
+        sent = [mine[k].get("prompt_tokens_mean") for k in paired]
+        sent_text = f" ({statistics.median(sent):.0f})" if None not in sent else ""
+        parts = [f"{cell[0]}{sent_text}", f"{cell[1]:g}", str(len(paired))]
+        for _, key, higher_is_better in METRICS:
+            a = [mine[k][key] for k in paired if mine[k][key] is not None]
+            b = [other[k][key] for k in paired if other[k][key] is not None]
+            ratios = [mine[k][key] / other[k][key] for k in paired if mine[k][key] is not None and other[k][key]]
+            parts.append(" / ".join(number(statistics.median(v) if v else None) for v in (a, b)))
+            if not ratios:
+                parts.append("-")
+                continue
+            middle = statistics.median(ratios)
+            text = f"{middle:.2f}" + (f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else "")
+            behind = middle < 1 if higher_is_better else middle > 1
+            parts.append(f"**{text}**" if behind else text)
+        lines.append("| " + " | ".join(parts) + " |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,56 @@
+"""benchmarks/batching_vs_peers.py's ratio table: cells run in several rounds are judged by the
+median of their paired (back-to-back) ratios, not by one lucky or unlucky round."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.batching_vs_peers import per_prompt, ratio_table  # noqa: E402
+
+
+def row(prompt: int, level: int, round_: int, tok_s: float, ttft: float | None, itl: float) -> dict:
+    return {"prompt_tokens": prompt, "level": level, "round": round_, "tok_s": tok_s, "ttft_p50": ttft,
+            "itl_p50": itl, "prompt_tokens_mean": 41.0}
+
+
+def cells(table: str) -> dict[str, list[str]]:
+    """The table's data rows by their first two cells ("32 (41) x 1")."""
+    rows = {}
+    for line in table.splitlines()[2:]:
+        parts = [part.strip() for part in line.strip("|").split("|")]
+        rows[f"{parts[0]} x {parts[1]}"] = parts[2:]
+    return rows
+
+
+def test_rounds_are_paired_and_the_median_ratio_decides() -> None:
+    # Round 0 ran while the machine was slow for ours only; rounds 1 and 2 have ours ahead.
+    ours = [row(32, 1, 0, 60, 100, 14.0), row(32, 1, 1, 80, 70, 11.0), row(32, 1, 2, 78, 72, 11.5)]
+    peer = [row(32, 1, 0, 70, 95, 13.0), row(32, 1, 1, 65, 96, 14.0), row(32, 1, 2, 72, 85, 12.4)]
+    rounds, tok, tok_ratio, ttft, ttft_ratio, itl, itl_ratio = cells(ratio_table(ours, peer, "peer"))["32 (41) x 1"]
+    assert rounds == "3"
+    assert tok == "78.0 / 70.0" and ttft == "72.0 / 95.0" and itl == "11.5 / 13.0"  # medians of each server
+    assert tok_ratio == "1.08 (0.86-1.23)"  # median of 60/70, 80/65, 78/72, and their range
+    assert ttft_ratio == "0.85 (0.73-1.05)" and itl_ratio == "0.93 (0.79-1.08)"
+
+
+def test_a_cell_behind_is_bold_and_a_missing_figure_is_a_dash() -> None:
+    ours = [row(256, 4, 0, 30, None, 40.0)]
+    peer = [row(256, 4, 0, 40, 2000, 35.0), row(1024, 1, 0, 9, 4000, 20.0)]
+    table = cells(ratio_table(ours, peer, "peer"))
+    assert list(table) == ["256 (41) x 4"]  # a cell only one server ran is left out
+    rounds, _, tok_ratio, ttft, ttft_ratio, _, itl_ratio = table["256 (41) x 4"]
+    assert rounds == "1" and tok_ratio == "**0.75**" and itl_ratio == "**1.14**"
+    assert ttft == "- / 2000.0" and ttft_ratio == "-"
+
+
+def test_rounds_take_one_value_or_one_per_level() -> None:
+    assert per_prompt("5,3,1,1", [1, 4, 8, 16], "--rounds", of="levels") == {1: 5, 4: 3, 8: 1, 16: 1}
+    assert per_prompt("2", [1, 4], "--rounds", of="levels") == {1: 2, 4: 2}
+    with pytest.raises(SystemExit, match="--rounds gives 2 values for 4 levels"):
+        per_prompt("5,3", [1, 4, 8, 16], "--rounds", of="levels")
