@@ -202,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
                                                  "out": str(args.out)}}
     prompts = [int(p) for p in args.prompt_tokens.split(",")]
     levels = [int(level) for level in args.levels.split(",")]
+    sized_by_requests = any(per_prompt(args.requests_per_stream, prompts, "--requests-per-stream").values())
+    rounds = per_prompt(args.rounds, levels, "--rounds", of="levels")
+    if min(rounds.values()) < 1:
+        parser.error("--rounds takes counts of 1 or more")
+    if max(rounds.values()) > 1 and not sized_by_requests:
+        parser.error("--rounds needs cells sized by requests (--requests-per-stream)")
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         up = {}
@@ -210,9 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             up[name] = stack.enter_context(serve(name, args.threads, args.parallel, sites,
                                                  tuple(shlex.split(args.chatspec_args))))
         rows: dict[str, list[dict]] = {name: [] for name in names}
-        if any(per_prompt(args.requests_per_stream, prompts, "--requests-per-stream").values()):
+        if sized_by_requests:
             cells = [(prompt, level) for prompt in prompts for level in levels]
-            rounds = per_prompt(args.rounds, levels, "--rounds", of="levels")
             seeds = iter(range(1, 1 + sum(rounds[level] for _, level in cells)))  # every round its own prompts
             for i, (prompt, level) in enumerate(cells):
                 for k in range(rounds[level]):

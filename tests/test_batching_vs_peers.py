@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.batching_vs_peers import per_prompt, ratio_table  # noqa: E402
+from benchmarks.batching_vs_peers import main, per_prompt, ratio_table  # noqa: E402
 
 
 def row(prompt: int, level: int, round_: int, tok_s: float, ttft: float | None, itl: float) -> dict:
@@ -54,3 +54,14 @@ def test_rounds_take_one_value_or_one_per_level() -> None:
     assert per_prompt("2", [1, 4], "--rounds", of="levels") == {1: 2, 4: 2}
     with pytest.raises(SystemExit, match="--rounds gives 2 values for 4 levels"):
         per_prompt("5,3", [1, 4, 8, 16], "--rounds", of="levels")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--rounds", "3"], "--rounds needs cells sized by requests"),  # duration steps cannot be paired
+    (["--rounds", "0", "--requests-per-stream", "2"], "--rounds takes counts of 1 or more"),
+])
+def test_rounds_that_cannot_run_stop_before_any_server_starts(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--levels", "1", "--servers", "chatspec", *argv])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
