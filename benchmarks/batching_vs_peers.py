@@ -105,21 +105,21 @@ def serve(name: str, threads: int, parallel: int, sites: dict[str, str],
         yield base, "/v1/chat/completions", None
 
 
-def per_prompt(values: str, prompts: list[int], what: str, of: str = "prompt lengths") -> dict[int, int]:
-    """One integer for every prompt length (or level), or a comma-separated list with one per length."""
+def one_per(values: str, keys: list[int], what: str, of: str = "prompt lengths") -> dict[int, int]:
+    """One integer for every key (prompt length or level), or a comma-separated list with one per key."""
     numbers = [int(v) for v in values.split(",")]
     if len(numbers) == 1:
-        numbers *= len(prompts)
-    if len(numbers) != len(prompts):
-        raise SystemExit(f"error: {what} gives {len(numbers)} values for {len(prompts)} {of}")
-    return dict(zip(prompts, numbers, strict=True))
+        numbers *= len(keys)
+    if len(numbers) != len(keys):
+        raise SystemExit(f"error: {what} gives {len(numbers)} values for {len(keys)} {of}")
+    return dict(zip(keys, numbers, strict=True))
 
 
 def cell_requests(args: argparse.Namespace, prompt_tokens: int, level: int) -> int:
     """How many requests a cell of `level` streams sends when cells are sized by requests."""
     prompts = [int(p) for p in args.prompt_tokens.split(",")]
-    per_stream = per_prompt(args.requests_per_stream, prompts, "--requests-per-stream")[prompt_tokens]
-    least = per_prompt(args.min_requests, prompts, "--min-requests")[prompt_tokens]
+    per_stream = one_per(args.requests_per_stream, prompts, "--requests-per-stream")[prompt_tokens]
+    least = one_per(args.min_requests, prompts, "--min-requests")[prompt_tokens]
     return max(least, per_stream * level)
 
 
@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "out": str(args.out)}}
     prompts = [int(p) for p in args.prompt_tokens.split(",")]
     levels = [int(level) for level in args.levels.split(",")]
-    sized_by_requests = any(per_prompt(args.requests_per_stream, prompts, "--requests-per-stream").values())
-    rounds = per_prompt(args.rounds, levels, "--rounds", of="levels")
+    sized_by_requests = any(one_per(args.requests_per_stream, prompts, "--requests-per-stream").values())
+    rounds = one_per(args.rounds, levels, "--rounds", of="levels")
     if min(rounds.values()) < 1:
         parser.error("--rounds takes counts of 1 or more")
     if max(rounds.values()) > 1 and not sized_by_requests:

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.batching_vs_peers import main, per_prompt, ratio_table  # noqa: E402
+from benchmarks.batching_vs_peers import main, one_per, ratio_table  # noqa: E402
 
 
 def row(prompt: int, level: int, round_: int, tok_s: float, ttft: float | None, itl: float) -> dict:
@@ -50,10 +50,10 @@ def test_a_cell_behind_is_bold_and_a_missing_figure_is_a_dash() -> None:
 
 
 def test_rounds_take_one_value_or_one_per_level() -> None:
-    assert per_prompt("5,3,1,1", [1, 4, 8, 16], "--rounds", of="levels") == {1: 5, 4: 3, 8: 1, 16: 1}
-    assert per_prompt("2", [1, 4], "--rounds", of="levels") == {1: 2, 4: 2}
+    assert one_per("5,3,1,1", [1, 4, 8, 16], "--rounds", of="levels") == {1: 5, 4: 3, 8: 1, 16: 1}
+    assert one_per("2", [1, 4], "--rounds", of="levels") == {1: 2, 4: 2}
     with pytest.raises(SystemExit, match="--rounds gives 2 values for 4 levels"):
-        per_prompt("5,3", [1, 4, 8, 16], "--rounds", of="levels")
+        one_per("5,3", [1, 4, 8, 16], "--rounds", of="levels")
 
 
 @pytest.mark.parametrize(("argv", "message"), [
