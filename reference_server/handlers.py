@@ -151,7 +151,6 @@ class Server:
         params: SamplingParams, started: float, tracker: RequestTracker,
         calls: tool_calls.PlannedCalls | tool_calls.WrittenCall | None = None,
     ) -> web.StreamResponse:
-        response = await open_event_stream(request)
         cancel = threading.Event()
         # Every choice generates at once; their pieces are written in the order they come.
         pieces: asyncio.Queue[tuple[int, generation.ChoicePiece | BaseException | None]] = asyncio.Queue()
@@ -176,38 +175,42 @@ class Server:
         async def send_choice(choice: ChunkChoice) -> None:
             await send(Chunk(header, [choice]))
 
-        tasks: list[asyncio.Future[None]] = []
+        # The choices start first: one step of the loop takes each to its engine (a prompt starts
+        # evaluating), and the headers and opening chunks go out while it runs, not before it.
+        tasks = [asyncio.ensure_future(produce(state)) for state in states]
         try:
-            for index in range(chat.n):
-                await send_choice(ChunkChoice(index, OPENING_DELTA))
-            tasks = [asyncio.ensure_future(produce(state)) for state in states]
-            running = chat.n
-            while running:
-                index, piece = await pieces.get()
-                if piece is None:
-                    running -= 1
-                    continue
-                if isinstance(piece, BaseException):
-                    raise piece
-                if piece.reasoning:
-                    await send_choice(ChunkChoice(index, Delta(reasoning=piece.reasoning,
-                                                               reasoning_field=reasoning_field)))
-                if piece.tool_calls:
-                    await send_choice(ChunkChoice(index, Delta(tool_calls=tuple(piece.tool_calls))))
-                if piece.text or piece.logprobs:
-                    await send_choice(ChunkChoice(index, Delta(content=piece.text),
-                                                  logprobs=Logprobs(piece.logprobs) if params.logprobs else None))
-                if piece.finish_reason:
-                    tracker.reasons.append(piece.finish_reason)
-                    await send_choice(ChunkChoice(index, Delta(), finish_reason=piece.finish_reason))
-            usage = Usage(len(prompt), sum(state.completion_tokens for state in states),
-                          sum(state.reasoning_tokens for state in states))
-            await send(Chunk(header, [], usage))
-            await response.write(DONE_EVENT)
-            await response.write_eof()
-        except (ConnectionResetError, ConnectionError) as exc:
-            cancel.set()
-            log.info("client went away mid-stream: %s", exc)
+            await asyncio.sleep(0)
+            response = await open_event_stream(request)
+            try:
+                for index in range(chat.n):
+                    await send_choice(ChunkChoice(index, OPENING_DELTA))
+                running = chat.n
+                while running:
+                    index, piece = await pieces.get()
+                    if piece is None:
+                        running -= 1
+                        continue
+                    if isinstance(piece, BaseException):
+                        raise piece
+                    if piece.reasoning:
+                        await send_choice(ChunkChoice(index, Delta(reasoning=piece.reasoning,
+                                                                   reasoning_field=reasoning_field)))
+                    if piece.tool_calls:
+                        await send_choice(ChunkChoice(index, Delta(tool_calls=tuple(piece.tool_calls))))
+                    if piece.text or piece.logprobs:
+                        await send_choice(ChunkChoice(index, Delta(content=piece.text),
+                                                      logprobs=Logprobs(piece.logprobs) if params.logprobs else None))
+                    if piece.finish_reason:
+                        tracker.reasons.append(piece.finish_reason)
+                        await send_choice(ChunkChoice(index, Delta(), finish_reason=piece.finish_reason))
+                usage = Usage(len(prompt), sum(state.completion_tokens for state in states),
+                              sum(state.reasoning_tokens for state in states))
+                await send(Chunk(header, [], usage))
+                await response.write(DONE_EVENT)
+                await response.write_eof()
+            except (ConnectionResetError, ConnectionError) as exc:
+                cancel.set()
+                log.info("client went away mid-stream: %s", exc)
         finally:
             await _cancel_all(tasks)  # a failed write stops every choice's generation at once
         return response

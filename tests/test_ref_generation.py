@@ -389,3 +389,44 @@ def test_single_choice_is_complete() -> None:
     assert status == 200
     choice = json.loads(text)["choices"][0]
     assert (choice["message"]["content"], choice["finish_reason"]) == (" x x x", "length")
+
+
+class OrderRecordingChoices(ScriptedChoices):
+    """ScriptedChoices that notes in `events` when each choice reaches it."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    async def stream(self, prompt_tokens: list[int], params: SamplingParams, cancel: threading.Event,
+                     started: float | None = None) -> AsyncIterator[GeneratedToken]:
+        self.events.append("engine")
+        async for token in super().stream(prompt_tokens, params, cancel, started):
+            yield token
+
+
+@APP_KEY_WARNING
+def test_streamed_choices_reach_the_engine_before_the_headers_go_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Time to first token: every choice's prompt starts before the response headers and the opening
+    chunks are written, not after them."""
+    from reference_server import handlers
+
+    events: list[str] = []
+    opened = handlers.open_event_stream
+
+    async def open_and_note(request: Any) -> Any:
+        events.append("headers")
+        return await opened(request)
+
+    monkeypatch.setattr(handlers, "open_event_stream", open_and_note)
+    payload = {"model": "blocking", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "n": 2,
+               "stream": True}
+
+    async def go() -> tuple[int, str]:
+        app = build_app(OrderRecordingChoices(events), ServerConfig(auth_required=False))
+        async with test_utils.TestClient(test_utils.TestServer(app)) as http:
+            response = await http.post("/v3/openai/chat/completions", json=payload)
+            return response.status, await response.text()
+
+    status, text = asyncio.run(go())
+    assert status == 200 and text.endswith("data: [DONE]\n\n")
+    assert events == ["engine", "engine", "headers"]

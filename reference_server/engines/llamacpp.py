@@ -42,7 +42,7 @@ from llama_cpp._internals import LlamaSampler
 
 from reference_server.engines.base import NAMED_PARAMETERS, Engine, GeneratedToken, SamplingParams, ToolCallMode
 from reference_server.engines.chat_template import ChatTemplate
-from reference_server.engines.llamacpp_batch import END, BatchScheduler, Sequence, emitter
+from reference_server.engines.llamacpp_batch import END, BatchScheduler, Consumer, Sequence
 from reference_server.engines.llamacpp_sampler import ChainSampler, FullVocabSampler, Sampler, full_vocab_serves
 from reference_server.engines.logprobs import json_closed_by, logprobs_from_logits
 from reference_server.llama_build import FA_ROWS_PATCH, installed_patches
@@ -355,7 +355,7 @@ class LlamaCppEngine(Engine):
         # This sequence's own stop signal: ending one choice must not end the request's others.
         stop = threading.Event()
         sequence = Sequence(prompt=list(prompt_tokens), max_tokens=params.max_tokens,
-                            sampler=self._sampler(prompt_tokens, params), emit=emitter(loop, queue), cancel=stop,
+                            sampler=self._sampler(prompt_tokens, params), consumer=Consumer(loop, queue), cancel=stop,
                             on_token=self._token_handler(params))
         self._scheduler.submit(sequence)
         try:
