@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+import jsonschema_rs
 
 import spec
 from reference_server.engines.base import SamplingParams
@@ -42,6 +43,15 @@ def _validator(api: spec.ApiSpec) -> jsonschema.Draft202012Validator:
     schema = api.request_schema(PROFILE)
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
+
+
+@functools.cache
+def _fast_validator(api: spec.ApiSpec) -> jsonschema_rs.Draft202012Validator:
+    """The same schema compiled by jsonschema-rs: it tells a valid body in ~2 us where `jsonschema`
+    takes ~0.2-0.5 ms, all of it before the prompt can start (time to first token). It only ever
+    lets a body through: any body it refuses is judged again by `jsonschema`, whose errors are the
+    ones reported, so a body is refused only when `jsonschema` refuses it."""
+    return jsonschema_rs.Draft202012Validator(api.request_schema(PROFILE))
 
 
 def _error_param(error: jsonschema.ValidationError) -> str | None:
@@ -114,8 +124,10 @@ def check_schema(body: Any, api: spec.ApiSpec | None = None) -> None:
         if _has_non_finite(value):
             raise ApiError(400, f"Invalid value for '{name}': NaN and Infinity are not JSON numbers.",
                            param=name, code="invalid_value")
-    validator = _validator(api or spec.default())
-    errors = sorted(validator.iter_errors(body), key=lambda e: (len(e.absolute_path), e.path))
+    api = api or spec.default()
+    if _fast_validator(api).is_valid(body):
+        return
+    errors = sorted(_validator(api).iter_errors(body), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
         # A missing required field is reported before anything nested inside other fields.
         first = min(errors, key=lambda e: (e.validator != "required", len(e.absolute_path)))

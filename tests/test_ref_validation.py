@@ -6,11 +6,14 @@ import math
 from typing import Any
 
 import jsonschema
+import jsonschema_rs
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import spec
 from reference_server.errors import ApiError
-from reference_server.validation import ChatRequest, fit_to_context, parse_request
+from reference_server.validation import PROFILE, ChatRequest, fit_to_context, parse_request
 
 VOCAB = 64
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -325,3 +328,73 @@ def test_prompt_alone_over_the_context(behavior: str, prompt_tokens: int) -> Non
     assert info.value.status == 400
     assert info.value.code == "context_length_exceeded"
     assert info.value.param == "messages"
+
+
+# ---- the fast check never lets through what jsonschema refuses ---------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=6)
+    | st.sampled_from(["user", "assistant", "system", "tool", "developer", "json_object", "text", "1", "0\n"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["role", "content", "type", "text", "name", "tool_call_id", "tool_calls", "function",
+                         "schema", "parameters", "0", "1\n", "x"]), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+def near_range(path: str) -> st.SearchStrategy[Any]:
+    """Values of the parameter at `path` around its documented range: inside it, on its ends and
+    past them, and null."""
+    r = RANGES[path]
+    low = r.minimum if r.minimum is not None else r.exclusive_minimum
+    high = r.maximum if r.maximum is not None else r.exclusive_maximum
+    if r.kind == "number":
+        inside: st.SearchStrategy[Any] = st.floats(low, high, exclude_min=r.exclusive_minimum is not None,
+                                                   exclude_max=r.exclusive_maximum is not None)
+    else:
+        inside = st.integers(None if low is None else low + (r.exclusive_minimum is not None),
+                             None if high is None else high - (r.exclusive_maximum is not None))
+    ends = [v for v in (low, high) if v is not None]
+    around = st.sampled_from(ends).flatmap(lambda end: st.sampled_from([end - 1, end, end + 1, end - 0.5, end + 0.5]))
+    return inside | inside | around | st.none()
+
+
+TOP_LEVEL = sorted(path for path in RANGES if "." not in path)
+OTHER_NAMES = sorted({param.name for param in spec.default().parameters} - set(TOP_LEVEL)
+                     | {"messages", "model", "tools", "tool_choice"})
+
+
+@st.composite
+def changed_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid body with a few parameters changed, mostly to values near their documented ranges (on
+    both sides of each end), sometimes to any JSON value; now and then another field (stop, tools,
+    response_format...) set to any JSON value, or a message added. About a third pass."""
+    rarely = st.integers(0, 3).map(lambda roll: roll == 0)
+    changes: dict[str, Any] = {}
+    for path in draw(st.lists(st.sampled_from(TOP_LEVEL), max_size=3, unique=True)):
+        changes[path] = draw(JSON_VALUES) if draw(rarely) else draw(near_range(path))
+    if draw(rarely):
+        changes["logit_bias"] = draw(st.dictionaries(st.sampled_from(["0", "1", "01", "1\n", "-1", "x"]),
+                                                     near_range("logit_bias.*"), max_size=3))
+    if draw(rarely):
+        changes[draw(st.sampled_from(OTHER_NAMES))] = draw(JSON_VALUES)
+    payload = body(**changes)
+    if draw(rarely):
+        message = {"role": draw(st.sampled_from(["user", "assistant", "system", "tool", "developer", "x"])),
+                   "content": draw(st.text(max_size=5) | JSON_VALUES)}
+        message.update(draw(st.dictionaries(st.sampled_from(["name", "tool_calls", "tool_call_id"]), JSON_VALUES,
+                                            max_size=1)))
+        payload["messages"] = [*MESSAGES, message]
+    return payload
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=changed_bodies())
+def test_a_body_the_fast_check_passes_is_one_jsonschema_passes(payload: dict[str, Any]) -> None:
+    """The server asks jsonschema-rs first and jsonschema only for what it refuses: a body the fast
+    check passes must be one jsonschema passes too, or an invalid request would get through."""
+    api = spec.default()
+    schema = api.request_schema(PROFILE)
+    if jsonschema_rs.Draft202012Validator(schema).is_valid(payload):
+        assert not list(jsonschema.Draft202012Validator(schema).iter_errors(payload)), payload
