@@ -44,6 +44,7 @@ from reference_server.engines.base import NAMED_PARAMETERS, Engine, GeneratedTok
 from reference_server.engines.chat_template import ChatTemplate
 from reference_server.engines.llamacpp_batch import END, BatchScheduler, Consumer, Sequence
 from reference_server.engines.llamacpp_sampler import ChainSampler, FullVocabSampler, Sampler, full_vocab_serves
+from reference_server.engines.llamacpp_tokens import ChatTokenizer
 from reference_server.engines.logprobs import json_closed_by, logprobs_from_logits
 from reference_server.llama_build import FA_ROWS_PATCH, installed_patches
 
@@ -203,6 +204,7 @@ class LlamaCppEngine(Engine):
         if not template:
             raise ValueError(f"{path} has no tokenizer.chat_template in its metadata")
         self._chat = ChatTemplate(template, bos_text=self._bos_text, eos_text=self._eos_text)
+        self._tokenizer = ChatTokenizer(self._vocab)
         self._scheduler = BatchScheduler(self._ctx, parallel=parallel, n_batch=n_batch, context_length=n_ctx,
                                          eog=self._eog, reuse_prefix=reuse_prefix)
 
@@ -233,7 +235,7 @@ class LlamaCppEngine(Engine):
     def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         text = self.render_chat(messages)
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
-        return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return self._tokenizer.tokenize(text, add_bos)
 
     def piece(self, token_id: int) -> bytes:
         """The bytes of one token (special tokens render as nothing), cached; safe from any thread."""
