@@ -14,14 +14,17 @@ Cells are sized by requests when --requests-per-stream is given (each cell its o
 run of max(--min-requests, K x streams) requests, every one measured), else by --duration. Every
 server is started before the first cell and, in cells sized by requests, the cells alternate
 between them (the order flips from one cell to the next), so a drift in the machine's speed falls on all of them alike.
---rounds R (one, or one per level) runs each cell R times, the order flipping each round and every
-round with its own prompts; the ratio table gives the median of the per-round ratios and their
-range, since a 1-stream cell of a few requests moves by 10-20% between minutes on a shared machine.
+--rounds R (one, or one per level; above 1, even) runs each cell R times, the order flipping each
+round and every round with its own prompts, since a 1-stream cell of a few requests moves by 10-20%
+between minutes on a shared machine. The order matters too: at one stream and 41 prompt tokens
+both servers had a 4-5% shorter TTFT p50 in the round's second place than in its first (issue 24,
+docs/benchmarks.md). So rounds go in pairs, one in each order, and the ratio table gives the median
+over pairs of each pair's ratio (the geometric mean of its two rounds' ratios), with their range.
 --chatspec-site NAME=DIR adds our server once more, importing llama_cpp from DIR first (an
 unpacked wheel of another build profile), as the server `chatspec-NAME`.
 
     python benchmarks/batching_vs_peers.py --levels 1,4,8,16 --prompt-tokens 32,256,1024 \
-        --servers chatspec,llama-server --requests-per-stream 6,4,3 --min-requests 16,12,8 --rounds 5,3,1,1
+        --servers chatspec,llama-server --requests-per-stream 6,4,3 --min-requests 16,12,8 --rounds 6,4,1,1
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -188,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-requests", default="8", metavar="M[,M...]",
                         help="the fewest requests of a cell sized by requests (one, or one per prompt length)")
     parser.add_argument("--rounds", default="1", metavar="R[,R...]",
-                        help="cells sized by requests: run each R times, alternating, one R or one per level "
-                             "(e.g. 5,3,1,1: the short, noisy 1-stream cells five times)")
+                        help="cells sized by requests: run each R times, alternating, one R or one per level; "
+                             "1 or an even count (pairs of rounds, one in each order; e.g. 6,4,1,1: the short, "
+                             "noisy 1-stream cells six times)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -206,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds = one_per(args.rounds, levels, "--rounds", of="levels")
     if min(rounds.values()) < 1:
         parser.error("--rounds takes counts of 1 or more")
+    if any(count > 1 and count % 2 for count in rounds.values()):
+        parser.error("--rounds above 1 must be even: rounds go in pairs, each server first in one of them")
     if max(rounds.values()) > 1 and not sized_by_requests:
         parser.error("--rounds needs cells sized by requests (--requests-per-stream)")
     started = time.monotonic()
@@ -269,10 +276,21 @@ def main(argv: list[str] | None = None) -> int:
 METRICS = (("tok/s", "tok_s", True), ("TTFT p50 ms", "ttft_p50", False), ("ITL p50 ms", "itl_p50", False))
 
 
+def order_balanced(ratios: dict[int, float]) -> list[float]:
+    """One ratio per pair of rounds (0 and 1, 2 and 3...): the geometric mean of the pair's two ratios.
+    Consecutive rounds of a cell ran in opposite orders, so each pair holds each server once in each
+    place and the place's own effect cancels; a round left without its pair is not counted. A cell
+    run once keeps its one ratio (nothing to balance it with)."""
+    if len(ratios) == 1:
+        return list(ratios.values())
+    return [math.sqrt(ratios[k] * ratios[k + 1]) for k in sorted(ratios) if k % 2 == 0 and k + 1 in ratios]
+
+
 def ratio_table(ours: list[dict], peer: list[dict], peer_name: str) -> str:
     """Markdown: per (prompt, concurrency) cell, each server's median over rounds and the median of
-    the per-round ratios ours/peer (rounds are paired: run back to back), with their range when a
-    cell ran more than once; a ratio where ours is behind (tok/s < 1, latency > 1) is in bold."""
+    the ratios ours/peer over order-balanced pairs of rounds (`order_balanced`), with their range
+    when there are several; "rounds" says how many ran and, when not all, how many were paired. A
+    ratio where ours is behind (tok/s < 1, latency > 1) is in bold."""
     def by_cell(rows: list[dict]) -> dict[tuple[int, float], dict[int, dict]]:
         cells: dict[tuple[int, float], dict[int, dict]] = {}
         for row in rows:
@@ -292,11 +310,16 @@ def ratio_table(ours: list[dict], peer: list[dict], peer_name: str) -> str:
             continue
         sent = [mine[k].get("prompt_tokens_mean") for k in paired]
         sent_text = f" ({statistics.median(sent):.0f})" if None not in sent else ""
-        parts = [f"{cell[0]}{sent_text}", f"{cell[1]:g}", str(len(paired))]
+        used = len(order_balanced({k: 1.0 for k in paired}))
+        count = str(len(paired))
+        if len(paired) > 1 and used * 2 != len(paired):
+            count += f" ({used * 2} paired)"
+        parts = [f"{cell[0]}{sent_text}", f"{cell[1]:g}", count]
         for _, key, higher_is_better in METRICS:
             a = [mine[k][key] for k in paired if mine[k][key] is not None]
             b = [other[k][key] for k in paired if other[k][key] is not None]
-            ratios = [mine[k][key] / other[k][key] for k in paired if mine[k][key] is not None and other[k][key]]
+            ratios = order_balanced({k: mine[k][key] / other[k][key] for k in paired
+                                     if mine[k][key] is not None and other[k][key]})
             parts.append(" / ".join(number(statistics.median(v) if v else None) for v in (a, b)))
             if not ratios:
                 parts.append("-")
@@ -307,7 +330,6 @@ def ratio_table(ours: list[dict], peer: list[dict], peer_name: str) -> str:
             parts.append(f"**{text}**" if behind else text)
         lines.append("| " + " | ".join(parts) + " |")
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     sys.exit(main())
