@@ -84,7 +84,7 @@ class Timings:
             result = original(ctx, batch)
             self.last_decode_end = time.perf_counter()
             if one_token:
-                self.values["llama_decode, one token"].append(self.last_decode_end - started)
+                self.values["decode step (llama_decode, one token)"].append(self.last_decode_end - started)
             return result
 
         llamacpp_batch.llama_cpp.llama_decode = decode
