@@ -17,8 +17,8 @@ between them (the order flips from one cell to the next), so a drift in the mach
 --rounds R (one, or one per level; above 1, even) runs each cell R times, the order flipping each
 round and every round with its own prompts, since a 1-stream cell of a few requests moves by 10-20%
 between minutes on a shared machine. The order matters too: at one stream and 41 prompt tokens
-both servers had a 4-5% shorter TTFT p50 in the round's second place than in its first (issue 24,
-docs/benchmarks.md). So rounds go in pairs, one in each order, and the ratio table gives the median
+the TTFT ratio ours / llama-server was ~1.04 in rounds where ours ran first and ~0.90 where it ran
+second (issue 24, docs/benchmarks.md). So rounds go in pairs, one in each order, and the ratio table gives the median
 over pairs of each pair's ratio (the geometric mean of its two rounds' ratios), with their range.
 --chatspec-site NAME=DIR adds our server once more, importing llama_cpp from DIR first (an
 unpacked wheel of another build profile), as the server `chatspec-NAME`.
@@ -330,6 +330,7 @@ def ratio_table(ours: list[dict], peer: list[dict], peer_name: str) -> str:
             parts.append(f"**{text}**" if behind else text)
         lines.append("| " + " | ".join(parts) + " |")
     return "\n".join(lines)
+
 
 if __name__ == "__main__":
     sys.exit(main())
