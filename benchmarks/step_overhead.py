@@ -1,18 +1,21 @@
-"""What our server spends around the model at one stream, timed inside it (issue 24).
+"""What our server spends around the model, timed inside it (issue 24).
 
 The CPU reference server runs in this process (the llama.cpp engine, its defaults) and a client in
-a subprocess streams answers from it over loopback, one request at a time. Timed here:
+a subprocess streams answers from it over loopback, `--streams` requests at a time (each stream
+one request after another). Timed here:
 
 - before the prompt: request arrival (the handler's clock) -> the engine's `stream` entered
   (body read, validation, chat template, tokens; the prompt starts right after);
-- between decode steps: one `llama_decode` returning -> the next one called (the token's sampling,
-  the step's bookkeeping, the hand-over to the event loop), with the sampling and the hand-over
-  (`Outbox.flush`) on their own.
+- decode steps (one token of every answering sequence), by how many sequences they held: the
+  `llama_decode` itself, and the gap after it until the next `llama_decode` is called (the
+  step's sampling, its bookkeeping, the hand-over to the event loop), with the sampling (every
+  row of the step, `sample_rows`) and the hand-over (`Outbox.flush`) on their own.
 
 Every figure is a median over the requests (or steps) of the run. The wrappers add about a
 microsecond each.
 
     python benchmarks/step_overhead.py --requests 12 --output-tokens 64
+    python benchmarks/step_overhead.py --streams 8 --requests 6
 """
 
 from __future__ import annotations
@@ -34,22 +37,35 @@ from aiohttp import web  # noqa: E402
 from reference_server.app import build_app  # noqa: E402
 from reference_server.config import ServerConfig  # noqa: E402
 from reference_server.engines import llamacpp as llamacpp_engine  # noqa: E402
-from reference_server.engines import llamacpp_batch, llamacpp_sampler  # noqa: E402
+from reference_server.engines import llamacpp_batch  # noqa: E402
 
 CLIENT = r"""
-import http.client, json, random, sys
-port, requests, tokens = (int(v) for v in sys.argv[1:4])
+import http.client, json, random, sys, threading
+port, requests, tokens, streams = (int(v) for v in sys.argv[1:5])
 words = "apple river stone cloud tiger music garden silver window candle forest ocean paper bridge".split()
-rng = random.Random(5)
-connection = http.client.HTTPConnection("127.0.0.1", port)
-for _ in range(requests + 1):  # the first warms up
+
+def one_stream(index, count):
+    rng = random.Random(5 + index)
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(count):
+        ask(connection, rng)
+
+def ask(connection, rng):
     body = {"model": "SmolLM2-135M-Instruct", "max_tokens": tokens, "stream": True, "temperature": 0.8,
             "messages": [{"role": "user", "content": " ".join(rng.choice(words) for _ in range(7))}],
             "logit_bias": {"0": -100, "2": -100}}
     connection.request("POST", "/v3/openai/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
     response = connection.getresponse()
+    assert response.status == 200, response.status
     while response.readline():
         pass
+
+one_stream(-1, 1)  # warms up, alone
+threads = [threading.Thread(target=one_stream, args=(i, requests)) for i in range(streams)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
 """
 
 
@@ -59,6 +75,9 @@ class Timings:
     def __init__(self) -> None:
         self.values: dict[str, list[float]] = collections.defaultdict(list)
         self.last_decode_end: float | None = None
+        self.last_decode_label: str | None = None  # set after a decode step's llama_decode
+        self.step_rows = 0  # sequences in the decode step under way (0: not in one)
+        self.step_sampling = 0.0
 
     def wrap(self, owner: Any, name: str, label: str) -> None:
         original = getattr(owner, name)
@@ -74,20 +93,44 @@ class Timings:
         setattr(owner, name, timed)
 
     def wrap_decode(self) -> None:
+        """llama_decode's own time and the gap after it, for decode steps, by sequences per step."""
         original = llamacpp_batch.llama_cpp.llama_decode
 
         def decode(ctx: Any, batch: Any) -> int:
             started = time.perf_counter()
-            one_token = batch.n_tokens == 1
-            if one_token and self.last_decode_end is not None:
-                self.values["between two decode steps"].append(started - self.last_decode_end)
+            if self.last_decode_label is not None and self.last_decode_end is not None:
+                self.values[f"gap after a decode step, {self.last_decode_label}"].append(started - self.last_decode_end)
             result = original(ctx, batch)
             self.last_decode_end = time.perf_counter()
-            if one_token:
-                self.values["decode step (llama_decode, one token)"].append(self.last_decode_end - started)
+            self.last_decode_label = None
+            if self.step_rows:
+                self.last_decode_label = f"{self.step_rows} seq"
+                self.values[f"llama_decode of a decode step, {self.last_decode_label}"].append(
+                    self.last_decode_end - started)
             return result
 
         llamacpp_batch.llama_cpp.llama_decode = decode
+        original_step = llamacpp_batch.BatchScheduler._decode_step
+
+        def decode_step(scheduler: Any, slots: list[Any]) -> None:
+            self.step_rows, self.step_sampling = len(slots), 0.0
+            try:
+                original_step(scheduler, slots)
+            finally:
+                self.values[f"sampling, whole decode step, {len(slots)} seq"].append(self.step_sampling)
+                self.step_rows = 0
+
+        llamacpp_batch.BatchScheduler._decode_step = decode_step  # type: ignore[method-assign]
+        original_sample_rows = llamacpp_batch.sample_rows
+
+        def sample_rows(ctx: Any, rows: Any, work: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original_sample_rows(ctx, rows, work)
+            finally:
+                self.step_sampling += time.perf_counter() - started
+
+        llamacpp_batch.sample_rows = sample_rows
 
     def wrap_arrival(self) -> None:
         original = llamacpp_engine.LlamaCppEngine.stream
@@ -101,11 +144,10 @@ class Timings:
         llamacpp_engine.LlamaCppEngine.stream = stream  # type: ignore[method-assign]
 
 
-async def run(requests: int, output_tokens: int, port: int) -> Timings:
+async def run(requests: int, output_tokens: int, port: int, streams: int) -> Timings:
     timings = Timings()
     timings.wrap_decode()
     timings.wrap_arrival()
-    timings.wrap(llamacpp_sampler.FullVocabSampler, "sample", "sampling (numpy, full vocabulary)")
     timings.wrap(llamacpp_batch.Outbox, "flush", "hand-over (Outbox.flush)")
     engine = llamacpp_engine.LlamaCppEngine()
     runner = web.AppRunner(build_app(engine, ServerConfig(auth_required=False)), access_log=None)
@@ -113,7 +155,7 @@ async def run(requests: int, output_tokens: int, port: int) -> Timings:
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         client = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENT, str(port), str(requests),
-                                                      str(output_tokens))
+                                                      str(output_tokens), str(streams))
         if await client.wait() != 0:
             raise SystemExit("the client failed")
     finally:
@@ -123,14 +165,16 @@ async def run(requests: int, output_tokens: int, port: int) -> Timings:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=12, help="streamed answers measured (after one warm-up)")
+    parser.add_argument("--requests", type=int, default=12,
+                        help="streamed answers measured per stream (after one warm-up request alone)")
+    parser.add_argument("--streams", type=int, default=1, help="requests under way at once")
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--port", type=int, default=8941)
     args = parser.parse_args(argv)
-    timings = asyncio.run(run(args.requests, args.output_tokens, args.port))
-    for label, values in timings.values.items():
+    timings = asyncio.run(run(args.requests, args.output_tokens, args.port, args.streams))
+    for label, values in sorted(timings.values.items()):
         values = values[1:] if label.startswith("arrival") else values  # the warm-up request
-        print(f"{label:36s} median {1e6 * statistics.median(values):8.0f} us   mean "
+        print(f"{label:48s} median {1e6 * statistics.median(values):8.0f} us   mean "
               f"{1e6 * statistics.mean(values):8.0f} us   n={len(values)}")
     return 0
 

@@ -9,12 +9,16 @@ import math
 import numpy as np
 import pytest
 
+from reference_server.engines import llamacpp_sampler
 from reference_server.engines.base import SamplingParams
 from reference_server.engines.llamacpp_sampler import (
     FULL_VOCAB_APPLIES,
     NOT_SAMPLING,
+    DrawWorkspace,
     FullVocabSampler,
+    draw_rows,
     full_vocab_serves,
+    sample_rows,
 )
 
 N_VOCAB = 3000  # three blocks, the last one partial
@@ -99,3 +103,54 @@ def test_a_tiny_temperature_draws_the_best_token(temperature: float) -> None:
 def test_a_row_with_every_token_banned_still_gives_a_token() -> None:
     sampler = FullVocabSampler(4, {0: -100, 1: -100, 2: -100, 3: -100}, 1.0, seed=7)
     assert sampler.pick(np.array([0.0, 3.0, 1.0, 2.0], dtype=np.float32)) == 1
+
+
+# (logit_bias, temperature, seed) of rows drawn together: plain, hot, cold, a forced token, every
+# token banned, a tiny temperature
+ROWS = [({}, 1.0, 11), ({7: 4}, 1.7, 12), ({5: -100}, 0.3, 13), ({2998: 100}, 1.0, 14),
+        ({t: -100 for t in range(N_VOCAB)}, 1.0, 15), ({}, 1e-30, 16)]
+
+
+def row_logits(seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(N_VOCAB) * 2).astype(np.float32)
+
+
+def test_rows_drawn_together_give_each_row_what_it_draws_alone() -> None:
+    """A decode step draws its rows in one pass: each row's tokens must be its own seed's, as if
+    drawn alone, whatever its batch-mates' bias, temperature or vocabulary."""
+    together = [FullVocabSampler(N_VOCAB, bias, temperature, seed) for bias, temperature, seed in ROWS]
+    alone = [FullVocabSampler(N_VOCAB, bias, temperature, seed) for bias, temperature, seed in ROWS]
+    work = DrawWorkspace()
+    for step in range(40):
+        rows = [row_logits(100 * step + index) for index in range(len(ROWS))]
+        order = list(range(len(ROWS)))[step % len(ROWS):] + list(range(len(ROWS)))[: step % len(ROWS)]
+        drawn = draw_rows([together[i] for i in order], [rows[i] for i in order], work)
+        assert {i: token for i, token in zip(order, drawn, strict=True)} == {
+            i: alone[i].pick(rows[i]) for i in range(len(ROWS))}
+    assert len({alone[0].pick(row_logits(1)) for _ in range(30)}) > 5  # the plain row does vary
+
+
+def test_a_step_samples_every_row_and_a_failing_sampler_ends_only_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = {row: row_logits(row) for row in range(4)}
+    monkeypatch.setattr(llamacpp_sampler, "_logits_row", lambda ctx, row, n_vocab: rows[row])
+
+    class Broken:
+        def sample(self, ctx: object, row: int) -> int:
+            raise RuntimeError(f"row {row} failed")
+
+        def close(self) -> None:
+            pass
+
+    class Fixed:
+        def sample(self, ctx: object, row: int) -> int:
+            return 1000 + row
+
+        def close(self) -> None:
+            pass
+
+    full = [FullVocabSampler(N_VOCAB, {}, 0.7, seed) for seed in (21, 22)]
+    twins = [FullVocabSampler(N_VOCAB, {}, 0.7, seed) for seed in (21, 22)]
+    results = sample_rows(None, [(0, full[0]), (1, Broken()), (2, Fixed()), (3, full[1])], DrawWorkspace())
+    assert results[0] == twins[0].pick(rows[0]) and results[3] == twins[1].pick(rows[3])
+    assert isinstance(results[1], RuntimeError) and str(results[1]) == "row 1 failed"
+    assert results[2] == 1002

@@ -42,7 +42,7 @@ from typing import Any
 import llama_cpp
 
 from reference_server.engines.base import GeneratedToken
-from reference_server.engines.llamacpp_sampler import Sampler
+from reference_server.engines.llamacpp_sampler import DrawWorkspace, Sampler, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,7 @@ class BatchScheduler:
         self._admissions = 0
         self._chores: list[threading.Event] = []  # cache clears asked for, done by the scheduler thread
         self._outbox = Outbox()  # what sequences produced, handed over before the next decode (or when idle)
+        self._draws = DrawWorkspace()  # where a step's full-vocabulary rows are drawn together
         self.steps = 0  # llama_decode calls so far (tests and benchmarks read it)
         self.prefill_tokens = 0  # prompt tokens evaluated (those taken from a cache are not)
         self.tokens_generated = 0  # tokens sampled, over all sequences
@@ -291,9 +292,12 @@ class BatchScheduler:
 
     def _decode_step(self, slots: list[Slot]) -> None:
         """One token of every decoding sequence, then each samples its next."""
-        self._decode([(slot, slot.busy.next_token, True) for slot in slots if slot.busy is not None])
-        for row, slot in enumerate(slots):
-            self._sample(slot, row)
+        running = [(slot, slot.busy) for slot in slots if slot.busy is not None]
+        self._decode([(slot, sequence.next_token, True) for slot, sequence in running])
+        drawn = sample_rows(self._ctx, [(row, sequence.sampler) for row, (_, sequence) in enumerate(running)],
+                            self._draws)  # the step's rows together: see llamacpp_sampler.draw_rows
+        for row, ((slot, _), token) in enumerate(zip(running, drawn, strict=True)):
+            self._take(slot, row, token)
 
     def _prefill_step(self, slot: Slot) -> None:
         """The next chunk of one sequence's prompt (never a single token when more follow); the
@@ -309,7 +313,8 @@ class BatchScheduler:
         slot.prefilled = len(slot.tokens)
         sequence.pending = sequence.pending[len(chunk):]
         if last:
-            self._sample(slot, len(chunk) - 1)
+            row = len(chunk) - 1
+            self._take(slot, row, sample_rows(self._ctx, [(row, sequence.sampler)], self._draws)[0])
 
     def _admit(self) -> None:
         """Move waiting sequences into free slots, each reusing the longest cached prefix it can."""
@@ -367,17 +372,16 @@ class BatchScheduler:
         slot.admitted = self._admissions
         sequence.pending = prompt[keep:]
 
-    def _sample(self, slot: Slot, index: int) -> None:
+    def _take(self, slot: Slot, index: int, token: int | Exception) -> None:
+        """What the slot's sequence sampled from batch row `index` (or its sampler's error)."""
         sequence = slot.busy
         assert sequence is not None
         if sequence.cancel.is_set():
             self._finish(slot, END)
             return
-        try:
-            token = sequence.sampler.sample(self._ctx, index)
-        except Exception as exc:  # this request's sampler: it ends, its batch-mates go on
-            log.exception("sampling failed")
-            self._finish(slot, exc)
+        if isinstance(token, Exception):  # this request's sampler: it ends, its batch-mates go on
+            log.error("sampling failed", exc_info=token)
+            self._finish(slot, token)
             return
         if token in self._eog:
             self._finish(slot, END)
