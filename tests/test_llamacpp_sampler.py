@@ -154,3 +154,12 @@ def test_a_step_samples_every_row_and_a_failing_sampler_ends_only_its_own(monkey
     assert results[0] == twins[0].pick(rows[0]) and results[3] == twins[1].pick(rows[3])
     assert isinstance(results[1], RuntimeError) and str(results[1]) == "row 1 failed"
     assert results[2] == 1002
+
+
+def test_a_workspace_reused_for_a_smaller_vocabulary_never_draws_past_it() -> None:
+    work = DrawWorkspace()
+    big = FullVocabSampler(N_VOCAB, {}, 1.0, seed=31)
+    draw_rows([big], [np.zeros(N_VOCAB, dtype=np.float32)], work)  # every weight 1, padding past 3000 stays 0
+    small = FullVocabSampler(2500, {}, 1.0, seed=32)  # the same padded width (3 blocks)
+    flat = np.zeros(2500, dtype=np.float32)
+    assert max(draw_rows([small], [flat], work)[0] for _ in range(3000)) < 2500

@@ -96,11 +96,12 @@ class DrawWorkspace:
 
     def __init__(self) -> None:
         self._rows = np.zeros((0, 0), dtype=np.float32)
+        self._n_vocab = 0
 
     def rows(self, count: int, n_vocab: int) -> np.ndarray:
-        width = -(-n_vocab // _BLOCK) * _BLOCK
-        if self._rows.shape[1] != width or self._rows.shape[0] < count:
-            self._rows = np.zeros((count, width), dtype=np.float32)
+        if n_vocab != self._n_vocab or self._rows.shape[0] < count:  # another vocabulary: new padding
+            self._rows = np.zeros((count, -(-n_vocab // _BLOCK) * _BLOCK), dtype=np.float32)
+            self._n_vocab = n_vocab
         return self._rows[:count]
 
 
@@ -109,10 +110,10 @@ def draw_rows(samplers: list[FullVocabSampler], logits: list[np.ndarray], work: 
 
     Why together: the passes over the vocabulary (copy, max, scale, exp, block sums) are one
     numpy call each for the whole step instead of one a row; the rest, a few calls a row, stays
-    per row with plain floats. In the server the draw runs right after `llama_decode`, with
-    numpy's code out of the caches: there each numpy call costs ~10 us more than in a loop, so
-    the count of calls matters more than their size (at 8 rows the step's sampling took ~0.2 ms
-    less; at one row vectorising the rest too cost ~0.14 ms more). Each row's token is the one
+    per row with plain floats. Measured in the server (benchmarks/step_overhead.py), where a
+    row's draw takes ~0.4 ms against 0.07 ms in a loop, the count of numpy calls mattered more
+    than their size: at 8 rows the step's sampling took ~0.2 ms less than row by row; at one row
+    the same, where vectorising the rest too had cost ~0.05-0.15 ms more. Each row's token is the one
     its sampler would draw from that row alone: every operation is elementwise or within a row,
     and each row is laid out the same way whatever its batch-mates (tests hold a row drawn with
     others to the same row drawn alone).
@@ -140,7 +141,7 @@ def draw_rows(samplers: list[FullVocabSampler], logits: list[np.ndarray], work: 
     # sum over blocks in float64
     running = np.cumsum(blocks.sum(axis=2), axis=1, dtype=np.float64)
     tokens = []
-    for index, sampler in enumerate(samplers):  # plain floats and a few calls a row: see below
+    for index, sampler in enumerate(samplers):  # plain floats, a few numpy calls a row
         sums = running[index]
         total = float(sums[-1])
         if not math.isfinite(float(best[index])):  # every token banned (or a broken row): the unbiased best
