@@ -140,7 +140,7 @@ def llama_wheel(install: bool) -> Path:
         return llama_build.ensure_wheel()
     version = llama_build.pinned_version()
     machine = platform.machine() or "unknown"
-    profile = llama_build.choose_profile(machine, llama_build.cpu_flags())
+    profile = llama_build.this_machines_profile()
     folder = llama_build.wheel_folder(version, profile, llama_build.cmake_args(profile), machine)
     wheel = llama_build.find_wheel(folder)
     if wheel is None:

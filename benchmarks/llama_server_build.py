@@ -34,7 +34,7 @@ def _build_settings(native: bool) -> tuple[str, str, str]:
     version = llama_build.pinned_version()
     if native:
         return version, "native", "-DGGML_NATIVE=ON" + _STATIC
-    profile = llama_build.choose_profile(platform.machine(), llama_build.cpu_flags())
+    profile = llama_build.this_machines_profile()
     return version, profile, llama_build.cmake_args(profile) + _STATIC
 
 

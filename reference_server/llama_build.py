@@ -10,11 +10,13 @@ a wheel is only ever found under the flags it was built with.
 
 Profiles (x86-64 levels, chosen from the CPU the wheel is built on; none uses AMX, whose kernels
 are what faulted, nor AVX-512's later extensions VBMI/VNNI/BF16):
-  x86-64-v4  v3 + AVX-512 F/CD/VL/DQ/BW, only when asked for ($CHATSPEC_LLAMA_PROFILE=x86-64-v4)
-             on a CPU that has them (Intel Skylake-SP and later servers, AMD Zen 4 and later).
-             Opt-in: it was slower than v3 in every run that measured both here (docs/benchmarks.md).
+  x86-64-v4  v3 + AVX-512 F/CD/VL/DQ/BW, on a CPU that has them (Intel Skylake-SP and later
+             servers, AMD Zen 4 and later): the default on AMD's, where it decoded faster (25% at
+             730 tokens of context); elsewhere only when asked for ($CHATSPEC_LLAMA_PROFILE=x86-64-v4),
+             as on an Intel Xeon it was slower than v3 in every run that measured both
+             (docs/benchmarks.md).
   x86-64-v3  SSE4.2 AVX AVX2 FMA F16C BMI2: every x86-64 CPU since 2013-2015 (Intel Haswell,
-             AMD Excavator/Zen). The default wherever the CPU has those.
+             AMD Excavator/Zen). The default wherever the CPU has those and v4 is not chosen.
   x86-64-v2  SSE4.2 only: older CPUs (chosen automatically on them).
   generic    GGML_NATIVE off, llama.cpp's own defaults (non-x86 machines).
 
@@ -141,9 +143,28 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
-def choose_profile(machine: str, flags: frozenset[str], wanted: str | None = None) -> str:
-    """The profile for a machine: v3 where the CPU has it, v2 on older x86-64, generic elsewhere;
-    or `wanted` (default: $CHATSPEC_LLAMA_PROFILE), refused when the CPU lacks what it needs."""
+def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's vendor_id (AuthenticAMD, GenuineIntel; empty where there is no /proc/cpuinfo)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        if line.startswith("vendor_id"):
+            return line.partition(":")[2].strip()
+    return ""
+
+
+# Where AVX-512 is chosen without being asked for: AMD's (Zen 4 on), measured faster with it (decode
+# at 730 tokens of context 25% faster, issue 24). On the Intel Xeon measured it was slower in three
+# runs (docs/benchmarks.md), so there v3 stays the default and v4 is asked for by name.
+V4_BY_DEFAULT_VENDORS = frozenset({"AuthenticAMD"})
+
+
+def choose_profile(machine: str, flags: frozenset[str], vendor: str, wanted: str | None = None) -> str:
+    """The profile for a machine: v4 on an AVX-512 CPU of a vendor in `V4_BY_DEFAULT_VENDORS`, v3
+    where the CPU has it, v2 on older x86-64, generic elsewhere; or `wanted` (default:
+    $CHATSPEC_LLAMA_PROFILE), refused when the CPU lacks what it needs."""
     wanted = os.environ.get(PROFILE_ENV, "").strip() or None if wanted is None else wanted
     if wanted is not None:
         if wanted not in PROFILES:
@@ -154,7 +175,14 @@ def choose_profile(machine: str, flags: frozenset[str], wanted: str | None = Non
         return wanted
     if machine.lower() not in ("x86_64", "amd64"):
         return "generic"
+    if V4_CPU_FLAGS <= flags and vendor in V4_BY_DEFAULT_VENDORS:
+        return "x86-64-v4"
     return "x86-64-v3" if V3_CPU_FLAGS <= flags else "x86-64-v2"
+
+
+def this_machines_profile() -> str:
+    """`choose_profile` for the CPU this runs on (what the build, `status` and the benchmarks use)."""
+    return choose_profile(platform.machine(), cpu_flags(), cpu_vendor())
 
 
 def cmake_args(profile: str) -> str:
@@ -201,7 +229,7 @@ def ensure_wheel(quiet: bool = False) -> Path:
     """The portable wheel for this machine's profile, built now if the cache lacks it."""
     version = pinned_version()
     machine = platform.machine() or "unknown"
-    profile = choose_profile(machine, cpu_flags())
+    profile = this_machines_profile()
     args = cmake_args(profile)
     folder = wheel_folder(version, profile, args, machine)
     wheel = find_wheel(folder)
@@ -424,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[:1] if pip_args else argv)
 
     if args.command == "status":
-        profile = choose_profile(platform.machine(), cpu_flags())
+        profile = this_machines_profile()
         folder = wheel_folder(pinned_version(), profile, cmake_args(profile), platform.machine())
         wheel = find_wheel(folder)
         print(f"profile: {profile} (needs CPU flags: {' '.join(sorted(needed_flags(profile))) or 'none known'})\n"

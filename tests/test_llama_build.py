@@ -40,22 +40,28 @@ V4 = V3 | {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
 
 def test_profile_follows_the_cpu_never_its_extras(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(lb.PROFILE_ENV, raising=False)
-    assert lb.choose_profile("x86_64", V3) == "x86-64-v3"
-    assert lb.choose_profile("x86_64", V3 | {"avx512f", "amx_tile", "amx_int8"}) == "x86-64-v3"
-    assert lb.choose_profile("x86_64", V4 | {"amx_tile", "avx512_vnni"}) == "x86-64-v3"  # v4 only when asked
-    assert lb.choose_profile("x86_64", V3 - {"avx2"}) == "x86-64-v2"
-    assert lb.choose_profile("aarch64", frozenset()) == "generic"
+    for vendor in ("GenuineIntel", "AuthenticAMD", ""):
+        assert lb.choose_profile("x86_64", V3, vendor) == "x86-64-v3"
+        assert lb.choose_profile("x86_64", V3 | {"avx512f", "amx_tile", "amx_int8"}, vendor) == "x86-64-v3"
+        assert lb.choose_profile("x86_64", V3 - {"avx2"}, vendor) == "x86-64-v2"
+        assert lb.choose_profile("aarch64", frozenset(), vendor) == "generic"
+    # AVX-512 by default only where it was measured faster (AMD); elsewhere only when asked
+    assert lb.choose_profile("x86_64", V4 | {"amx_tile", "avx512_vnni"}, "GenuineIntel") == "x86-64-v3"
+    assert lb.choose_profile("x86_64", V4, "") == "x86-64-v3"
+    assert lb.choose_profile("x86_64", V4 | {"avx512_vnni", "avx512_bf16"}, "AuthenticAMD") == "x86-64-v4"
 
 
-def test_v4_is_taken_only_when_asked_and_only_on_a_cpu_that_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert lb.choose_profile("x86_64", V4, wanted="x86-64-v4") == "x86-64-v4"
+def test_v4_is_taken_when_asked_and_only_on_a_cpu_that_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert lb.choose_profile("x86_64", V4, "GenuineIntel", wanted="x86-64-v4") == "x86-64-v4"
     monkeypatch.setenv(lb.PROFILE_ENV, "x86-64-v4")
-    assert lb.choose_profile("x86_64", V4 | {"amx_tile", "avx512_vnni"}) == "x86-64-v4"
+    assert lb.choose_profile("x86_64", V4 | {"amx_tile", "avx512_vnni"}, "GenuineIntel") == "x86-64-v4"
     with pytest.raises(SystemExit, match="needs CPU features this CPU lacks: avx512bw, avx512cd"):
-        lb.choose_profile("x86_64", V3)
+        lb.choose_profile("x86_64", V3, "AuthenticAMD")
+    monkeypatch.setenv(lb.PROFILE_ENV, "x86-64-v3")  # asked for: v3 even where v4 is the default
+    assert lb.choose_profile("x86_64", V4, "AuthenticAMD") == "x86-64-v3"
     monkeypatch.setenv(lb.PROFILE_ENV, "x86-64-v9")
     with pytest.raises(SystemExit, match="is no profile"):
-        lb.choose_profile("x86_64", V4)
+        lb.choose_profile("x86_64", V4, "AuthenticAMD")
 
 
 @pytest.mark.parametrize("profile", ["x86-64-v4", "x86-64-v3", "x86-64-v2"])
@@ -135,6 +141,13 @@ def test_cpu_flags_reads_proc_cpuinfo_format(tmp_path: Path) -> None:
     assert lb.cpu_flags(tmp_path / "missing") == frozenset()
 
 
+def test_cpu_vendor_reads_proc_cpuinfo_format(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx\n")
+    assert lb.cpu_vendor(info) == "AuthenticAMD"
+    assert lb.cpu_vendor(tmp_path / "missing") == ""
+
+
 def test_the_pin_comes_from_pyproject() -> None:
     pin = re.search(r'"llama-cpp-python==([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     assert lb.pinned_version() == pin == importlib.metadata.version("llama-cpp-python")
@@ -166,7 +179,7 @@ def _fake_wheel(folder: Path, library: bytes) -> Path:
 
 
 def test_a_cached_wheel_is_used_without_building(monkeypatch: pytest.MonkeyPatch) -> None:
-    profile = lb.choose_profile(lb.platform.machine(), lb.cpu_flags())
+    profile = lb.this_machines_profile()
     folder = lb.wheel_folder(lb.pinned_version(), profile, lb.cmake_args(profile), lb.platform.machine())
     wheel = _fake_wheel(folder, b"portable")
     monkeypatch.setattr(lb, "_build", lambda *a, **k: pytest.fail("built although the cache had the wheel"))
