@@ -131,28 +131,27 @@ def pinned_version(pyproject: Path | None = None) -> str:
     return match.group(1)
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The CPU's feature flags as Linux names them (empty where there is no /proc/cpuinfo)."""
+def _cpuinfo_field(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The value of the first `name : value` line of /proc/cpuinfo (None: no such line, or no file)."""
     try:
         text = cpuinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags as Linux names them (empty where there is no /proc/cpuinfo)."""
+    return frozenset((_cpuinfo_field("flags", cpuinfo) or "").split())
 
 
 def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's vendor_id (AuthenticAMD, GenuineIntel; empty where there is no /proc/cpuinfo)."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        if line.startswith("vendor_id"):
-            return line.partition(":")[2].strip()
-    return ""
+    return _cpuinfo_field("vendor_id", cpuinfo) or ""
 
 
 # Where AVX-512 is chosen without being asked for: AMD's (Zen 4 on), measured faster with it (decode
@@ -394,11 +393,7 @@ def _installed_marker() -> dict[str, Any] | None:
 
 def cpu_model() -> str:
     """The CPU's model name, for records of where something was built or measured."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
+    return _cpuinfo_field("model name") or platform.processor() or "unknown"
 
 
 def _record_hashes(record_text: str) -> dict[str, str]:
