@@ -3,6 +3,7 @@ whole vocabulary, seeded, and serves only requests that set no filter."""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
 
@@ -132,7 +133,7 @@ def test_rows_drawn_together_give_each_row_what_it_draws_alone() -> None:
 
 def test_a_step_samples_every_row_and_a_failing_sampler_ends_only_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     rows = {row: row_logits(row) for row in range(4)}
-    monkeypatch.setattr(llamacpp_sampler, "_logits_row", lambda ctx, row, n_vocab: rows[row])
+    monkeypatch.setattr(DrawWorkspace, "logits_row", lambda self, ctx, row, n_vocab: rows[row])
 
     class Broken:
         def sample(self, ctx: object, row: int) -> int:
@@ -163,3 +164,27 @@ def test_a_workspace_reused_for_a_smaller_vocabulary_never_draws_past_it() -> No
     small = FullVocabSampler(2500, {}, 1.0, seed=32)  # the same padded width (3 blocks)
     flat = np.zeros(2500, dtype=np.float32)
     assert max(draw_rows([small], [flat], work)[0] for _ in range(3000)) < 2500
+
+
+def test_logits_rows_are_read_in_place_at_the_address_llama_cpp_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A view kept from an earlier step must show what llama.cpp's buffer holds now, and a row at
+    another address (the buffer moved) must be read there, not from a kept view."""
+    buffers = [(ctypes.c_float * 8)(), (ctypes.c_float * 8)()]
+    where = {"buffer": 0}
+
+    def get_logits_ith(ctx: object, row: int) -> object:
+        base = ctypes.addressof(buffers[where["buffer"]])
+        return ctypes.cast(base + 4 * 4 * row, ctypes.POINTER(ctypes.c_float)) if row >= 0 else None
+
+    monkeypatch.setattr(llamacpp_sampler.llama_cpp, "llama_get_logits_ith", get_logits_ith)
+    work = DrawWorkspace()
+    for step in range(3):
+        buffers[0][:] = [float(step * 10 + i) for i in range(8)]
+        assert work.logits_row(None, 1, 4).tolist() == [step * 10 + 4.0, step * 10 + 5.0, step * 10 + 6.0,
+                                                         step * 10 + 7.0]
+        assert work.logits_row(None, 0, 4).tolist()[0] == step * 10
+    buffers[1][:] = [-1.0] * 8
+    where["buffer"] = 1
+    assert work.logits_row(None, 0, 4).tolist() == [-1.0] * 4
+    with pytest.raises(ValueError, match="no logits for batch row -1"):
+        work.logits_row(None, -1, 4)

@@ -14,7 +14,7 @@ from reference_server.responses import (
     ResponseHeader,
     Usage,
 )
-from reference_server.sse import encode_event
+from reference_server.sse import TextEvents, encode_event
 
 HEADER = ResponseHeader(id="chatcmpl-1", created=5, model="m")
 ENTRY = {"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": []}
@@ -67,3 +67,36 @@ def test_a_delta_leaves_out_every_field_left_none() -> None:
     assert Delta(reasoning="r").to_json() == {"reasoning_content": "r"}
     assert Delta(reasoning="r", reasoning_field="reasoning").to_json() == {"reasoning": "r"}
     assert "refusal" not in Delta(content="x").to_json()  # refusal: null comes with the role only
+
+
+TEXTS = ["", " word", "\u00e9t\u00e9", " \U0001f642", 'say "hi"\n\tback\\slash', "\x00text\x00", "</s>", "\ufffd",
+         "\u2028 line separator", "{}[]:,"]
+
+
+def test_text_events_are_the_bytes_of_the_whole_chunk() -> None:
+    """The streamed token's event, filled into a template, must be what encoding its whole chunk
+    gives, for any text (quotes, escapes, non-ASCII, the template's own marker) and choice index."""
+    def make(index: int, text: str) -> dict[str, object]:
+        return Chunk(HEADER, [ChunkChoice(index, Delta(content=text))]).to_json()
+
+    events = TextEvents(make)
+    for _ in range(2):  # the second round from templates already made
+        for index in (0, 1, 3):
+            for text in TEXTS:
+                assert events.event(index, text) == encode_event(make(index, text))
+
+
+def test_text_events_without_a_usable_template_encode_the_whole_chunk() -> None:
+    """A chunk that writes the text twice (or holds the marker in a fixed field) has no single
+    place for the text: every event is encoded whole, never filled in at the wrong place."""
+    def twice(index: int, text: str) -> dict[str, object]:
+        return {"index": index, "content": text, "echo": text}
+
+    def marker_in_model(index: int, text: str) -> dict[str, object]:
+        header = ResponseHeader(id="chatcmpl-2", created=5, model="m\x00text\x00")
+        return Chunk(header, [ChunkChoice(index, Delta(content=text))]).to_json()
+
+    for make in (twice, marker_in_model):
+        events = TextEvents(make)
+        for text in TEXTS:
+            assert events.event(2, text) == encode_event(make(2, text))

@@ -19,6 +19,7 @@ a seed's tokens depend on which sampler it gets.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ FULL_VOCAB_APPLIES = frozenset({"temperature", "logit_bias", "seed"})
 # Never change the draw. (`extras`, the spec's parameters without a field, is not here: any such
 # parameter sends a request to the chain, so a filter added that way cannot be skipped.)
 NOT_SAMPLING = frozenset({"max_tokens", "logprobs", "top_logprobs"})
+_KEPT_VIEWS = 1024  # logits views a workspace keeps (one a batch row, while the output buffer stays put)
 _BLOCK = 1024  # the draw finds its block of the vocabulary first, then the token inside it
 
 
@@ -76,7 +78,7 @@ class FullVocabSampler:
         self._work = DrawWorkspace()  # for `sample`/`pick` alone; a decode step's rows share one
 
     def sample(self, ctx: Any, row: int) -> int:
-        return self.pick(_logits_row(ctx, row, self.n_vocab))
+        return self.pick(self._work.logits_row(ctx, row, self.n_vocab))
 
     def pick(self, logits: np.ndarray) -> int:
         """The token drawn from `logits` (one row of the vocabulary's raw scores)."""
@@ -86,17 +88,32 @@ class FullVocabSampler:
         pass
 
 
-def _logits_row(ctx: Any, row: int, n_vocab: int) -> np.ndarray:
-    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), shape=(n_vocab,))
-
-
 class DrawWorkspace:
     """The float32 rows `draw_rows` works in, kept between calls (1.5 MB at 8 rows: allocating it
-    every step would cost page faults); each row padded to whole blocks, the padding left at 0."""
+    every step would cost page faults); each row padded to whole blocks, the padding left at 0.
+    Also the numpy views of llama.cpp's logits rows, by address (`logits_row`)."""
 
     def __init__(self) -> None:
         self._rows = np.zeros((0, 0), dtype=np.float32)
         self._n_vocab = 0
+        self._views: dict[tuple[int, int], np.ndarray] = {}
+
+    def logits_row(self, ctx: Any, row: int, n_vocab: int) -> np.ndarray:
+        """Batch row `row`'s logits, read in place. Why a view kept by address: making one
+        (`np.ctypeslib.as_array`) took ~80 us right after a llama_decode (~3 us in a loop), on the
+        way to every step's next decode; llama.cpp hands out the same few addresses step after step.
+        A kept view is only ever read when llama.cpp returns its address again, i.e. when that
+        memory holds the row asked for."""
+        pointer = llama_cpp.llama_get_logits_ith(ctx, row)
+        if not pointer:
+            raise ValueError(f"llama.cpp has no logits for batch row {row}")
+        key = (ctypes.addressof(pointer.contents), n_vocab)
+        view = self._views.get(key)
+        if view is None:
+            if len(self._views) >= _KEPT_VIEWS:  # the output buffer moved many times: start afresh
+                self._views.clear()
+            view = self._views[key] = np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+        return view
 
     def rows(self, count: int, n_vocab: int) -> np.ndarray:
         if n_vocab != self._n_vocab or self._rows.shape[0] < count:  # another vocabulary: new padding
@@ -172,7 +189,7 @@ def sample_rows(ctx: Any, rows: list[tuple[int, Sampler]], work: DrawWorkspace) 
         drawn: list[int] | list[Exception]
         try:
             drawn = draw_rows([sampler for _, _, sampler in full],
-                              [_logits_row(ctx, row, sampler.n_vocab) for _, row, sampler in full], work)
+                              [work.logits_row(ctx, row, sampler.n_vocab) for _, row, sampler in full], work)
         except Exception as exc:  # noqa: BLE001 -- every row of the draw gets it
             drawn = [exc] * len(full)
         for (index, _, _), token in zip(full, drawn, strict=True):
