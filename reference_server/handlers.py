@@ -210,8 +210,9 @@ class ChoicePieces:
 
     One choice (most requests) is read straight from its generator: no task and no queue between
     the engine and the socket. Why: the event loop's work for a streamed token runs while the
-    model computes its next one, on a core the model's threads want; this path takes about a
-    third less of it (issue 24). Several choices each run in a task and meet in a queue.
+    model computes its next one, on a core the model's threads want; this path took about a
+    fifth less of it (handler alone, 70 -> 55 us of CPU a token; issue 24). Several choices each
+    run in a task and meet in a queue.
     """
 
     def __init__(self, choices: list[AsyncIterator[generation.ChoicePiece]]) -> None:
