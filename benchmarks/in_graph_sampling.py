@@ -86,8 +86,7 @@ def float32_shortfall(logits: np.ndarray) -> float:
     return 1.0 - float(np.add.accumulate(probs, dtype=np.float32)[-1])
 
 
-def answer(loop: RawLoop, prompt: list[int], tokens: int, draw: str, seed: int, n_vocab: int,
-           shortfalls: list[float]) -> float:
+def answer(loop: RawLoop, prompt: list[int], tokens: int, draw: str, seed: int, n_vocab: int) -> float:
     """Median ms between two sampled tokens of one answer drawn by `draw` ("numpy" or "in-graph")."""
     loop.restart()
     chain = None
@@ -105,10 +104,7 @@ def answer(loop: RawLoop, prompt: list[int], tokens: int, draw: str, seed: int, 
             if chain is not None:
                 token = llama_cpp.llama_get_sampled_token_ith(loop.ctx, -1)
             else:
-                row = work.logits_row(loop.ctx, -1, n_vocab)
-                token = sampler.pick(row)
-                if len(shortfalls) < 200:
-                    shortfalls.append(float32_shortfall(row))
+                token = sampler.pick(work.logits_row(loop.ctx, -1, n_vocab))
             stamps.append(time.perf_counter())
             loop.decode([token])
     finally:
@@ -116,6 +112,24 @@ def answer(loop: RawLoop, prompt: list[int], tokens: int, draw: str, seed: int, 
             llama_cpp.llama_set_sampler(loop.ctx, 0, None)
             llama_cpp.llama_sampler_free(chain)
     return 1000 * statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+def shortfalls(loop: RawLoop, prompt: list[int], rows: int, n_vocab: int) -> list[float]:
+    """`float32_shortfall` of the first `rows` rows of untimed answers (numpy draw, seeds 0, 1, ...):
+    apart from the timed ones, so that this numpy work lands in no gap between tokens."""
+    found: list[float] = []
+    seed = 0
+    while len(found) < rows:
+        loop.restart()
+        sampler = FullVocabSampler(n_vocab, {t: -100 for t in BANNED}, TEMPERATURE, seed)
+        work = DrawWorkspace()
+        loop.decode(prompt)
+        for _ in range(min(64, rows - len(found))):
+            row = work.logits_row(loop.ctx, -1, n_vocab)
+            found.append(float32_shortfall(row))
+            loop.decode([sampler.pick(row)])
+        seed += 1
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,20 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prompt = engine.tokenize_chat(PROMPT)
         itl: dict[str, list[float]] = {"numpy": [], "in-graph": []}
-        shortfalls: list[float] = []
         for index in range(args.answers):
             order = ("numpy", "in-graph") if index % 2 == 0 else ("in-graph", "numpy")
             for draw in order:
-                itl[draw].append(answer(loop, prompt, args.tokens, draw, seed=index, n_vocab=engine.vocab_size,
-                                        shortfalls=shortfalls))
+                itl[draw].append(answer(loop, prompt, args.tokens, draw, seed=index, n_vocab=engine.vocab_size))
             print(f"answer {index + 1}/{args.answers}: numpy {itl['numpy'][-1]:.2f} ms, "
                   f"in-graph {itl['in-graph'][-1]:.2f} ms", flush=True)
         print(f"{len(prompt)} prompt tokens, {args.tokens} tokens an answer, ms between tokens (p50 of each answer):")
         for draw, values in itl.items():
             print(f"  {draw:9s} median {statistics.median(values):.2f}  ({', '.join(f'{v:.2f}' for v in values)})")
-        past_end = statistics.mean(max(s, 0.0) for s in shortfalls)  # where a uniform number finds no token
-        print(f"in-graph running sum short of 1 over {len(shortfalls)} rows: min {min(shortfalls):.1e}, "
-              f"max {max(shortfalls):.1e}; the last token drawn for nothing about once in "
+        short = shortfalls(loop, prompt, 200, engine.vocab_size)
+        past_end = statistics.mean(max(s, 0.0) for s in short)  # where a uniform number finds no token
+        print(f"in-graph running sum short of 1 over {len(short)} rows: min {min(short):.1e}, "
+              f"max {max(short):.1e}; the last token drawn for nothing about once in "
               + (f"{1 / past_end:,.0f} draws" if past_end > 0 else "never (no row fell short)"))
     finally:
         loop.close()
